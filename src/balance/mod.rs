@@ -1,0 +1,71 @@
+//! Balancing: sending each request to one endpoint of a pool.
+//!
+//! [`Balance`] is a `Service<Req>` over a [`Pool`](crate::pool::Pool). For
+//! every snapshot the pool publishes, its [`Strategy`] builds an immutable
+//! [`Picker`] once; each request then costs one `arc_swap` load, the pick
+//! (a few atomics, no lock, no allocation) and the in-flight accounting.
+//! Clones share the picker, so one balancer serves any number of tasks
+//! without a `Buffer`.
+//!
+//! Strategies (all skip weight-0 endpoints while any endpoint is live):
+//!
+//! | strategy | picks | per pick |
+//! |---|---|---|
+//! | [`RoundRobin`] | each in turn | one atomic add |
+//! | [`Random`] | uniformly at random | one random draw |
+//! | [`WeightedRoundRobin`] | in proportion to weight, smoothly interleaved (stride scheduling) | one atomic add |
+//! | [`WeightedRandom`] | in proportion to weight (Walker/Vose alias table) | one random draw |
+//! | [`LeastInFlight`] | the less loaded of two (P2C), load = in-flight / weight | two draws, two loads |
+//! | [`PeakEwma`] | the cheaper of two (P2C), cost = Peak-EWMA latency × (in-flight + 1) / weight | two draws, a clock read |
+//!
+//! Randomness is injectable: [`BalanceLayer::seed`] makes picks repeatable.
+//!
+//! ```
+//! use tower::{service_fn, Layer, Service, ServiceExt};
+//! use tower_lb::balance::{BalanceLayer, WeightedRoundRobin};
+//! use tower_lb::discover::StaticSource;
+//! use tower_lb::pool::DiscoverLayer;
+//! use tower_lb::Endpoint;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let source = StaticSource::new([
+//!     Endpoint::new("127.0.0.1:1".parse().unwrap()).with_weight(2),
+//!     Endpoint::new("127.0.0.1:2".parse().unwrap()).with_weight(1),
+//! ]);
+//! let connector = service_fn(|ep: Endpoint| async move {
+//!     Ok::<_, std::convert::Infallible>(service_fn(move |_: ()| {
+//!         let key = ep.key().to_owned();
+//!         async move { Ok::<_, std::convert::Infallible>(key) }
+//!     }))
+//! });
+//! let pool = DiscoverLayer::new(source).layer(connector);
+//! let mut lb = BalanceLayer::new(WeightedRoundRobin).layer(pool);
+//! let mut hits = std::collections::HashMap::new();
+//! for _ in 0..300 {
+//!     let key = lb.ready().await.unwrap().call(()).await.unwrap();
+//!     *hits.entry(key).or_insert(0) += 1;
+//! }
+//! assert_eq!(hits["127.0.0.1:1"], 200);
+//! # }
+//! ```
+
+pub mod future;
+mod layer;
+mod p2c;
+mod random;
+mod rng;
+mod round_robin;
+mod service;
+mod strategy;
+mod weighted_random;
+mod weighted_round_robin;
+
+pub use layer::BalanceLayer;
+pub use p2c::{LeastInFlight, LeastInFlightPicker, PeakEwma, PeakEwmaPicker};
+pub use random::{Random, RandomPicker};
+pub use rng::PickRng;
+pub use round_robin::{RoundRobin, RoundRobinPicker};
+pub use service::{Balance, WhenEmpty};
+pub use strategy::{PickContext, Picker, Strategy};
+pub use weighted_random::{WeightedRandom, WeightedRandomPicker};
+pub use weighted_round_robin::{WeightedRoundRobin, WeightedRoundRobinPicker};

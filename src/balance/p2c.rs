@@ -1,0 +1,200 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::strategy::Active;
+use super::weighted_random::AliasTable;
+use super::{PickContext, PickRng, Picker, Strategy};
+use crate::pool::{EndpointStats, Snapshot};
+
+/// Power of two choices over the fewest requests in flight, weight-aware.
+///
+/// Draws two distinct endpoints — the first in proportion to weight, the
+/// second uniformly — and sends to the one with the lower
+/// `in_flight / weight`, keeping the first on a tie. When idle the shares
+/// follow the weights; under load the endpoint that answers slowest builds
+/// up requests and is avoided (Mitzenmacher, *The Power of Two Choices in
+/// Randomized Load Balancing*, 2001; tower's `p2c` with `PendingRequests`,
+/// made weight-aware).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LeastInFlight;
+
+/// Power of two choices over Peak-EWMA latency, weight-aware.
+///
+/// Each endpoint's cost is its round-trip estimate times `in_flight + 1`,
+/// divided by its weight. The estimate jumps to any slower sample at once
+/// (the peak) and decays towards faster ones, and towards zero with no
+/// traffic, with time constant [`decay`](PeakEwma::decay), so a slow
+/// endpoint is shunned quickly and retried once it has been quiet a while
+/// (Finagle's and linkerd's Peak-EWMA balancer). Endpoints with no sample
+/// cost [`default_rtt`](PeakEwma::default_rtt).
+#[derive(Debug, Clone, Copy)]
+pub struct PeakEwma {
+    decay: Duration,
+    default_rtt: Duration,
+}
+
+impl Default for PeakEwma {
+    fn default() -> Self {
+        PeakEwma {
+            decay: Duration::from_secs(10),
+            default_rtt: Duration::from_millis(30),
+        }
+    }
+}
+
+impl PeakEwma {
+    /// Peak-EWMA with a 10 s decay and a 30 ms default round trip.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How fast old samples fade (the EWMA time constant). Zero is treated
+    /// as one nanosecond.
+    #[must_use]
+    pub fn decay(mut self, decay: Duration) -> Self {
+        self.decay = decay;
+        self
+    }
+
+    /// The round trip assumed for an endpoint with no samples yet.
+    #[must_use]
+    pub fn default_rtt(mut self, rtt: Duration) -> Self {
+        self.default_rtt = rtt;
+        self
+    }
+}
+
+#[derive(Debug)]
+struct Candidate {
+    index: u32,
+    weight: u32,
+    stats: Arc<EndpointStats>,
+}
+
+/// Draws the two candidates; shared by both P2C pickers.
+#[derive(Debug)]
+struct Pair {
+    candidates: Box<[Candidate]>,
+    /// `None` when every weight is equal: then the first draw is uniform.
+    alias: Option<AliasTable>,
+}
+
+impl Pair {
+    fn new<S>(snapshot: &Snapshot<S>) -> Self {
+        let active = Active::of(snapshot);
+        let alias = (!active.uniform()).then(|| AliasTable::new(&active.weight));
+        let members = snapshot.members();
+        let candidates = active
+            .index
+            .iter()
+            .zip(active.weight.iter())
+            .map(|(&index, &weight)| Candidate {
+                index,
+                weight,
+                stats: members[index as usize].stats().clone(),
+            })
+            .collect();
+        Pair { candidates, alias }
+    }
+
+    /// Picks with `better(b, a)` deciding whether the second candidate wins.
+    #[inline]
+    fn pick(
+        &self,
+        rng: &PickRng,
+        mut better: impl FnMut(&Candidate, &Candidate) -> bool,
+    ) -> Option<usize> {
+        let n = self.candidates.len();
+        match n {
+            0 => return None,
+            1 => return Some(self.candidates[0].index as usize),
+            _ => {}
+        }
+        let a = match &self.alias {
+            Some(t) => t.sample(rng).unwrap_or(0),
+            None => rng.below(n),
+        };
+        let mut b = rng.below(n - 1);
+        if b >= a {
+            b += 1;
+        }
+        let (a, b) = (&self.candidates[a], &self.candidates[b]);
+        Some(if better(b, a) { b.index } else { a.index } as usize)
+    }
+}
+
+/// The [`LeastInFlight`] picker.
+#[derive(Debug)]
+pub struct LeastInFlightPicker {
+    pair: Pair,
+}
+
+impl Strategy for LeastInFlight {
+    type Picker = LeastInFlightPicker;
+
+    fn build<S>(&self, snapshot: &Snapshot<S>, _rng: &PickRng) -> LeastInFlightPicker {
+        LeastInFlightPicker {
+            pair: Pair::new(snapshot),
+        }
+    }
+}
+
+impl Picker for LeastInFlightPicker {
+    #[inline]
+    fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
+        self.pair.pick(ctx.rng, |b, a| {
+            // in_flight_b / w_b < in_flight_a / w_a, without division.
+            u128::from(b.stats.in_flight()) * u128::from(a.weight)
+                < u128::from(a.stats.in_flight()) * u128::from(b.weight)
+        })
+    }
+}
+
+/// The [`PeakEwma`] picker.
+#[derive(Debug)]
+pub struct PeakEwmaPicker {
+    pair: Pair,
+    epoch: Instant,
+    tau_ns: f64,
+    default_ns: f64,
+}
+
+impl Strategy for PeakEwma {
+    type Picker = PeakEwmaPicker;
+
+    fn build<S>(&self, snapshot: &Snapshot<S>, _rng: &PickRng) -> PeakEwmaPicker {
+        PeakEwmaPicker {
+            pair: Pair::new(snapshot),
+            epoch: snapshot.epoch(),
+            tau_ns: (self.decay.as_nanos() as f64).max(1.0),
+            default_ns: (self.default_rtt.as_nanos() as f64).max(1.0),
+        }
+    }
+}
+
+impl Picker for PeakEwmaPicker {
+    #[inline]
+    fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
+        let mut now_ns = None;
+        self.pair.pick(ctx.rng, |b, a| {
+            let now = *now_ns.get_or_insert_with(|| nanos_since(self.epoch));
+            let cost = |c: &Candidate| {
+                c.stats.rtt_estimate(now, self.tau_ns, self.default_ns)
+                    * (c.stats.in_flight() as f64 + 1.0)
+            };
+            cost(b) * f64::from(a.weight) < cost(a) * f64::from(b.weight)
+        })
+    }
+
+    fn ewma_decay(&self) -> Option<Duration> {
+        Some(Duration::from_nanos(self.tau_ns as u64))
+    }
+}
+
+/// Nanoseconds from `epoch` to now, saturating.
+#[inline]
+pub(crate) fn nanos_since(epoch: Instant) -> u64 {
+    u64::try_from(Instant::now().saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
+}

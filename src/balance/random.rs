@@ -1,0 +1,34 @@
+use super::strategy::Active;
+use super::{PickContext, PickRng, Picker, Strategy};
+use crate::pool::Snapshot;
+
+/// A uniformly random endpoint, ignoring weights (except that weight-0
+/// endpoints are skipped while others are live).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Random;
+
+/// The [`Random`] picker.
+#[derive(Debug)]
+pub struct RandomPicker {
+    index: Box<[u32]>,
+}
+
+impl Strategy for Random {
+    type Picker = RandomPicker;
+
+    fn build<S>(&self, snapshot: &Snapshot<S>, _rng: &PickRng) -> RandomPicker {
+        RandomPicker {
+            index: Active::of(snapshot).index,
+        }
+    }
+}
+
+impl Picker for RandomPicker {
+    #[inline]
+    fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
+        match self.index.len() {
+            0 => None,
+            n => Some(self.index[ctx.rng.below(n)] as usize),
+        }
+    }
+}

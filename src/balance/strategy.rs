@@ -1,0 +1,85 @@
+use std::time::Duration;
+
+use super::PickRng;
+use crate::pool::Snapshot;
+
+/// How a balancer chooses an endpoint: builds one immutable [`Picker`] per
+/// snapshot of the pool.
+///
+/// Building happens off the request path (when discovery or failover
+/// publishes a new snapshot), so a strategy may precompute tables there;
+/// the picker's [`pick`](Picker::pick) runs on every request and must be
+/// lock-free and allocation-free.
+pub trait Strategy: Send + Sync + 'static {
+    /// The per-snapshot picker.
+    type Picker: Picker;
+
+    /// Builds the picker for `snapshot`.
+    fn build<S>(&self, snapshot: &Snapshot<S>, rng: &PickRng) -> Self::Picker;
+}
+
+/// Picks an endpoint of the snapshot it was built for.
+pub trait Picker: Send + Sync + 'static {
+    /// The index (into [`Snapshot::members`]) of the endpoint for the next
+    /// request, or `None` when there is none to pick.
+    fn pick(&self, ctx: &PickContext<'_>) -> Option<usize>;
+
+    /// When `Some(decay)`, the balancer times each response and folds it
+    /// into the endpoint's Peak-EWMA estimate with that time constant (two
+    /// clock reads per request). `None` unless the picker reads latency.
+    fn ewma_decay(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// What a picker may use besides its own state.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct PickContext<'a> {
+    /// The balancer's random source.
+    pub rng: &'a PickRng,
+}
+
+impl<'a> PickContext<'a> {
+    /// A context drawing from `rng`.
+    pub fn new(rng: &'a PickRng) -> Self {
+        PickContext { rng }
+    }
+}
+
+/// The endpoints a weighted strategy picks from: those with a non-zero
+/// weight, or, when every endpoint is draining (weight 0), all of them with
+/// equal weight — a set that is draining as a whole still serves rather
+/// than failing every request.
+#[derive(Debug, Clone)]
+pub(crate) struct Active {
+    /// Indices into the snapshot.
+    pub(crate) index: Box<[u32]>,
+    /// Their weights, all non-zero.
+    pub(crate) weight: Box<[u32]>,
+}
+
+impl Active {
+    pub(crate) fn of<S>(snapshot: &Snapshot<S>) -> Self {
+        let members = snapshot.members();
+        let any_live = members.iter().any(|m| m.endpoint().weight() > 0);
+        let (index, weight) = members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| !any_live || m.endpoint().weight() > 0)
+            .map(|(i, m)| (i as u32, m.endpoint().weight().max(1)))
+            .unzip::<_, _, Vec<_>, Vec<_>>();
+        Active {
+            index: index.into(),
+            weight: weight.into(),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub(crate) fn uniform(&self) -> bool {
+        self.weight.windows(2).all(|w| w[0] == w[1])
+    }
+}

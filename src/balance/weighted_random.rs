@@ -1,0 +1,114 @@
+use super::strategy::Active;
+use super::{PickContext, PickRng, Picker, Strategy};
+use crate::pool::Snapshot;
+
+/// A random endpoint with probability proportional to its weight, in O(1)
+/// per pick whatever the number of endpoints.
+///
+/// Uses Walker's alias method with Vose's construction, in exact integer
+/// arithmetic (weights up to `u32::MAX` each, any count): one random
+/// 64-bit draw per pick chooses a column and a coin.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WeightedRandom;
+
+/// The [`WeightedRandom`] picker: an alias table.
+#[derive(Debug)]
+pub struct WeightedRandomPicker {
+    index: Box<[u32]>,
+    table: AliasTable,
+}
+
+impl Strategy for WeightedRandom {
+    type Picker = WeightedRandomPicker;
+
+    fn build<S>(&self, snapshot: &Snapshot<S>, _rng: &PickRng) -> WeightedRandomPicker {
+        let active = Active::of(snapshot);
+        WeightedRandomPicker {
+            table: AliasTable::new(&active.weight),
+            index: active.index,
+        }
+    }
+}
+
+impl Picker for WeightedRandomPicker {
+    #[inline]
+    fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
+        self.table.sample(ctx.rng).map(|p| self.index[p] as usize)
+    }
+}
+
+/// Walker's alias table over positions `0..weights.len()`.
+#[derive(Debug)]
+pub(crate) struct AliasTable {
+    /// Per column: keep the column's own index when the coin is below
+    /// `threshold`, else take `alias`. Thresholds are fractions of 2^64.
+    columns: Box<[Column]>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Column {
+    threshold: u64,
+    own: u32,
+    alias: u32,
+}
+
+impl AliasTable {
+    pub(crate) fn new(weights: &[u32]) -> Self {
+        let n = weights.len();
+        if n == 0 {
+            return AliasTable {
+                columns: Box::new([]),
+            };
+        }
+        // Each column holds `total` units; endpoint i brings w_i * n units.
+        let total: u128 = weights.iter().map(|&w| u128::from(w)).sum();
+        // An all-zero table would divide by zero; it has nothing to pick.
+        if total == 0 {
+            return AliasTable {
+                columns: Box::new([]),
+            };
+        }
+        let mut units: Vec<u128> = weights.iter().map(|&w| u128::from(w) * n as u128).collect();
+        let mut columns: Vec<Column> = (0..n as u32)
+            .map(|own| Column {
+                threshold: u64::MAX,
+                own,
+                alias: own,
+            })
+            .collect();
+        let (mut small, mut large): (Vec<usize>, Vec<usize>) =
+            (0..n).partition(|&i| units[i] < total);
+        while let (Some(s), Some(&l)) = (small.pop(), large.last()) {
+            // Column s keeps its own share and lends the rest to l.
+            columns[s].threshold = ((units[s] << 64) / total).min(u128::from(u64::MAX)) as u64;
+            columns[s].alias = l as u32;
+            units[l] -= total - units[s];
+            if units[l] < total {
+                large.pop();
+                small.push(l);
+            }
+        }
+        // Whatever is left is full (up to rounding): always keep.
+        AliasTable {
+            columns: columns.into(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn sample(&self, rng: &PickRng) -> Option<usize> {
+        let n = self.columns.len();
+        if n == 0 {
+            return None;
+        }
+        // The high half of r * n picks the column; the low half is a fresh
+        // uniform fraction used as the coin.
+        let wide = u128::from(rng.next_u64()) * n as u128;
+        let col = &self.columns[(wide >> 64) as usize];
+        let coin = wide as u64;
+        Some(if coin < col.threshold {
+            col.own
+        } else {
+            col.alias
+        } as usize)
+    }
+}

@@ -1,0 +1,45 @@
+//! Discovery: where the endpoints of a service come from.
+//!
+//! A [`Source`] yields [`Update`]s — full snapshots or deltas of a service's
+//! endpoint set — each with a monotonic revision. A [`Pool`](crate::pool::Pool)
+//! applies them off the request path and ignores any update older than the
+//! one it applied last, so a slow or replayed message never rolls the set
+//! back. Within one update, endpoints with the same key resolve to the last
+//! one.
+//!
+//! Built-in sources:
+//!
+//! - [`StaticSource`]: a fixed list.
+//! - [`Registry`]: an in-process registry with register/deregister guards,
+//!   TTL heartbeats and watches; the embedded default.
+//! - [`channel`]: push updates from your own code (or tests).
+//!
+//! Any source also plugs into tower's own balancers through
+//! [`TowerDiscover`], which implements `tower::discover::Discover`.
+//!
+//! ```
+//! use tower_lb::discover::{Registry, Source};
+//! use tower_lb::Endpoint;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let registry = Registry::new();
+//! let _guard = registry
+//!     .register("users", Endpoint::new("127.0.0.1:8080".parse().unwrap()))
+//!     .unwrap();
+//! let mut watch = registry.watch("users").unwrap();
+//! let update = watch.next_update().await.unwrap().unwrap();
+//! assert_eq!(update.endpoints().map(|e| e.key().to_owned()).collect::<Vec<_>>(), ["127.0.0.1:8080"]);
+//! # }
+//! ```
+
+mod channel;
+mod registry;
+mod source;
+mod static_list;
+mod tower_adapter;
+
+pub use channel::{ChannelSource, UpdateSender, channel};
+pub use registry::{Registration, Registry, RegistrySource};
+pub use source::{Change, Source, Update};
+pub use static_list::StaticSource;
+pub use tower_adapter::TowerDiscover;

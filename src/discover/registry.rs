@@ -1,0 +1,404 @@
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+use super::{Source, Update};
+use crate::endpoint::Endpoint;
+use crate::error::DiscoveryError;
+
+/// The longest service name a registry accepts, in bytes.
+const MAX_SERVICE_NAME: usize = 253;
+
+/// An in-process service registry: the embedded default.
+///
+/// Instances [`register`](Registry::register) under a service name and get
+/// a [`Registration`] guard that deregisters them when dropped. With
+/// [`register_with_ttl`](Registry::register_with_ttl) an instance must
+/// [`heartbeat`](Registration::heartbeat) within its TTL or it disappears,
+/// as it would from Consul or Eureka. [`watch`](Registry::watch) gives a
+/// [`Source`] of the service's endpoint set.
+///
+/// One registry holds any number of services; it is cheap to clone and all
+/// clones share the same state. Every change gets a revision from one
+/// counter, so revisions are monotonic across the registry.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_lb::discover::Registry;
+/// use tower_lb::Endpoint;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let registry = Registry::new();
+/// let ep = Endpoint::new("127.0.0.1:9000".parse().unwrap());
+/// let guard = registry.register_with_ttl("api", ep, Duration::from_secs(10)).unwrap();
+/// assert_eq!(registry.instances("api").len(), 1);
+/// guard.heartbeat();
+/// drop(guard);
+/// assert!(registry.instances("api").is_empty());
+/// # }
+/// ```
+#[derive(Clone, Default)]
+pub struct Registry {
+    inner: Arc<Mutex<State>>,
+}
+
+#[derive(Default)]
+struct State {
+    services: HashMap<Arc<str>, ServiceState>,
+    revision: u64,
+    next_id: u64,
+}
+
+#[derive(Default)]
+struct ServiceState {
+    instances: Vec<Instance>,
+    revision: u64,
+    watchers: Vec<Waker>,
+}
+
+struct Instance {
+    endpoint: Endpoint,
+    id: u64,
+    ttl: Option<Duration>,
+    expires: Option<Instant>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.lock();
+        f.debug_struct("Registry")
+            .field("services", &st.services.len())
+            .field("revision", &st.revision)
+            .finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers `endpoint` under `service` until the returned guard is
+    /// dropped. Registering a key that is already there replaces it (the
+    /// older guard then no longer removes it).
+    pub fn register(
+        &self,
+        service: &str,
+        endpoint: Endpoint,
+    ) -> Result<Registration, DiscoveryError> {
+        self.insert(service, endpoint, None)
+    }
+
+    /// Registers `endpoint` under `service`; it disappears if it does not
+    /// [`heartbeat`](Registration::heartbeat) at least once per `ttl`.
+    pub fn register_with_ttl(
+        &self,
+        service: &str,
+        endpoint: Endpoint,
+        ttl: Duration,
+    ) -> Result<Registration, DiscoveryError> {
+        if ttl.is_zero() {
+            return Err(DiscoveryError::ZeroTtl);
+        }
+        self.insert(service, endpoint, Some(ttl))
+    }
+
+    fn insert(
+        &self,
+        service: &str,
+        endpoint: Endpoint,
+        ttl: Option<Duration>,
+    ) -> Result<Registration, DiscoveryError> {
+        validate_service(service)?;
+        let key = endpoint.key_arc().clone();
+        let mut st = self.lock();
+        st.next_id += 1;
+        let id = st.next_id;
+        let (name, svc) = st.service_mut(service);
+        let instance = Instance {
+            endpoint,
+            id,
+            ttl,
+            expires: ttl.and_then(|t| Instant::now().checked_add(t)),
+        };
+        match svc
+            .instances
+            .iter_mut()
+            .find(|i| *i.endpoint.key_arc() == key)
+        {
+            Some(slot) => *slot = instance,
+            None => svc.instances.push(instance),
+        }
+        st.bump(&name);
+        Ok(Registration {
+            registry: self.clone(),
+            service: name,
+            key,
+            id,
+        })
+    }
+
+    /// Removes the instance with `key` from `service`, whoever registered
+    /// it. Returns whether it was there.
+    pub fn deregister(&self, service: &str, key: &str) -> bool {
+        self.remove_if(service, key, |_| true)
+    }
+
+    fn remove_if(&self, service: &str, key: &str, pred: impl Fn(&Instance) -> bool) -> bool {
+        let mut st = self.lock();
+        let Some(svc) = st.services.get_mut(service) else {
+            return false;
+        };
+        let before = svc.instances.len();
+        svc.instances
+            .retain(|i| !(i.endpoint.key() == key && pred(i)));
+        let removed = svc.instances.len() != before;
+        if removed {
+            st.bump(service);
+        }
+        removed
+    }
+
+    /// The live instances of `service`, in registration order.
+    pub fn instances(&self, service: &str) -> Vec<Endpoint> {
+        let mut st = self.lock();
+        st.expire(service, Instant::now());
+        st.services
+            .get(service)
+            .map(|s| s.instances.iter().map(|i| i.endpoint.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The names of the services that have been registered or watched.
+    pub fn services(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.lock().services.keys().map(|k| k.to_string()).collect();
+        names.sort();
+        names
+    }
+
+    /// The registry's newest revision.
+    pub fn revision(&self) -> u64 {
+        self.lock().revision
+    }
+
+    /// A [`Source`] following `service`: a snapshot at once (possibly
+    /// empty), then one after every change. The source also drives TTL
+    /// expiry for the service, so a silent instance disappears on time even
+    /// if nothing else touches the registry.
+    pub fn watch(&self, service: &str) -> Result<RegistrySource, DiscoveryError> {
+        validate_service(service)?;
+        let name = self.lock().service_mut(service).0;
+        Ok(RegistrySource {
+            registry: self.clone(),
+            service: name,
+            seen: None,
+            timer: None,
+        })
+    }
+}
+
+impl State {
+    fn service_mut(&mut self, service: &str) -> (Arc<str>, &mut ServiceState) {
+        let name = match self.services.get_key_value(service) {
+            Some((k, _)) => k.clone(),
+            None => {
+                let k: Arc<str> = service.into();
+                self.services.insert(k.clone(), ServiceState::default());
+                k
+            }
+        };
+        let svc = self.services.entry(name.clone()).or_default();
+        (name, svc)
+    }
+
+    /// Gives `service` a new revision and wakes its watchers.
+    fn bump(&mut self, service: &str) {
+        self.revision += 1;
+        let revision = self.revision;
+        if let Some(svc) = self.services.get_mut(service) {
+            svc.revision = revision;
+            for w in svc.watchers.drain(..) {
+                w.wake();
+            }
+        }
+    }
+
+    /// Removes instances of `service` whose TTL has passed.
+    fn expire(&mut self, service: &str, now: Instant) {
+        let Some(svc) = self.services.get_mut(service) else {
+            return;
+        };
+        let before = svc.instances.len();
+        svc.instances.retain(|i| i.expires.is_none_or(|e| e > now));
+        if svc.instances.len() != before {
+            crate::trace::event!(
+                info,
+                service,
+                expired = before - svc.instances.len(),
+                "registry instances missed their heartbeat"
+            );
+            self.bump(service);
+        }
+    }
+}
+
+fn validate_service(name: &str) -> Result<(), DiscoveryError> {
+    if name.is_empty()
+        || name.len() > MAX_SERVICE_NAME
+        || name.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(DiscoveryError::InvalidServiceName { name: name.into() });
+    }
+    Ok(())
+}
+
+/// An instance's place in a [`Registry`]; deregisters it when dropped.
+#[must_use = "dropping the registration deregisters the instance"]
+pub struct Registration {
+    registry: Registry,
+    service: Arc<str>,
+    key: Arc<str>,
+    id: u64,
+}
+
+impl fmt::Debug for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registration")
+            .field("service", &&*self.service)
+            .field("key", &&*self.key)
+            .finish()
+    }
+}
+
+impl Registration {
+    /// The registered endpoint's key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Renews the TTL. Returns `false` when the instance had already expired
+    /// (or was removed, or replaced by a newer registration of its key): a
+    /// late heartbeat does not bring it back; register it again.
+    pub fn heartbeat(&self) -> bool {
+        let mut st = self.registry.lock();
+        let now = Instant::now();
+        st.expire(&self.service, now);
+        let svc = st.service_mut(&self.service).1;
+        if let Some(i) = svc.instances.iter_mut().find(|i| i.id == self.id) {
+            i.expires = i.ttl.and_then(|t| now.checked_add(t));
+            return true;
+        }
+        false
+    }
+
+    /// Re-announces the instance with a new weight (a weight of 0 drains
+    /// it). Its stats in every pool carry over, since the key is the same.
+    /// Returns `false` when it is no longer registered.
+    pub fn set_weight(&self, weight: u32) -> bool {
+        self.modify(|e| e.with_weight(weight))
+    }
+
+    /// Re-announces the instance with a new priority tier.
+    pub fn set_priority(&self, priority: u8) -> bool {
+        self.modify(|e| e.with_priority(priority))
+    }
+
+    fn modify(&self, f: impl FnOnce(Endpoint) -> Endpoint) -> bool {
+        let mut st = self.registry.lock();
+        let svc = st.service_mut(&self.service).1;
+        let Some(i) = svc.instances.iter_mut().find(|i| i.id == self.id) else {
+            return false;
+        };
+        i.endpoint = f(i.endpoint.clone());
+        st.bump(&self.service);
+        true
+    }
+
+    /// Deregisters now (the same as dropping the guard).
+    pub fn deregister(self) {}
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let id = self.id;
+        self.registry
+            .remove_if(&self.service, &self.key, |i| i.id == id);
+    }
+}
+
+/// A [`Source`] following one service of a [`Registry`]; see
+/// [`Registry::watch`].
+pub struct RegistrySource {
+    registry: Registry,
+    service: Arc<str>,
+    seen: Option<u64>,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl fmt::Debug for RegistrySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistrySource")
+            .field("service", &&*self.service)
+            .field("seen", &self.seen)
+            .finish()
+    }
+}
+
+impl Clone for RegistrySource {
+    /// A new watch of the same service, starting with a full snapshot.
+    fn clone(&self) -> Self {
+        RegistrySource {
+            registry: self.registry.clone(),
+            service: self.service.clone(),
+            seen: None,
+            timer: None,
+        }
+    }
+}
+
+impl Source for RegistrySource {
+    fn poll_update(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Update, DiscoveryError>>> {
+        loop {
+            let next_expiry = {
+                let mut st = self.registry.lock();
+                st.expire(&self.service, Instant::now());
+                let svc = st.service_mut(&self.service).1;
+                if self.seen != Some(svc.revision) {
+                    self.seen = Some(svc.revision);
+                    let endpoints = svc.instances.iter().map(|i| i.endpoint.clone()).collect();
+                    return Poll::Ready(Some(Ok(Update::snapshot(svc.revision, endpoints))));
+                }
+                if !svc.watchers.iter().any(|w| w.will_wake(cx.waker())) {
+                    svc.watchers.push(cx.waker().clone());
+                }
+                svc.instances.iter().filter_map(|i| i.expires).min()
+            };
+            let Some(at) = next_expiry else {
+                return Poll::Pending;
+            };
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(at),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+            if let Some(t) = &mut self.timer {
+                if t.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}

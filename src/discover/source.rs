@@ -1,0 +1,98 @@
+use std::future::poll_fn;
+use std::task::{Context, Poll};
+
+use crate::endpoint::Endpoint;
+use crate::error::DiscoveryError;
+
+/// A stream of endpoint-set updates for one service.
+///
+/// `poll_update` follows the `Stream` contract: `Ready(Some(Ok(_)))` is an
+/// update, `Ready(Some(Err(_)))` a failure the source may recover from (the
+/// pool keeps its last good set and keeps polling), `Ready(None)` the end of
+/// the source (the pool keeps its last set for good), and `Pending` registers
+/// the waker.
+pub trait Source: Send + 'static {
+    /// Polls for the next update.
+    fn poll_update(&mut self, cx: &mut Context<'_>)
+    -> Poll<Option<Result<Update, DiscoveryError>>>;
+
+    /// Waits for the next update.
+    fn next_update(&mut self) -> impl Future<Output = Option<Result<Update, DiscoveryError>>> + Send
+    where
+        Self: Sized,
+    {
+        poll_fn(move |cx| self.poll_update(cx))
+    }
+}
+
+impl<S: Source + ?Sized> Source for Box<S> {
+    fn poll_update(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Update, DiscoveryError>>> {
+        (**self).poll_update(cx)
+    }
+}
+
+/// One change to a service's endpoint set, stamped with a revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Update {
+    revision: u64,
+    change: Change,
+}
+
+/// What an [`Update`] changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The whole set: anything not listed is removed.
+    Snapshot(Vec<Endpoint>),
+    /// Endpoints to add or replace (by key) and keys to remove.
+    Delta {
+        /// Added, or replacing the endpoint with the same key.
+        upserts: Vec<Endpoint>,
+        /// Keys to remove; unknown keys are ignored.
+        removals: Vec<String>,
+    },
+}
+
+impl Update {
+    /// A full snapshot at `revision`.
+    pub fn snapshot(revision: u64, endpoints: Vec<Endpoint>) -> Self {
+        Update {
+            revision,
+            change: Change::Snapshot(endpoints),
+        }
+    }
+
+    /// A delta at `revision`.
+    pub fn delta(revision: u64, upserts: Vec<Endpoint>, removals: Vec<String>) -> Self {
+        Update {
+            revision,
+            change: Change::Delta { upserts, removals },
+        }
+    }
+
+    /// The revision; updates older than the applied one are ignored.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// The change.
+    pub fn change(&self) -> &Change {
+        &self.change
+    }
+
+    /// Takes the change out.
+    pub fn into_change(self) -> Change {
+        self.change
+    }
+
+    /// The endpoints this update lists (all of a snapshot, the upserts of a
+    /// delta).
+    pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        match &self.change {
+            Change::Snapshot(e) => e.iter(),
+            Change::Delta { upserts, .. } => upserts.iter(),
+        }
+    }
+}

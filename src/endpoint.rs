@@ -1,0 +1,357 @@
+//! Endpoints: what discovery finds and what a balancer picks.
+//!
+//! An [`Endpoint`] is an identity (its [key](Endpoint::key), usually the
+//! address) plus the metadata a balancer needs: a weight (0 drains it), a
+//! priority tier, an optional zone and free-form tags. Every way of building
+//! one validates its input, so an endpoint that exists is a valid one: a bad
+//! record from a registry becomes a typed [`InvalidEndpoint`], never a panic
+//! and never a wrong pick.
+//!
+//! ```
+//! use tower_lb::Endpoint;
+//!
+//! let a = Endpoint::new("127.0.0.1:8080".parse().unwrap()).with_weight(3);
+//! assert_eq!(a.key(), "127.0.0.1:8080");
+//!
+//! let b = Endpoint::builder("cache-2")
+//!     .address("10.0.0.2:6379".parse().unwrap())
+//!     .weight_f64(2.5) // some registries carry floats
+//!     .priority(1)
+//!     .zone("eu-west-1a")
+//!     .tag("version", "7.2")
+//!     .build()
+//!     .unwrap();
+//! assert_eq!(b.weight(), 3);
+//! assert!(Endpoint::builder("x").weight_f64(f64::NAN).build().is_err());
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::error::InvalidEndpoint;
+
+/// The longest key an endpoint may have, in bytes.
+pub const MAX_KEY_LEN: usize = 512;
+
+/// The weight an endpoint gets when none is given.
+pub const DEFAULT_WEIGHT: u32 = 1;
+
+/// One instance of a service that requests can be sent to.
+///
+/// Cheap to clone: the strings are shared.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    key: Arc<str>,
+    address: Option<SocketAddr>,
+    weight: u32,
+    priority: u8,
+    zone: Option<Arc<str>>,
+    tags: Arc<BTreeMap<String, String>>,
+}
+
+impl Endpoint {
+    /// An endpoint for a socket address, keyed by that address, with weight
+    /// [`DEFAULT_WEIGHT`] and priority 0.
+    pub fn new(address: SocketAddr) -> Self {
+        Endpoint {
+            key: address.to_string().into(),
+            address: Some(address),
+            weight: DEFAULT_WEIGHT,
+            priority: 0,
+            zone: None,
+            tags: Arc::default(),
+        }
+    }
+
+    /// A builder for an endpoint identified by `key` (a name or an address).
+    pub fn builder(key: impl Into<String>) -> EndpointBuilder {
+        EndpointBuilder {
+            key: key.into(),
+            address: None,
+            weight: Ok(DEFAULT_WEIGHT),
+            priority: Ok(0),
+            zone: None,
+            tags: BTreeMap::new(),
+        }
+    }
+
+    /// Returns this endpoint with another weight. 0 drains it: it is never
+    /// picked while any endpoint with a non-zero weight is eligible.
+    #[must_use]
+    pub fn with_weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// Returns this endpoint with another priority tier (0 = primary).
+    #[must_use]
+    pub fn with_priority(mut self, priority: u8) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// The stable identity of this endpoint. Two endpoints with the same key
+    /// are the same instance, whatever their metadata.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The socket address, when the endpoint has one.
+    pub fn address(&self) -> Option<SocketAddr> {
+        self.address
+    }
+
+    /// The weight; 0 means draining.
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+
+    /// The priority tier: 0 is primary, 1 the first backup, and so on.
+    pub fn priority(&self) -> u8 {
+        self.priority
+    }
+
+    /// The zone (availability zone, rack, region), if known.
+    pub fn zone(&self) -> Option<&str> {
+        self.zone.as_deref()
+    }
+
+    /// Free-form tags.
+    pub fn tags(&self) -> &BTreeMap<String, String> {
+        &self.tags
+    }
+
+    /// One tag's value.
+    pub fn tag(&self, name: &str) -> Option<&str> {
+        self.tags.get(name).map(String::as_str)
+    }
+
+    pub(crate) fn key_arc(&self) -> &Arc<str> {
+        &self.key
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Endpoint");
+        d.field("key", &&*self.key);
+        if let Some(a) = self.address {
+            if *self.key != *a.to_string() {
+                d.field("address", &a);
+            }
+        }
+        d.field("weight", &self.weight)
+            .field("priority", &self.priority);
+        if let Some(z) = &self.zone {
+            d.field("zone", &&**z);
+        }
+        if !self.tags.is_empty() {
+            d.field("tags", &self.tags);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.key)
+    }
+}
+
+/// Builds a validated [`Endpoint`]; see [`Endpoint::builder`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct EndpointBuilder {
+    key: String,
+    address: Option<SocketAddr>,
+    weight: Result<u32, InvalidEndpoint>,
+    priority: Result<u8, InvalidEndpoint>,
+    zone: Option<String>,
+    tags: BTreeMap<String, String>,
+}
+
+impl EndpointBuilder {
+    /// The socket address requests go to.
+    pub fn address(mut self, address: SocketAddr) -> Self {
+        self.address = Some(address);
+        self
+    }
+
+    /// An integer weight. 0 drains the endpoint.
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.weight = Ok(weight);
+        self
+    }
+
+    /// A floating-point weight, as some registries carry; see
+    /// [`weight_from_f64`] for the mapping.
+    pub fn weight_f64(mut self, weight: f64) -> Self {
+        self.weight = weight_from_f64(weight);
+        self
+    }
+
+    /// The priority tier (0 = primary).
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.priority = Ok(priority);
+        self
+    }
+
+    /// A priority from a wider integer, as registries carry it; more than
+    /// 255 is rejected.
+    pub fn priority_u64(mut self, priority: u64) -> Self {
+        self.priority =
+            u8::try_from(priority).map_err(|_| InvalidEndpoint::PriorityTooLarge { priority });
+        self
+    }
+
+    /// The zone.
+    pub fn zone(mut self, zone: impl Into<String>) -> Self {
+        self.zone = Some(zone.into());
+        self
+    }
+
+    /// Adds a tag; a second tag with the same name replaces the first.
+    pub fn tag(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.tags.insert(name.into(), value.into());
+        self
+    }
+
+    /// Validates and builds the endpoint.
+    pub fn build(self) -> Result<Endpoint, InvalidEndpoint> {
+        validate_key(&self.key)?;
+        let weight = self.weight?;
+        let priority = self.priority?;
+        let zone = match self.zone {
+            Some(z) if z.is_empty() => return Err(InvalidEndpoint::EmptyZone),
+            Some(z) => Some(Arc::from(z)),
+            None => None,
+        };
+        if self.tags.keys().any(String::is_empty) {
+            return Err(InvalidEndpoint::EmptyTagName);
+        }
+        Ok(Endpoint {
+            key: self.key.into(),
+            address: self.address,
+            weight,
+            priority,
+            zone,
+            tags: Arc::new(self.tags),
+        })
+    }
+}
+
+fn validate_key(key: &str) -> Result<(), InvalidEndpoint> {
+    if key.is_empty() {
+        return Err(InvalidEndpoint::EmptyKey);
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(InvalidEndpoint::KeyTooLong {
+            len: key.len(),
+            max: MAX_KEY_LEN,
+        });
+    }
+    if key.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(InvalidEndpoint::BadKeyCharacter { key: key.into() });
+    }
+    Ok(())
+}
+
+/// Maps a floating-point weight from a registry to a `u32` weight.
+///
+/// NaN, infinities and negative numbers are rejected, as is anything above
+/// `u32::MAX`. Other values round to the nearest integer, except that a
+/// positive weight never rounds down to 0: 0.2 becomes 1, so a small weight
+/// does not silently drain an endpoint. Exactly 0 (or -0) stays 0 (drain).
+pub fn weight_from_f64(weight: f64) -> Result<u32, InvalidEndpoint> {
+    if !weight.is_finite() || weight.is_sign_negative() && weight != 0.0 {
+        return Err(InvalidEndpoint::WeightNotFinite { weight });
+    }
+    if weight == 0.0 {
+        return Ok(0);
+    }
+    let rounded = weight.round().max(1.0);
+    if rounded > f64::from(u32::MAX) {
+        return Err(InvalidEndpoint::WeightTooLarge { weight });
+    }
+    // In range and integral by the checks above.
+    Ok(rounded as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn float_weights_map_or_fail_typed() {
+        assert_eq!(weight_from_f64(2.4), Ok(2));
+        assert_eq!(weight_from_f64(2.5), Ok(3));
+        assert_eq!(weight_from_f64(0.2), Ok(1));
+        assert_eq!(weight_from_f64(0.0), Ok(0));
+        assert_eq!(weight_from_f64(-0.0), Ok(0));
+        assert_eq!(weight_from_f64(4294967295.0), Ok(u32::MAX));
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -1.0, -1e-9] {
+            assert!(
+                matches!(
+                    weight_from_f64(bad),
+                    Err(InvalidEndpoint::WeightNotFinite { .. })
+                ),
+                "{bad}"
+            );
+        }
+        for big in [4294967296.0, 1e300, f64::MAX] {
+            assert!(matches!(
+                weight_from_f64(big),
+                Err(InvalidEndpoint::WeightTooLarge { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn builder_validates() {
+        assert_eq!(
+            Endpoint::builder("").build(),
+            Err(InvalidEndpoint::EmptyKey)
+        );
+        assert!(matches!(
+            Endpoint::builder("a b").build(),
+            Err(InvalidEndpoint::BadKeyCharacter { .. })
+        ));
+        assert!(matches!(
+            Endpoint::builder("x".repeat(MAX_KEY_LEN + 1)).build(),
+            Err(InvalidEndpoint::KeyTooLong { .. })
+        ));
+        assert_eq!(
+            Endpoint::builder("a").zone("").build(),
+            Err(InvalidEndpoint::EmptyZone)
+        );
+        assert_eq!(
+            Endpoint::builder("a").tag("", "v").build(),
+            Err(InvalidEndpoint::EmptyTagName)
+        );
+        assert!(matches!(
+            Endpoint::builder("a").priority_u64(256).build(),
+            Err(InvalidEndpoint::PriorityTooLarge { priority: 256 })
+        ));
+        let e = Endpoint::builder("a")
+            .weight(u32::MAX)
+            .priority_u64(255)
+            .tag("k", "1")
+            .tag("k", "2")
+            .build()
+            .unwrap();
+        assert_eq!(
+            (e.weight(), e.priority(), e.tag("k")),
+            (u32::MAX, 255, Some("2"))
+        );
+    }
+
+    #[test]
+    fn address_endpoint_is_keyed_by_address() {
+        let e = Endpoint::new("[::1]:80".parse().unwrap()).with_weight(0);
+        assert_eq!(e.key(), "[::1]:80");
+        assert_eq!(e.weight(), 0);
+        assert_eq!(format!("{e}"), "[::1]:80");
+    }
+}

@@ -1,0 +1,172 @@
+//! The crate-wide error type.
+
+use std::time::Duration;
+
+/// A type-erased error, as tower uses for inner service failures.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a request or a discovery step failed.
+///
+/// Each variant either prints its cause or returns it from
+/// [`source()`](std::error::Error::source), never both.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The pool had no endpoints and the zero-endpoint policy failed fast.
+    #[error("no endpoints are available")]
+    NoEndpoints,
+    /// The pool stayed empty for the whole wait allowed by the zero-endpoint
+    /// policy.
+    #[error("no endpoint appeared within {waited:?}")]
+    NoEndpointsWithin {
+        /// How long the caller waited.
+        waited: Duration,
+    },
+    /// Endpoints exist but none may take the request.
+    #[error("none of the {total} endpoints is eligible")]
+    NoneEligible {
+        /// How many endpoints the pool holds.
+        total: usize,
+    },
+    /// A discovery source reported a failure.
+    #[error("discovery failed")]
+    Discovery(#[source] DiscoveryError),
+    /// An endpoint failed validation.
+    #[error("invalid endpoint")]
+    InvalidEndpoint(#[source] InvalidEndpoint),
+    /// The connector could not build a service for an endpoint.
+    #[error("could not connect to endpoint `{key}`")]
+    Connect {
+        /// The endpoint's key.
+        key: String,
+        /// What the connector returned.
+        #[source]
+        source: BoxError,
+    },
+    /// The endpoint's service returned an error.
+    #[error("endpoint service failed")]
+    Inner(#[source] BoxError),
+}
+
+impl From<InvalidEndpoint> for Error {
+    fn from(e: InvalidEndpoint) -> Self {
+        Error::InvalidEndpoint(e)
+    }
+}
+
+impl From<DiscoveryError> for Error {
+    fn from(e: DiscoveryError) -> Self {
+        Error::Discovery(e)
+    }
+}
+
+/// Why an endpoint was rejected on entry.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidEndpoint {
+    /// The key is empty.
+    #[error("endpoint key is empty")]
+    EmptyKey,
+    /// The key is longer than [`MAX_KEY_LEN`](crate::endpoint::MAX_KEY_LEN) bytes.
+    #[error("endpoint key is {len} bytes, more than the limit of {max}")]
+    KeyTooLong {
+        /// The key's length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The key contains a control character or whitespace.
+    #[error("endpoint key {key:?} contains a control character or whitespace")]
+    BadKeyCharacter {
+        /// The rejected key.
+        key: String,
+    },
+    /// A floating-point weight was NaN, infinite or negative.
+    #[error("weight {weight} is not a finite, non-negative number")]
+    WeightNotFinite {
+        /// The rejected weight.
+        weight: f64,
+    },
+    /// A weight does not fit in `u32`.
+    #[error("weight {weight} is larger than {max}", max = u32::MAX)]
+    WeightTooLarge {
+        /// The rejected weight.
+        weight: f64,
+    },
+    /// A priority does not fit in `u8`.
+    #[error("priority {priority} is larger than {max}", max = u8::MAX)]
+    PriorityTooLarge {
+        /// The rejected priority.
+        priority: u64,
+    },
+    /// The zone is present but empty.
+    #[error("zone is empty")]
+    EmptyZone,
+    /// A tag has an empty name.
+    #[error("tag name is empty")]
+    EmptyTagName,
+}
+
+/// A failure reported by a discovery [`Source`](crate::discover::Source).
+///
+/// A pool that sees one keeps its last good set of endpoints.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DiscoveryError {
+    /// A record from the source could not be turned into an endpoint.
+    #[error("record `{record}` is invalid")]
+    InvalidRecord {
+        /// Which record (a key, a line, a name).
+        record: String,
+        /// Why it was rejected.
+        #[source]
+        source: InvalidEndpoint,
+    },
+    /// The registry or transport failed.
+    #[error("discovery source failed")]
+    Source(#[source] BoxError),
+    /// A heartbeat TTL of zero.
+    #[error("a heartbeat TTL must be longer than zero")]
+    ZeroTtl,
+    /// A service name given to a registry is empty or malformed.
+    #[error("service name {name:?} is invalid")]
+    InvalidServiceName {
+        /// The rejected name.
+        name: String,
+    },
+}
+
+/// Renders an error and its `source()` chain as one line: `a: b: c`.
+pub(crate) fn render_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut next = error.source();
+    while let Some(e) = next {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        next = e.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn a_cause_is_either_printed_or_chained_not_both() {
+        let e = Error::Inner("boom".into());
+        assert!(!e.to_string().contains("boom"));
+        assert_eq!(e.source().map(|s| s.to_string()).as_deref(), Some("boom"));
+
+        let e = Error::Discovery(DiscoveryError::InvalidRecord {
+            record: "k".into(),
+            source: InvalidEndpoint::EmptyKey,
+        });
+        assert!(!e.to_string().contains("empty"));
+        assert_eq!(
+            render_chain(&e),
+            "discovery failed: record `k` is invalid: endpoint key is empty"
+        );
+    }
+}

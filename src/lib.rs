@@ -1,0 +1,83 @@
+//! Client-side load balancing as tower layers.
+//!
+//! `tower-lb` discovers the instances of a service from a registry, picks
+//! one per request by weight and load, and does it inside your process: no
+//! sidecar, no central proxy. Each stage is a tower `Layer` that wraps any
+//! service stack — hyper, tonic, axum clients or a plain `service_fn`.
+//!
+//! ```text
+//! Source ──updates──▶ Pool ──snapshot──▶ Balance ──pick──▶ endpoint service
+//! ```
+//!
+//! - [`discover`]: where endpoints come from — a static list, the
+//!   in-process [`Registry`](discover::Registry), your own channel — and an
+//!   adapter to tower's `Discover`.
+//! - [`pool`]: the live set, applied off the request path and published as
+//!   immutable snapshots, with per-endpoint [`EndpointStats`](pool::EndpointStats).
+//! - [`balance`]: the [`Balance`](balance::Balance) service and its
+//!   strategies: round robin, random, smooth weighted round robin, weighted
+//!   random, and power of two choices over in-flight requests or Peak-EWMA
+//!   latency.
+//!
+//! # Example
+//!
+//! ```
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_lb::balance::{BalanceLayer, PeakEwma};
+//! use tower_lb::discover::Registry;
+//! use tower_lb::pool::DiscoverLayer;
+//! use tower_lb::Endpoint;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let registry = Registry::new();
+//! let _a = registry.register("echo", Endpoint::new("127.0.0.1:8001".parse().unwrap())).unwrap();
+//! let _b = registry.register("echo", Endpoint::new("127.0.0.1:8002".parse().unwrap())).unwrap();
+//!
+//! // One service per endpoint; with hyper this would be a client bound to
+//! // `ep.address()`.
+//! let connector = service_fn(|ep: Endpoint| async move {
+//!     Ok::<_, std::convert::Infallible>(service_fn(move |req: String| {
+//!         let ep = ep.clone();
+//!         async move { Ok::<_, std::convert::Infallible>(format!("{ep} got {req}")) }
+//!     }))
+//! });
+//!
+//! let client = ServiceBuilder::new()
+//!     .layer(BalanceLayer::new(PeakEwma::new()))
+//!     .layer(DiscoverLayer::new(registry.watch("echo").unwrap()))
+//!     .service(connector);
+//!
+//! let reply = client.oneshot("hello".to_owned()).await.unwrap();
+//! assert!(reply.ends_with("got hello"));
+//! # }
+//! ```
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `http` | yes | HTTP helpers ([`http`] module) |
+//! | `tracing` | yes | `tracing` events for discovery and balancing decisions |
+//! | `dns` | no | reserved for DNS discovery |
+//! | `etcd` | no | reserved for etcd discovery and registration |
+//! | `metrics` | no | reserved for metrics export |
+//! | `test-util` | no | reserved for test helpers; [`discover::channel`] already gives a controllable source |
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+#![forbid(unsafe_code)]
+
+pub mod balance;
+pub mod discover;
+pub mod endpoint;
+mod error;
+#[cfg(feature = "http")]
+pub mod http;
+pub mod pool;
+mod trace;
+
+pub use endpoint::Endpoint;
+pub use error::{BoxError, DiscoveryError, Error, InvalidEndpoint};

@@ -1,0 +1,221 @@
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::{PoolDriver, Snapshot};
+use crate::discover::Source;
+use crate::endpoint::Endpoint;
+use crate::error::BoxError;
+
+/// The live set of endpoints of one service. Cheap to clone; all clones
+/// share the same set.
+///
+/// Build one with [`DiscoverLayer`](super::DiscoverLayer) (which spawns the
+/// discovery driver on the current tokio runtime) or with [`Pool::new`]
+/// (which hands the driver to you). The driver stops when the last clone of
+/// a spawned pool is dropped.
+pub struct Pool<S> {
+    pub(crate) shared: Arc<Shared<S>>,
+    driver: Option<Arc<AbortOnDrop>>,
+}
+
+type Subscriber<S> = Box<dyn FnMut(&Arc<Snapshot<S>>) -> bool + Send>;
+
+pub(crate) struct Shared<S> {
+    current: ArcSwap<Snapshot<S>>,
+    /// Held while publishing, so subscribers see snapshots in order.
+    subscribers: Mutex<Vec<Subscriber<S>>>,
+    notify: Arc<Notify>,
+    status: Mutex<DiscoveryStatus>,
+}
+
+/// How discovery has gone for a pool so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DiscoveryStatus {
+    /// The revision of the newest update applied, if any.
+    pub applied_revision: Option<u64>,
+    /// Updates applied.
+    pub updates_applied: u64,
+    /// Updates ignored because their revision was older than the applied one.
+    pub stale_ignored: u64,
+    /// Empty snapshots ignored because the pool keeps its last good set.
+    pub empty_ignored: u64,
+    /// Failures reported by the source.
+    pub errors: u64,
+    /// The last failure reported by the source or the connector, rendered.
+    pub last_error: Option<String>,
+    /// Endpoints the connector failed to build a service for.
+    pub connect_failures: u64,
+    /// Whether the source has ended; the pool then keeps its last set.
+    pub ended: bool,
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<S> Clone for Pool<S> {
+    fn clone(&self) -> Self {
+        Pool {
+            shared: self.shared.clone(),
+            driver: self.driver.clone(),
+        }
+    }
+}
+
+impl<S> fmt::Debug for Pool<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let snap = self.shared.current.load();
+        f.debug_struct("Pool")
+            .field("revision", &snap.revision())
+            .field("endpoints", &snap.len())
+            .field("driver", &self.driver.is_some())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking subscriber must not wedge discovery for everyone else.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<S: Clone + Send + Sync + 'static> Pool<S> {
+    /// A pool fed by `source` through `connector`, and the driver that
+    /// applies its updates. Run the driver (spawn it, or `.await` it in a
+    /// task you own); the pool stays empty until it runs.
+    pub fn new<Src, C>(source: Src, connector: C) -> (Self, PoolDriver<Src, C, S>)
+    where
+        Src: Source,
+        C: tower_service::Service<Endpoint, Response = S>,
+        C::Error: Into<BoxError>,
+    {
+        Self::with_config(source, connector, super::PoolConfig::default())
+    }
+
+    pub(crate) fn with_config<Src, C>(
+        source: Src,
+        connector: C,
+        config: super::PoolConfig,
+    ) -> (Self, PoolDriver<Src, C, S>)
+    where
+        Src: Source,
+        C: tower_service::Service<Endpoint, Response = S>,
+        C::Error: Into<BoxError>,
+    {
+        let pool = Pool::empty();
+        let driver = PoolDriver::new(source, connector, pool.shared.clone(), config);
+        (pool, driver)
+    }
+
+    /// A pool that is never fed; for layers that republish another pool's
+    /// view.
+    pub(crate) fn empty() -> Self {
+        Pool {
+            shared: Arc::new(Shared {
+                current: ArcSwap::from_pointee(Snapshot::new(0, Instant::now(), Vec::new())),
+                subscribers: Mutex::new(Vec::new()),
+                notify: Arc::new(Notify::new()),
+                status: Mutex::new(DiscoveryStatus::default()),
+            }),
+            driver: None,
+        }
+    }
+
+    pub(crate) fn with_driver(mut self, handle: JoinHandle<()>) -> Self {
+        self.driver = Some(Arc::new(AbortOnDrop(handle)));
+        self
+    }
+}
+
+impl<S> Pool<S> {
+    /// The current set. One atomic load; never blocks.
+    pub fn snapshot(&self) -> Arc<Snapshot<S>> {
+        self.shared.current.load_full()
+    }
+
+    /// How discovery has gone so far.
+    pub fn discovery(&self) -> DiscoveryStatus {
+        lock(&self.shared.status).clone()
+    }
+
+    /// Waits until the snapshot's revision differs from `seen`, and returns
+    /// the new one. Returns at once if it already differs.
+    pub async fn changed(&self, seen: u64) -> u64 {
+        loop {
+            let notified = self.shared.notify.clone().notified_owned();
+            let now = self.shared.current.load().revision();
+            if now != seen {
+                return now;
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits until discovery has applied an update with revision `revision`
+    /// or newer, or the source has ended. Returns whether the revision was
+    /// reached.
+    pub async fn applied(&self, revision: u64) -> bool {
+        loop {
+            let notified = self.shared.notify.clone().notified_owned();
+            {
+                let st = lock(&self.shared.status);
+                if st.applied_revision.is_some_and(|r| r >= revision) {
+                    return true;
+                }
+                if st.ended {
+                    return false;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    pub(crate) fn notify(&self) -> &Arc<Notify> {
+        &self.shared.notify
+    }
+
+    /// Calls `f` with the current snapshot now and with every snapshot
+    /// published later, until `f` returns `false`.
+    pub(crate) fn subscribe(&self, mut f: impl FnMut(&Arc<Snapshot<S>>) -> bool + Send + 'static) {
+        let mut subs = lock(&self.shared.subscribers);
+        if f(&self.shared.current.load_full()) {
+            subs.push(Box::new(f));
+        }
+    }
+}
+
+impl<S> Shared<S> {
+    pub(crate) fn current(&self) -> Arc<Snapshot<S>> {
+        self.current.load_full()
+    }
+
+    /// Publishes a new snapshot: subscribers first (so a balancer's picker
+    /// is ready), then wakes anyone waiting for a change.
+    pub(crate) fn publish(&self, snapshot: Snapshot<S>) {
+        let snapshot = Arc::new(snapshot);
+        {
+            let mut subs = lock(&self.subscribers);
+            self.current.store(snapshot.clone());
+            subs.retain_mut(|f| f(&snapshot));
+        }
+        self.notify.notify_waiters();
+    }
+
+    pub(crate) fn applied_revision(&self) -> Option<u64> {
+        lock(&self.status).applied_revision
+    }
+
+    pub(crate) fn update_status(&self, f: impl FnOnce(&mut DiscoveryStatus)) {
+        f(&mut lock(&self.status));
+        self.notify.notify_waiters();
+    }
+}

@@ -1,0 +1,126 @@
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::EndpointStats;
+use crate::endpoint::Endpoint;
+
+/// An immutable view of a pool's endpoints at one revision.
+///
+/// Snapshots are published whole through `arc_swap`; a request that loaded
+/// one keeps using it even if a newer one is published meanwhile.
+#[derive(Debug)]
+pub struct Snapshot<S> {
+    revision: u64,
+    epoch: Instant,
+    members: Vec<Member<S>>,
+}
+
+/// One endpoint in a [`Snapshot`]: its metadata, its service and its stats.
+#[derive(Debug)]
+pub struct Member<S> {
+    endpoint: Endpoint,
+    service: S,
+    stats: Arc<EndpointStats>,
+}
+
+impl<S> Snapshot<S> {
+    pub(crate) fn new(revision: u64, epoch: Instant, members: Vec<Member<S>>) -> Self {
+        Snapshot {
+            revision,
+            epoch,
+            members,
+        }
+    }
+
+    /// The revision of the last discovery update that changed this set
+    /// (0 before any).
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// The members in a stable order (first-seen order of their keys).
+    pub fn members(&self) -> &[Member<S>] {
+        &self.members
+    }
+
+    /// How many endpoints.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether there are no endpoints.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The member with this key.
+    pub fn get(&self, key: &str) -> Option<&Member<S>> {
+        self.members.iter().find(|m| m.endpoint.key() == key)
+    }
+
+    /// The instant latency stamps in this pool are measured from.
+    pub fn epoch(&self) -> Instant {
+        self.epoch
+    }
+
+    /// A plain-data report of every endpoint and its counters.
+    pub fn report(&self) -> Vec<EndpointReport> {
+        self.members.iter().map(Member::report).collect()
+    }
+}
+
+impl<S> Member<S> {
+    pub(crate) fn new(endpoint: Endpoint, service: S, stats: Arc<EndpointStats>) -> Self {
+        Member {
+            endpoint,
+            service,
+            stats,
+        }
+    }
+
+    /// The endpoint.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The service the connector built for it.
+    pub fn service(&self) -> &S {
+        &self.service
+    }
+
+    /// Its live counters.
+    pub fn stats(&self) -> &Arc<EndpointStats> {
+        &self.stats
+    }
+
+    /// A plain-data copy of its counters.
+    pub fn report(&self) -> EndpointReport {
+        EndpointReport {
+            endpoint: self.endpoint.clone(),
+            in_flight: self.stats.in_flight(),
+            successes: self.stats.successes(),
+            failures: self.stats.failures(),
+            consecutive_failures: self.stats.consecutive_failures(),
+            ewma_latency: self.stats.ewma_latency(),
+        }
+    }
+}
+
+/// A copy of one endpoint's counters at the time of the report.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct EndpointReport {
+    /// The endpoint.
+    pub endpoint: Endpoint,
+    /// Requests in flight.
+    pub in_flight: u64,
+    /// Successful requests.
+    pub successes: u64,
+    /// Failed requests.
+    pub failures: u64,
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
+    /// Peak-EWMA latency as of the last sample.
+    pub ewma_latency: Option<std::time::Duration>,
+}

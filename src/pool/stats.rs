@@ -1,0 +1,150 @@
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Live counters for one endpoint, shared by every snapshot that holds it.
+///
+/// An endpoint keeps the same `EndpointStats` for as long as its key stays
+/// in the pool, so a re-announce with a new weight or priority loses
+/// nothing. All fields are atomics updated on the request path without a
+/// lock.
+#[derive(Debug, Default)]
+pub struct EndpointStats {
+    in_flight: AtomicU64,
+    successes: AtomicU64,
+    failures: AtomicU64,
+    consecutive_failures: AtomicU32,
+    /// Peak-EWMA round-trip estimate in nanoseconds, as `f64` bits; 0 means
+    /// no sample yet.
+    ewma_ns: AtomicU64,
+    /// When `ewma_ns` was last updated, in nanoseconds since the pool epoch.
+    ewma_at: AtomicU64,
+}
+
+impl EndpointStats {
+    /// Requests sent to this endpoint that have not finished (completed,
+    /// failed or been cancelled).
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Relaxed)
+    }
+
+    /// Requests that completed successfully.
+    pub fn successes(&self) -> u64 {
+        self.successes.load(Relaxed)
+    }
+
+    /// Requests that failed.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Relaxed)
+    }
+
+    /// Failures since the last success.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures.load(Relaxed)
+    }
+
+    /// The Peak-EWMA latency estimate as of its last sample, if any.
+    pub fn ewma_latency(&self) -> Option<Duration> {
+        let ns = f64::from_bits(self.ewma_ns.load(Relaxed));
+        (ns > 0.0).then(|| Duration::from_nanos(ns as u64))
+    }
+
+    pub(crate) fn start(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn finish(&self) {
+        self.in_flight.fetch_sub(1, Relaxed);
+    }
+
+    pub(crate) fn record_success(&self) {
+        self.successes.fetch_add(1, Relaxed);
+        if self.consecutive_failures.load(Relaxed) != 0 {
+            self.consecutive_failures.store(0, Relaxed);
+        }
+    }
+
+    pub(crate) fn record_failure(&self) {
+        self.failures.fetch_add(1, Relaxed);
+        self.consecutive_failures.fetch_add(1, Relaxed);
+    }
+
+    /// Folds one round trip into the Peak-EWMA estimate: a sample above the
+    /// (decayed) estimate replaces it at once (the peak), a lower one pulls
+    /// it down with weight `1 - exp(-elapsed / tau)`.
+    pub(crate) fn record_rtt(&self, rtt_ns: f64, now_ns: u64, tau_ns: f64) {
+        let _ = self.ewma_ns.fetch_update(Relaxed, Relaxed, |bits| {
+            let prev = f64::from_bits(bits);
+            let at = self.ewma_at.load(Relaxed);
+            let next = if prev <= 0.0 || rtt_ns > prev {
+                rtt_ns
+            } else {
+                let decay = (-(now_ns.saturating_sub(at) as f64) / tau_ns).exp();
+                prev * decay + rtt_ns * (1.0 - decay)
+            };
+            Some(next.max(1.0).to_bits())
+        });
+        self.ewma_at.store(now_ns, Relaxed);
+    }
+
+    /// The Peak-EWMA estimate decayed to `now_ns`, or `default_ns` with no
+    /// sample. An endpoint that gets no traffic drifts back towards zero
+    /// cost, so a once-slow endpoint is tried again (linkerd, Finagle).
+    pub(crate) fn rtt_estimate(&self, now_ns: u64, tau_ns: f64, default_ns: f64) -> f64 {
+        let prev = f64::from_bits(self.ewma_ns.load(Relaxed));
+        if prev <= 0.0 {
+            return default_ns;
+        }
+        let elapsed = now_ns.saturating_sub(self.ewma_at.load(Relaxed));
+        if elapsed == 0 {
+            prev
+        } else {
+            prev * (-(elapsed as f64) / tau_ns).exp()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peak_ewma_jumps_up_and_decays_down() {
+        let s = EndpointStats::default();
+        let tau = 1e9;
+        assert_eq!(s.rtt_estimate(0, tau, 5.0), 5.0);
+        s.record_rtt(100.0, 0, tau);
+        assert_eq!(s.rtt_estimate(0, tau, 5.0), 100.0);
+        s.record_rtt(1000.0, 10, tau);
+        assert_eq!(s.ewma_latency(), Some(Duration::from_nanos(1000)));
+        // A lower sample long after moves the estimate almost all the way.
+        s.record_rtt(10.0, 10 + 10_000_000_000, tau);
+        assert!(s.rtt_estimate(10 + 10_000_000_000, tau, 5.0) < 11.0);
+        // With no samples the estimate decays towards zero.
+        s.record_rtt(1000.0, 20_000_000_000, tau);
+        let later = s.rtt_estimate(21_000_000_000, tau, 5.0);
+        assert!(
+            (later - 1000.0 / std::f64::consts::E).abs() < 1e-6,
+            "{later}"
+        );
+    }
+
+    #[test]
+    fn counters() {
+        let s = EndpointStats::default();
+        s.start();
+        s.record_failure();
+        s.record_failure();
+        assert_eq!(s.consecutive_failures(), 2);
+        s.record_success();
+        s.finish();
+        assert_eq!(
+            (
+                s.in_flight(),
+                s.successes(),
+                s.failures(),
+                s.consecutive_failures()
+            ),
+            (0, 1, 2, 0)
+        );
+    }
+}
