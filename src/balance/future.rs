@@ -22,37 +22,53 @@ use crate::pool::EndpointStats;
 /// in-flight counter goes back down when the request finishes or its
 /// future is dropped.
 pub(super) struct InFlight {
-    stats: Arc<EndpointStats>,
-    /// Start, pool epoch and EWMA time constant, when latency is recorded.
-    timing: Option<(Instant, Instant, f64)>,
+    /// `None` once the outcome has been recorded.
+    stats: Option<Arc<EndpointStats>>,
+    timing: Option<Timing>,
+}
+
+/// What Peak-EWMA needs to time a request.
+#[derive(Clone, Copy)]
+pub(super) struct Timing {
+    /// When the request was picked, in nanoseconds since `epoch`.
+    pub(super) start_ns: u64,
+    pub(super) epoch: Instant,
+    pub(super) tau_ns: f64,
 }
 
 impl InFlight {
-    pub(super) fn start(
-        stats: Arc<EndpointStats>,
-        timing: Option<(Instant, Instant, f64)>,
-    ) -> Self {
+    #[inline]
+    pub(super) fn start(stats: Arc<EndpointStats>, timing: Option<Timing>) -> Self {
         stats.start();
-        InFlight { stats, timing }
+        InFlight {
+            stats: Some(stats),
+            timing,
+        }
     }
 
-    fn finish(self, ok: bool) {
-        if ok {
-            self.stats.record_success();
-        } else {
-            self.stats.record_failure();
+    #[inline]
+    fn finish(&mut self, ok: bool) {
+        let Some(stats) = self.stats.take() else {
+            return;
+        };
+        if let Some(t) = self.timing {
+            let now = nanos_since(t.epoch);
+            stats.record_rtt(now.saturating_sub(t.start_ns) as f64, now, t.tau_ns);
         }
-        if let Some((start, epoch, tau_ns)) = self.timing {
-            let now = nanos_since(epoch);
-            let rtt = Instant::now().saturating_duration_since(start).as_nanos() as f64;
-            self.stats.record_rtt(rtt, now, tau_ns);
+        if ok {
+            stats.finish_success();
+        } else {
+            stats.finish_failure();
         }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.stats.finish();
+        // Cancelled before an outcome: only the in-flight count changes.
+        if let Some(stats) = &self.stats {
+            stats.finish();
+        }
     }
 }
 
@@ -212,7 +228,7 @@ where
                 }
                 StateProj::Ready { service, req } => {
                     if let Err(e) = ready!(service.poll_ready(cx)) {
-                        if let Some(f) = this.in_flight.take() {
+                        if let Some(f) = this.in_flight {
                             f.finish(false);
                         }
                         return Poll::Ready(Err(Error::Inner(e.into())));
@@ -226,7 +242,7 @@ where
                 }
                 StateProj::Calling { future } => {
                     let out = ready!(future.poll(cx));
-                    if let Some(f) = this.in_flight.take() {
+                    if let Some(f) = this.in_flight {
                         f.finish(out.is_ok());
                     }
                     return Poll::Ready(out.map_err(|e| Error::Inner(e.into())));

@@ -177,7 +177,7 @@ impl Strategy for PeakEwma {
 impl Picker for PeakEwmaPicker {
     #[inline]
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
-        let mut now_ns = None;
+        let mut now_ns = ctx.now_ns;
         self.pair.pick(ctx.rng, |b, a| {
             let now = *now_ns.get_or_insert_with(|| nanos_since(self.epoch));
             let cost = |c: &Candidate| {

@@ -4,10 +4,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::time::Instant;
 use tower_service::Service;
 
-use super::future::{InFlight, ResponseFuture};
+use super::future::{InFlight, ResponseFuture, Timing};
+use super::p2c::nanos_since;
 use super::{PickContext, PickRng, Picker, Strategy};
 use crate::error::{BoxError, Error};
 use crate::pool::{Pool, Snapshot};
@@ -176,13 +176,20 @@ impl<S, St: Strategy> Balance<S, St> {
         S: Clone,
     {
         let routing = self.shared.routing.load();
-        let ctx = PickContext::new(&self.shared.rng);
+        // One clock read serves both the picker and the request's timing.
+        let timing = routing.ewma_tau_ns.map(|tau_ns| {
+            let epoch = routing.snapshot.epoch();
+            Timing {
+                start_ns: nanos_since(epoch),
+                epoch,
+                tau_ns,
+            }
+        });
+        let mut ctx = PickContext::new(&self.shared.rng);
+        ctx.now_ns = timing.map(|t| t.start_ns);
         match routing.picker.pick(&ctx) {
             Some(i) => match routing.snapshot.members().get(i) {
                 Some(member) => {
-                    let timing = routing
-                        .ewma_tau_ns
-                        .map(|tau| (Instant::now(), routing.snapshot.epoch(), tau));
                     let in_flight = InFlight::start(member.stats().clone(), timing);
                     Pick::Picked(member.service().clone(), in_flight)
                 }

@@ -38,12 +38,16 @@ pub trait Picker: Send + Sync + 'static {
 pub struct PickContext<'a> {
     /// The balancer's random source.
     pub rng: &'a PickRng,
+    /// Now, in nanoseconds since the snapshot's
+    /// [epoch](crate::pool::Snapshot::epoch), when the balancer has already
+    /// read the clock (it does when the picker asks for latency timing).
+    pub now_ns: Option<u64>,
 }
 
 impl<'a> PickContext<'a> {
     /// A context drawing from `rng`.
     pub fn new(rng: &'a PickRng) -> Self {
-        PickContext { rng }
+        PickContext { rng, now_ns: None }
     }
 }
 

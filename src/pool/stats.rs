@@ -1,16 +1,29 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+/// Bits of [`EndpointStats::live`] that count requests in flight; the bits
+/// above count successes, so finishing a successful request is one atomic
+/// add (`SUCCESS - 1`).
+const IN_FLIGHT_BITS: u32 = 24;
+const IN_FLIGHT_MASK: u64 = (1 << IN_FLIGHT_BITS) - 1;
+const SUCCESS: u64 = 1 << IN_FLIGHT_BITS;
+/// Successes the packed field holds before it wraps into `success_wraps`.
+const SUCCESS_FIELD: u64 = 1 << (64 - IN_FLIGHT_BITS);
+
 /// Live counters for one endpoint, shared by every snapshot that holds it.
 ///
 /// An endpoint keeps the same `EndpointStats` for as long as its key stays
 /// in the pool, so a re-announce with a new weight or priority loses
 /// nothing. All fields are atomics updated on the request path without a
-/// lock.
+/// lock; a request costs two atomic adds here (start, and finish with its
+/// outcome).
 #[derive(Debug, Default)]
 pub struct EndpointStats {
-    in_flight: AtomicU64,
-    successes: AtomicU64,
+    /// Low 24 bits: requests in flight (up to 16.7 million at once per
+    /// endpoint); high 40 bits: successes, modulo 2^40.
+    live: AtomicU64,
+    /// How many times the success field wrapped.
+    success_wraps: AtomicU64,
     failures: AtomicU64,
     consecutive_failures: AtomicU32,
     /// Peak-EWMA round-trip estimate in nanoseconds, as `f64` bits; 0 means
@@ -24,12 +37,13 @@ impl EndpointStats {
     /// Requests sent to this endpoint that have not finished (completed,
     /// failed or been cancelled).
     pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Relaxed)
+        self.live.load(Relaxed) & IN_FLIGHT_MASK
     }
 
     /// Requests that completed successfully.
     pub fn successes(&self) -> u64 {
-        self.successes.load(Relaxed)
+        let field = self.live.load(Relaxed) >> IN_FLIGHT_BITS;
+        self.success_wraps.load(Relaxed) * SUCCESS_FIELD + field
     }
 
     /// Requests that failed.
@@ -48,22 +62,33 @@ impl EndpointStats {
         (ns > 0.0).then(|| Duration::from_nanos(ns as u64))
     }
 
+    #[inline]
     pub(crate) fn start(&self) {
-        self.in_flight.fetch_add(1, Relaxed);
+        self.live.fetch_add(1, Relaxed);
     }
 
+    /// Ends a request that was cancelled or whose outcome is recorded
+    /// separately.
+    #[inline]
     pub(crate) fn finish(&self) {
-        self.in_flight.fetch_sub(1, Relaxed);
+        self.live.fetch_sub(1, Relaxed);
     }
 
-    pub(crate) fn record_success(&self) {
-        self.successes.fetch_add(1, Relaxed);
+    /// Ends a request that succeeded: one atomic add.
+    #[inline]
+    pub(crate) fn finish_success(&self) {
+        let before = self.live.fetch_add(SUCCESS.wrapping_sub(1), Relaxed);
+        if before >> IN_FLIGHT_BITS == SUCCESS_FIELD - 1 {
+            self.success_wraps.fetch_add(1, Relaxed);
+        }
         if self.consecutive_failures.load(Relaxed) != 0 {
             self.consecutive_failures.store(0, Relaxed);
         }
     }
 
-    pub(crate) fn record_failure(&self) {
+    /// Ends a request that failed.
+    pub(crate) fn finish_failure(&self) {
+        self.finish();
         self.failures.fetch_add(1, Relaxed);
         self.consecutive_failures.fetch_add(1, Relaxed);
     }
@@ -72,13 +97,13 @@ impl EndpointStats {
     /// (decayed) estimate replaces it at once (the peak), a lower one pulls
     /// it down with weight `1 - exp(-elapsed / tau)`.
     pub(crate) fn record_rtt(&self, rtt_ns: f64, now_ns: u64, tau_ns: f64) {
+        let at = self.ewma_at.load(Relaxed);
         let _ = self.ewma_ns.fetch_update(Relaxed, Relaxed, |bits| {
             let prev = f64::from_bits(bits);
-            let at = self.ewma_at.load(Relaxed);
             let next = if prev <= 0.0 || rtt_ns > prev {
                 rtt_ns
             } else {
-                let decay = (-(now_ns.saturating_sub(at) as f64) / tau_ns).exp();
+                let decay = decay(now_ns.saturating_sub(at), tau_ns);
                 prev * decay + rtt_ns * (1.0 - decay)
             };
             Some(next.max(1.0).to_bits())
@@ -89,17 +114,25 @@ impl EndpointStats {
     /// The Peak-EWMA estimate decayed to `now_ns`, or `default_ns` with no
     /// sample. An endpoint that gets no traffic drifts back towards zero
     /// cost, so a once-slow endpoint is tried again (linkerd, Finagle).
+    #[inline]
     pub(crate) fn rtt_estimate(&self, now_ns: u64, tau_ns: f64, default_ns: f64) -> f64 {
         let prev = f64::from_bits(self.ewma_ns.load(Relaxed));
         if prev <= 0.0 {
             return default_ns;
         }
-        let elapsed = now_ns.saturating_sub(self.ewma_at.load(Relaxed));
-        if elapsed == 0 {
-            prev
-        } else {
-            prev * (-(elapsed as f64) / tau_ns).exp()
-        }
+        prev * decay(now_ns.saturating_sub(self.ewma_at.load(Relaxed)), tau_ns)
+    }
+}
+
+/// `exp(-elapsed / tau)`, with a cubic-accurate shortcut for the common
+/// case of an elapsed time far below `tau` (error below 2e-7).
+#[inline]
+fn decay(elapsed_ns: u64, tau_ns: f64) -> f64 {
+    let x = elapsed_ns as f64 / tau_ns;
+    if x < 0.01 {
+        1.0 - x + 0.5 * x * x
+    } else {
+        (-x).exp()
     }
 }
 
@@ -129,14 +162,23 @@ mod tests {
     }
 
     #[test]
+    fn decay_shortcut_matches_exp() {
+        for x in [0.0, 1e-9, 1e-4, 0.005, 0.0099, 0.01, 0.5, 3.0] {
+            let got = decay((x * 1e9) as u64, 1e9);
+            assert!((got - (-x).exp()).abs() < 2e-7, "{x}: {got}");
+        }
+    }
+
+    #[test]
     fn counters() {
         let s = EndpointStats::default();
         s.start();
-        s.record_failure();
-        s.record_failure();
+        s.start();
+        s.finish_failure();
+        s.start();
+        s.finish_failure();
         assert_eq!(s.consecutive_failures(), 2);
-        s.record_success();
-        s.finish();
+        s.finish_success();
         assert_eq!(
             (
                 s.in_flight(),
@@ -146,5 +188,22 @@ mod tests {
             ),
             (0, 1, 2, 0)
         );
+        s.start();
+        s.finish();
+        assert_eq!((s.in_flight(), s.successes()), (0, 1));
+    }
+
+    #[test]
+    fn success_field_wraps_into_the_overflow_counter() {
+        let s = EndpointStats::default();
+        s.live.store((SUCCESS_FIELD - 2) << IN_FLIGHT_BITS, Relaxed);
+        for _ in 0..3 {
+            s.start();
+            s.start();
+            s.finish_success();
+            s.finish();
+        }
+        assert_eq!(s.successes(), SUCCESS_FIELD + 1);
+        assert_eq!(s.in_flight(), 0);
     }
 }
