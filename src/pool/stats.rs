@@ -163,7 +163,7 @@ mod tests {
 
     #[test]
     fn decay_shortcut_matches_exp() {
-        for x in [0.0, 1e-9, 1e-4, 0.005, 0.0099, 0.01, 0.5, 3.0] {
+        for x in [0.0f64, 1e-9, 1e-4, 0.005, 0.0099, 0.01, 0.5, 3.0] {
             let got = decay((x * 1e9) as u64, 1e9);
             assert!((got - (-x).exp()).abs() < 2e-7, "{x}: {got}");
         }
