@@ -1,0 +1,108 @@
+//! The request path makes no heap allocation of its own: after warm-up, a
+//! request through `Balance` — `ready().await`, `call().await` — allocates
+//! nothing, for every strategy. Counted with a global allocator, so this
+//! file holds one test (a second would race on the counter).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::convert::Infallible;
+use std::future::ready;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+
+use tower::{Layer, Service, ServiceExt, service_fn};
+use tower_lb::Endpoint;
+use tower_lb::balance::{
+    BalanceLayer, LeastInFlight, PeakEwma, Random, RoundRobin, Strategy, WeightedRandom,
+    WeightedRoundRobin,
+};
+use tower_lb::discover::StaticSource;
+use tower_lb::pool::DiscoverLayer;
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(SeqCst) {
+            ALLOCATIONS.fetch_add(1, SeqCst);
+        }
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(SeqCst) {
+            ALLOCATIONS.fetch_add(1, SeqCst);
+        }
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+async fn allocations_per_1000<St: Strategy + Clone>(strategy: St) -> u64 {
+    let endpoints = (0..50).map(|i| {
+        Endpoint::new(format!("127.0.0.1:{}", 20_000 + i).parse().unwrap()).with_weight(1 + i % 3)
+    });
+    let connector = service_fn(|_: Endpoint| {
+        ready(Ok::<_, Infallible>(service_fn(|x: u64| {
+            ready(Ok::<_, Infallible>(x))
+        })))
+    });
+    let pool = DiscoverLayer::new(StaticSource::new(endpoints)).layer(connector);
+    assert!(pool.applied(1).await);
+    let mut lb = BalanceLayer::new(strategy).layer(pool);
+    for i in 0..1000 {
+        assert_eq!(lb.ready().await.unwrap().call(i).await.unwrap(), i);
+    }
+    ALLOCATIONS.store(0, SeqCst);
+    COUNTING.store(true, SeqCst);
+    for i in 0..1000 {
+        let out = lb.ready().await.unwrap().call(i).await;
+        assert!(matches!(out, Ok(x) if x == i));
+    }
+    COUNTING.store(false, SeqCst);
+    ALLOCATIONS.load(SeqCst)
+}
+
+#[test]
+fn steady_state_requests_do_not_allocate() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The counter sees allocations at all: a control.
+    ALLOCATIONS.store(0, SeqCst);
+    COUNTING.store(true, SeqCst);
+    drop(std::hint::black_box(Box::new(7u64)));
+    COUNTING.store(false, SeqCst);
+    assert_eq!(ALLOCATIONS.load(SeqCst), 1);
+
+    rt.block_on(async {
+        let counts = [
+            ("round_robin", allocations_per_1000(RoundRobin).await),
+            ("random", allocations_per_1000(Random).await),
+            (
+                "weighted_round_robin",
+                allocations_per_1000(WeightedRoundRobin).await,
+            ),
+            (
+                "weighted_random",
+                allocations_per_1000(WeightedRandom).await,
+            ),
+            ("least_in_flight", allocations_per_1000(LeastInFlight).await),
+            ("peak_ewma", allocations_per_1000(PeakEwma::new()).await),
+        ];
+        for (name, n) in counts {
+            assert_eq!(n, 0, "{name}: {n} allocations in 1000 requests");
+        }
+    });
+}
