@@ -61,7 +61,7 @@
 //! | `dns` | no | reserved for DNS discovery |
 //! | `etcd` | no | reserved for etcd discovery and registration |
 //! | `metrics` | no | reserved for metrics export |
-//! | `test-util` | no | reserved for test helpers; [`discover::channel`] already gives a controllable source |
+//! | `test-util` | no | `discover::ManualSource`, a controllable source for testing your own stacks |
 #![warn(
     missing_docs,
     missing_debug_implementations,

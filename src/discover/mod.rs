@@ -12,7 +12,8 @@
 //! - [`StaticSource`]: a fixed list.
 //! - [`Registry`]: an in-process registry with register/deregister guards,
 //!   TTL heartbeats and watches; the embedded default.
-//! - [`channel`]: push updates from your own code (or tests).
+//! - [`channel`]: push updates from your own code (or tests); with the
+//!   `test-util` feature, `ManualSource` numbers the revisions for you.
 //!
 //! Any source also plugs into tower's own balancers through
 //! [`TowerDiscover`], which implements `tower::discover::Discover`.
@@ -33,12 +34,16 @@
 //! ```
 
 mod channel;
+#[cfg(feature = "test-util")]
+mod manual;
 mod registry;
 mod source;
 mod static_list;
 mod tower_adapter;
 
 pub use channel::{ChannelSource, UpdateSender, channel};
+#[cfg(feature = "test-util")]
+pub use manual::ManualSource;
 pub use registry::{Registration, Registry, RegistrySource};
 pub use source::{Change, Source, Update};
 pub use static_list::StaticSource;
