@@ -1,7 +1,7 @@
-//! Round-trip cost of one request through a balancer: `poll_ready` + `call`
-//! + polling the response future to completion, over N trivially ready
-//! endpoints. tower's own p2c balancer and the raw inner service run in the
-//! same group, so ratios read straight off one run:
+//! Round-trip cost of one request through a balancer, `ready().await` then
+//! `call().await`, over N trivially ready endpoints. tower's own p2c
+//! balancer and the raw inner service run in the same group, so ratios read
+//! straight off one run:
 //! `target/criterion/round_trip/<implementation>/<N>`.
 
 use std::convert::Infallible;
@@ -67,7 +67,7 @@ where
         // One `block_on` per batch; the service is borrowed, not cloned.
         b.iter_custom(|iters| {
             rt.block_on(async {
-                let start = std::time::Instant::now();
+                let start = tokio::time::Instant::now();
                 for _ in 0..iters {
                     black_box(round_trip(&mut svc).await);
                 }

@@ -110,6 +110,12 @@ where
                 .all(|(w, m)| w == m.endpoint());
         if !unchanged {
             let members = self.members_for(&current, wanted).await;
+            event!(
+                debug,
+                revision,
+                endpoints = members.len(),
+                "discovery update applied"
+            );
             self.shared
                 .publish(Snapshot::new(revision, current.epoch(), members));
         }
