@@ -17,7 +17,9 @@ fn wyrand_step(state: u64) -> u64 {
 }
 
 thread_local! {
-    static THREAD_STATE: Cell<u64> = Cell::new(rand::random());
+    /// 0 until first use, then seeded from the OS. A `const` initializer
+    /// keeps each access a plain thread-local read with no lazy-init check.
+    static THREAD_STATE: Cell<u64> = const { Cell::new(0) };
 }
 
 /// The random numbers a picker draws from: lock-free, allocation-free and,
@@ -56,7 +58,11 @@ impl PickRng {
         let state = match &self.seeded {
             Some(s) => s.fetch_add(WY_P0, Relaxed).wrapping_add(WY_P0),
             None => THREAD_STATE.with(|c| {
-                let s = c.get().wrapping_add(WY_P0);
+                let mut s = c.get();
+                if s == 0 {
+                    s = rand::random::<u64>() | 1;
+                }
+                s = s.wrapping_add(WY_P0);
                 c.set(s);
                 s
             }),
