@@ -34,15 +34,6 @@ pub enum Error {
     /// An endpoint failed validation.
     #[error("invalid endpoint")]
     InvalidEndpoint(#[source] InvalidEndpoint),
-    /// The connector could not build a service for an endpoint.
-    #[error("could not connect to endpoint `{key}`")]
-    Connect {
-        /// The endpoint's key.
-        key: String,
-        /// What the connector returned.
-        #[source]
-        source: BoxError,
-    },
     /// The endpoint's service returned an error.
     #[error("endpoint service failed")]
     Inner(#[source] BoxError),

@@ -80,4 +80,9 @@ pub mod pool;
 mod trace;
 
 pub use endpoint::Endpoint;
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 pub use error::{BoxError, DiscoveryError, Error, InvalidEndpoint};

@@ -22,30 +22,41 @@ pub struct LeastInFlight;
 
 /// Power of two choices over Peak-EWMA latency, weight-aware.
 ///
-/// Each endpoint's cost is its round-trip estimate times `in_flight + 1`,
-/// divided by its weight. The estimate jumps to any slower sample at once
-/// (the peak) and decays towards faster ones, and towards zero with no
-/// traffic, with time constant [`decay`](PeakEwma::decay), so a slow
-/// endpoint is shunned quickly and retried once it has been quiet a while
-/// (Finagle's and linkerd's Peak-EWMA balancer). Endpoints with no sample
-/// cost [`default_rtt`](PeakEwma::default_rtt).
+/// Draws two distinct endpoints as [`LeastInFlight`] does and sends to the
+/// one with the lower expected latency for this request:
+///
+/// ```text
+/// cost = rtt_estimate × (1 + in_flight × w̄ / w)
+/// ```
+///
+/// An endpoint of weight `w` is treated as `w / w̄` times the capacity of an
+/// average one (`w̄`, the mean weight), so its queue drains that much
+/// faster: load is divided by weight, and with equal weights this is the
+/// classic `rtt × (in_flight + 1)`. Idle endpoints of equal latency tie,
+/// and the tie goes to the first draw, so idle shares follow the weights.
+///
+/// The estimate jumps to any slower sample at once (the peak) and decays
+/// towards faster ones, and towards zero with no traffic, with time
+/// constant [`decay`](PeakEwma::decay), so a slow endpoint is shunned
+/// quickly and retried once it has been quiet a while (Finagle's and
+/// linkerd's Peak-EWMA balancer). An endpoint with no sample yet is costed
+/// at its rival's estimate, so a newly added endpoint gets its share at
+/// once; when neither has a sample, in-flight load alone decides.
 #[derive(Debug, Clone, Copy)]
 pub struct PeakEwma {
     decay: Duration,
-    default_rtt: Duration,
 }
 
 impl Default for PeakEwma {
     fn default() -> Self {
         PeakEwma {
             decay: Duration::from_secs(10),
-            default_rtt: Duration::from_millis(30),
         }
     }
 }
 
 impl PeakEwma {
-    /// Peak-EWMA with a 10 s decay and a 30 ms default round trip.
+    /// Peak-EWMA with a 10 s decay.
     pub fn new() -> Self {
         Self::default()
     }
@@ -57,19 +68,15 @@ impl PeakEwma {
         self.decay = decay;
         self
     }
-
-    /// The round trip assumed for an endpoint with no samples yet.
-    #[must_use]
-    pub fn default_rtt(mut self, rtt: Duration) -> Self {
-        self.default_rtt = rtt;
-        self
-    }
 }
 
 #[derive(Debug)]
 struct Candidate {
     index: u32,
     weight: u32,
+    /// Mean weight over this weight: how much slower than average its
+    /// queue drains.
+    inv_capacity: f64,
     stats: Arc<EndpointStats>,
 }
 
@@ -86,6 +93,8 @@ impl Pair {
         let active = Active::of(snapshot);
         let alias = (!active.uniform()).then(|| AliasTable::new(&active.weight));
         let members = snapshot.members();
+        let mean =
+            active.weight.iter().map(|&w| f64::from(w)).sum::<f64>() / active.len().max(1) as f64;
         let candidates = active
             .index
             .iter()
@@ -93,6 +102,7 @@ impl Pair {
             .map(|(&index, &weight)| Candidate {
                 index,
                 weight,
+                inv_capacity: mean / f64::from(weight),
                 stats: members[index as usize].stats().clone(),
             })
             .collect();
@@ -158,7 +168,6 @@ pub struct PeakEwmaPicker {
     pair: Pair,
     epoch: Instant,
     tau_ns: f64,
-    default_ns: f64,
 }
 
 impl Strategy for PeakEwma {
@@ -169,7 +178,6 @@ impl Strategy for PeakEwma {
             pair: Pair::new(snapshot),
             epoch: snapshot.epoch(),
             tau_ns: (self.decay.as_nanos() as f64).max(1.0),
-            default_ns: (self.default_rtt.as_nanos() as f64).max(1.0),
         }
     }
 }
@@ -180,11 +188,18 @@ impl Picker for PeakEwmaPicker {
         let mut now_ns = ctx.now_ns;
         self.pair.pick(ctx.rng, |b, a| {
             let now = *now_ns.get_or_insert_with(|| nanos_since(self.epoch));
-            let cost = |c: &Candidate| {
-                c.stats.rtt_estimate(now, self.tau_ns, self.default_ns)
-                    * (c.stats.in_flight() as f64 + 1.0)
+            let (rtt_a, rtt_b) = match (
+                a.stats.rtt_estimate(now, self.tau_ns),
+                b.stats.rtt_estimate(now, self.tau_ns),
+            ) {
+                (Some(x), Some(y)) => (x, y),
+                (Some(x), None) => (x, x),
+                (None, Some(y)) => (y, y),
+                (None, None) => (1.0, 1.0),
             };
-            cost(b) * f64::from(a.weight) < cost(a) * f64::from(b.weight)
+            let cost =
+                |c: &Candidate, rtt: f64| rtt * (1.0 + c.stats.in_flight() as f64 * c.inv_capacity);
+            cost(b, rtt_b) < cost(a, rtt_a)
         })
     }
 

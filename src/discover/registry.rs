@@ -187,9 +187,19 @@ impl Registry {
         names
     }
 
-    /// The registry's newest revision.
+    /// The registry's newest revision, across all services.
     pub fn revision(&self) -> u64 {
         self.lock().revision
+    }
+
+    /// The revision of `service`'s last change (0 if it never changed).
+    /// A [`watch`](Registry::watch) of the service stamps its snapshots with
+    /// this number, so `pool.applied(registry.revision_of(service))` waits
+    /// until a pool has caught up with the registry. (The registry-wide
+    /// [`revision`](Registry::revision) moves on with other services too,
+    /// and a pool of this one never reaches it.)
+    pub fn revision_of(&self, service: &str) -> u64 {
+        self.lock().services.get(service).map_or(0, |s| s.revision)
     }
 
     /// A [`Source`] following `service`: a snapshot at once (possibly

@@ -21,6 +21,20 @@ pub struct PoolConfig {
     pub keep_last_on_empty: bool,
 }
 
+impl PoolConfig {
+    /// The defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// See [`keep_last_on_empty`](PoolConfig#structfield.keep_last_on_empty).
+    #[must_use]
+    pub fn keep_last_on_empty(mut self, keep: bool) -> Self {
+        self.keep_last_on_empty = keep;
+        self
+    }
+}
+
 /// Turns a connector (`Service<Endpoint>` building one service per
 /// endpoint) into a [`Pool`] fed by a discovery [`Source`].
 ///

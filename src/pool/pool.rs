@@ -101,6 +101,27 @@ impl<S: Clone + Send + Sync + 'static> Pool<S> {
         Self::with_config(source, connector, super::PoolConfig::default())
     }
 
+    /// A pool fed by `source` through `connector`, with its driver spawned
+    /// on the current tokio runtime and aborted when the last clone of the
+    /// pool is dropped. Unlike [`DiscoverLayer`](super::DiscoverLayer) this
+    /// takes a source that cannot be cloned, such as a
+    /// [`channel`](crate::discover::channel).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, as `tokio::spawn` does.
+    pub fn spawn<Src, C>(source: Src, connector: C, config: super::PoolConfig) -> Self
+    where
+        Src: Source,
+        C: tower_service::Service<Endpoint, Response = S> + Send + 'static,
+        C::Error: Into<BoxError> + Send,
+        C::Future: Send,
+    {
+        let (pool, driver) = Self::with_config(source, connector, config);
+        let task = tokio::spawn(driver.run());
+        pool.with_driver(task)
+    }
+
     pub(crate) fn with_config<Src, C>(
         source: Src,
         connector: C,
@@ -162,7 +183,9 @@ impl<S> Pool<S> {
 
     /// Waits until discovery has applied an update with revision `revision`
     /// or newer, or the source has ended. Returns whether the revision was
-    /// reached.
+    /// reached. Revisions are the source's own: for a
+    /// [`Registry`](crate::discover::Registry) watch, use
+    /// [`Registry::revision_of`](crate::discover::Registry::revision_of).
     pub async fn applied(&self, revision: u64) -> bool {
         loop {
             let notified = self.shared.notify.clone().notified_owned();

@@ -111,16 +111,16 @@ impl EndpointStats {
         self.ewma_at.store(now_ns, Relaxed);
     }
 
-    /// The Peak-EWMA estimate decayed to `now_ns`, or `default_ns` with no
-    /// sample. An endpoint that gets no traffic drifts back towards zero
+    /// The Peak-EWMA estimate decayed to `now_ns`, or `None` with no
+    /// sample yet. An endpoint that gets no traffic drifts back towards zero
     /// cost, so a once-slow endpoint is tried again (linkerd, Finagle).
     #[inline]
-    pub(crate) fn rtt_estimate(&self, now_ns: u64, tau_ns: f64, default_ns: f64) -> f64 {
+    pub(crate) fn rtt_estimate(&self, now_ns: u64, tau_ns: f64) -> Option<f64> {
         let prev = f64::from_bits(self.ewma_ns.load(Relaxed));
         if prev <= 0.0 {
-            return default_ns;
+            return None;
         }
-        prev * decay(now_ns.saturating_sub(self.ewma_at.load(Relaxed)), tau_ns)
+        Some(prev * decay(now_ns.saturating_sub(self.ewma_at.load(Relaxed)), tau_ns))
     }
 }
 
@@ -144,17 +144,17 @@ mod tests {
     fn peak_ewma_jumps_up_and_decays_down() {
         let s = EndpointStats::default();
         let tau = 1e9;
-        assert_eq!(s.rtt_estimate(0, tau, 5.0), 5.0);
+        assert_eq!(s.rtt_estimate(0, tau), None);
         s.record_rtt(100.0, 0, tau);
-        assert_eq!(s.rtt_estimate(0, tau, 5.0), 100.0);
+        assert_eq!(s.rtt_estimate(0, tau), Some(100.0));
         s.record_rtt(1000.0, 10, tau);
         assert_eq!(s.ewma_latency(), Some(Duration::from_nanos(1000)));
         // A lower sample long after moves the estimate almost all the way.
         s.record_rtt(10.0, 10 + 10_000_000_000, tau);
-        assert!(s.rtt_estimate(10 + 10_000_000_000, tau, 5.0) < 11.0);
+        assert!(s.rtt_estimate(10 + 10_000_000_000, tau).unwrap() < 11.0);
         // With no samples the estimate decays towards zero.
         s.record_rtt(1000.0, 20_000_000_000, tau);
-        let later = s.rtt_estimate(21_000_000_000, tau, 5.0);
+        let later = s.rtt_estimate(21_000_000_000, tau).unwrap();
         assert!(
             (later - 1000.0 / std::f64::consts::E).abs() < 1e-6,
             "{later}"
