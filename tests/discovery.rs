@@ -581,3 +581,53 @@ async fn pool_spawn_takes_a_source_that_cannot_be_cloned() {
     }
     assert!(tx.is_closed(), "dropping the pool stops its driver");
 }
+
+#[tokio::test]
+async fn dropped_watches_leave_no_wakers_behind() {
+    let registry = Registry::new();
+    let _a = registry.register("api", ep(1)).unwrap();
+    for _ in 0..50 {
+        let mut watch = registry.watch("api").unwrap();
+        let mut task = task::spawn(async move {
+            watch.next_update().await;
+            watch.next_update().await
+        });
+        assert_pending!(task.poll());
+    }
+    assert_eq!(registry.waiting_watches("api"), 0);
+    let mut watch = registry.watch("api").unwrap();
+    watch.next_update().await.unwrap().unwrap();
+    let mut task = task::spawn(watch.next_update());
+    assert_pending!(task.poll());
+    assert_pending!(task.poll());
+    assert_eq!(registry.waiting_watches("api"), 1, "one waker per watch");
+}
+
+#[tokio::test]
+async fn a_pool_follows_discovery_without_any_request() {
+    // A balancer that sees no traffic must still be current when the next
+    // request arrives: discovery is applied by the pool's driver, not by
+    // requests.
+    let registry = Registry::new();
+    let first = registry.register("api", ep(1)).unwrap();
+    let (pool, backends) = registry_pool(&registry, "api").await;
+    let mut lb = BalanceLayer::new(RoundRobin).layer(pool.clone());
+    tally(&mut lb, 1).await;
+    let mut guards = Vec::new();
+    for i in 2..=20 {
+        guards.push(registry.register("api", ep(i)).unwrap());
+    }
+    drop(first);
+    assert!(pool.applied(registry.revision_of("api")).await);
+    assert_eq!(lb.snapshot().len(), 19);
+    assert!(lb.snapshot().get(&key(1)).is_none());
+    tally(&mut lb, 38).await;
+    assert_eq!(
+        backends.calls(&key(1)),
+        1,
+        "nothing more to the removed endpoint"
+    );
+    for i in 2..=20 {
+        assert_eq!(backends.calls(&key(i)), 2, "endpoint {i}");
+    }
+}

@@ -59,7 +59,8 @@ struct State {
 struct ServiceState {
     instances: Vec<Instance>,
     revision: u64,
-    watchers: Vec<Waker>,
+    /// Wakers of watch sources waiting for a change, by watch id.
+    watchers: Vec<(u64, Waker)>,
 }
 
 struct Instance {
@@ -209,12 +210,15 @@ impl Registry {
     pub fn watch(&self, service: &str) -> Result<RegistrySource, DiscoveryError> {
         validate_service(service)?;
         let name = self.lock().service_mut(service).0;
-        Ok(RegistrySource {
-            registry: self.clone(),
-            service: name,
-            seen: None,
-            timer: None,
-        })
+        Ok(RegistrySource::new(self.clone(), name))
+    }
+
+    /// How many watches of `service` are waiting for its next change.
+    pub fn waiting_watches(&self, service: &str) -> usize {
+        self.lock()
+            .services
+            .get(service)
+            .map_or(0, |s| s.watchers.len())
     }
 }
 
@@ -238,7 +242,7 @@ impl State {
         let revision = self.revision;
         if let Some(svc) = self.services.get_mut(service) {
             svc.revision = revision;
-            for w in svc.watchers.drain(..) {
+            for (_, w) in svc.watchers.drain(..) {
                 w.wake();
             }
         }
@@ -352,8 +356,36 @@ impl Drop for Registration {
 pub struct RegistrySource {
     registry: Registry,
     service: Arc<str>,
+    /// Identifies this watch's waker in the service's list.
+    id: u64,
     seen: Option<u64>,
     timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl RegistrySource {
+    fn new(registry: Registry, service: Arc<str>) -> Self {
+        let id = {
+            let mut st = registry.lock();
+            st.next_id += 1;
+            st.next_id
+        };
+        RegistrySource {
+            registry,
+            service,
+            id,
+            seen: None,
+            timer: None,
+        }
+    }
+}
+
+impl Drop for RegistrySource {
+    fn drop(&mut self) {
+        let mut st = self.registry.lock();
+        if let Some(svc) = st.services.get_mut(&*self.service) {
+            svc.watchers.retain(|(id, _)| *id != self.id);
+        }
+    }
 }
 
 impl fmt::Debug for RegistrySource {
@@ -368,12 +400,7 @@ impl fmt::Debug for RegistrySource {
 impl Clone for RegistrySource {
     /// A new watch of the same service, starting with a full snapshot.
     fn clone(&self) -> Self {
-        RegistrySource {
-            registry: self.registry.clone(),
-            service: self.service.clone(),
-            seen: None,
-            timer: None,
-        }
+        RegistrySource::new(self.registry.clone(), self.service.clone())
     }
 }
 
@@ -392,8 +419,9 @@ impl Source for RegistrySource {
                     let endpoints = svc.instances.iter().map(|i| i.endpoint.clone()).collect();
                     return Poll::Ready(Some(Ok(Update::snapshot(svc.revision, endpoints))));
                 }
-                if !svc.watchers.iter().any(|w| w.will_wake(cx.waker())) {
-                    svc.watchers.push(cx.waker().clone());
+                match svc.watchers.iter_mut().find(|(id, _)| *id == self.id) {
+                    Some((_, w)) => w.clone_from(cx.waker()),
+                    None => svc.watchers.push((self.id, cx.waker().clone())),
                 }
                 svc.instances.iter().filter_map(|i| i.expires).min()
             };
