@@ -13,7 +13,6 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::Strategy;
-use super::p2c::nanos_since;
 use super::service::{Balance, Pick};
 use crate::error::{BoxError, Error};
 use crate::pool::EndpointStats;
@@ -24,25 +23,23 @@ use crate::pool::EndpointStats;
 pub(super) struct InFlight {
     /// `None` once the outcome has been recorded.
     stats: Option<Arc<EndpointStats>>,
-    timing: Option<Timing>,
-}
-
-/// What Peak-EWMA needs to time a request.
-#[derive(Clone, Copy)]
-pub(super) struct Timing {
-    /// When the request was picked, in nanoseconds since `epoch`.
-    pub(super) start_ns: u64,
-    pub(super) epoch: Instant,
-    pub(super) tau_ns: f64,
+    /// When the request was picked, in nanoseconds since the pool epoch.
+    start_ns: u64,
+    /// The Peak-EWMA time constant; 0 when the request is not timed.
+    tau_ns: f64,
 }
 
 impl InFlight {
+    /// Counts a request against `stats`; `timing` is `(start_ns, tau_ns)`
+    /// when its latency feeds Peak-EWMA.
     #[inline]
-    pub(super) fn start(stats: Arc<EndpointStats>, timing: Option<Timing>) -> Self {
+    pub(super) fn start(stats: Arc<EndpointStats>, timing: Option<(u64, f64)>) -> Self {
         stats.start();
+        let (start_ns, tau_ns) = timing.unwrap_or((0, 0.0));
         InFlight {
             stats: Some(stats),
-            timing,
+            start_ns,
+            tau_ns,
         }
     }
 
@@ -51,9 +48,9 @@ impl InFlight {
         let Some(stats) = self.stats.take() else {
             return;
         };
-        if let Some(t) = self.timing {
-            let now = nanos_since(t.epoch);
-            stats.record_rtt(now.saturating_sub(t.start_ns) as f64, now, t.tau_ns);
+        if self.tau_ns > 0.0 {
+            let now = stats.now_ns();
+            stats.record_rtt(now.saturating_sub(self.start_ns) as f64, now, self.tau_ns);
         }
         if ok {
             stats.finish_success();
@@ -68,6 +65,23 @@ impl Drop for InFlight {
         // Cancelled before an outcome: only the in-flight count changes.
         if let Some(stats) = &self.stats {
             stats.finish();
+        }
+    }
+}
+
+/// Why a request failed before reaching an endpoint; kept small so the
+/// response future stays small.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Failure {
+    NoEndpoints,
+    NoneEligible(usize),
+}
+
+impl Failure {
+    fn into_error(self) -> Error {
+        match self {
+            Failure::NoEndpoints => Error::NoEndpoints,
+            Failure::NoneEligible(total) => Error::NoneEligible { total },
         }
     }
 }
@@ -104,7 +118,7 @@ pin_project! {
             future: S::Future,
         },
         Failed {
-            error: Option<Error>,
+            failure: Failure,
         },
     }
 }
@@ -155,9 +169,9 @@ where
         }
     }
 
-    pub(super) fn failed(error: Error) -> Self {
+    pub(super) fn failed(failure: Failure) -> Self {
         ResponseFuture {
-            state: State::Failed { error: Some(error) },
+            state: State::Failed { failure },
             in_flight: None,
         }
     }
@@ -247,9 +261,7 @@ where
                     }
                     return Poll::Ready(out.map_err(|e| Error::Inner(e.into())));
                 }
-                StateProj::Failed { error } => {
-                    return Poll::Ready(Err(error.take().unwrap_or(Error::NoEndpoints)));
-                }
+                StateProj::Failed { failure } => return Poll::Ready(Err(failure.into_error())),
             };
             this.state.set(next);
         }

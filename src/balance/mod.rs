@@ -61,6 +61,7 @@ mod weighted_random;
 mod weighted_round_robin;
 
 pub use layer::BalanceLayer;
+pub(crate) use p2c::nanos_since;
 pub use p2c::{LeastInFlight, LeastInFlightPicker, PeakEwma, PeakEwmaPicker};
 pub use random::{Random, RandomPicker};
 pub use rng::PickRng;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tower_service::Service;
 
-use super::future::{InFlight, ResponseFuture, Timing};
+use super::future::{Failure, InFlight, ResponseFuture};
 use super::p2c::nanos_since;
 use super::{PickContext, PickRng, Picker, Strategy};
 use crate::error::{BoxError, Error};
@@ -177,16 +177,11 @@ impl<S, St: Strategy> Balance<S, St> {
     {
         let routing = self.shared.routing.load();
         // One clock read serves both the picker and the request's timing.
-        let timing = routing.ewma_tau_ns.map(|tau_ns| {
-            let epoch = routing.snapshot.epoch();
-            Timing {
-                start_ns: nanos_since(epoch),
-                epoch,
-                tau_ns,
-            }
-        });
+        let timing = routing
+            .ewma_tau_ns
+            .map(|tau_ns| (nanos_since(routing.snapshot.epoch()), tau_ns));
         let mut ctx = PickContext::new(&self.shared.rng);
-        ctx.now_ns = timing.map(|t| t.start_ns);
+        ctx.now_ns = timing.map(|(start_ns, _)| start_ns);
         match routing.picker.pick(&ctx) {
             Some(i) => match routing.snapshot.members().get(i) {
                 Some(member) => {
@@ -222,9 +217,9 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         match self.try_pick() {
             Pick::Picked(service, in_flight) => ResponseFuture::ready(service, req, in_flight),
-            Pick::NoneEligible(total) => ResponseFuture::failed(Error::NoneEligible { total }),
+            Pick::NoneEligible(total) => ResponseFuture::failed(Failure::NoneEligible(total)),
             Pick::Empty => match self.shared.when_empty {
-                WhenEmpty::FailFast => ResponseFuture::failed(Error::NoEndpoints),
+                WhenEmpty::FailFast => ResponseFuture::failed(Failure::NoEndpoints),
                 WhenEmpty::Wait(limit) => ResponseFuture::waiting(self.clone(), req, limit),
             },
         }

@@ -140,7 +140,10 @@ where
         let mut members = Vec::with_capacity(wanted.len());
         for endpoint in wanted {
             let old = by_key.get(endpoint.key()).copied();
-            let stats = old.map_or_else(Arc::<EndpointStats>::default, |m| m.stats().clone());
+            let stats = old.map_or_else(
+                || Arc::new(EndpointStats::new(current.epoch())),
+                |m| m.stats().clone(),
+            );
             let service = match old {
                 Some(m) if m.endpoint().address() == endpoint.address() => m.service().clone(),
                 _ => match self.connect(&endpoint).await {
