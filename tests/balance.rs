@@ -11,7 +11,6 @@
 #[path = "support/mock.rs"]
 mod mock;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::{Instant, timeout};
@@ -22,7 +21,7 @@ use tower_lb::balance::{
     WeightedRoundRobin, WhenEmpty,
 };
 use tower_lb::discover::{StaticSource, Update, UpdateSender, channel};
-use tower_lb::pool::{DiscoverLayer, EndpointStats};
+use tower_lb::pool::{DiscoverLayer, StatsHandle};
 use tower_lb::{Endpoint, Error};
 
 use mock::{Backend, Backends, Behaviour, Gate, SharedSource, ep, key, settle, tally};
@@ -82,7 +81,7 @@ where
     (tx, lb, backends)
 }
 
-fn stats<St: Strategy>(lb: &Balance<Backend, St>, port: u16) -> Arc<EndpointStats> {
+fn stats<St: Strategy>(lb: &Balance<Backend, St>, port: u16) -> StatsHandle {
     lb.pool()
         .snapshot()
         .get(&key(port))

@@ -17,9 +17,9 @@ use super::service::{Balance, Pick};
 use crate::error::{BoxError, Error};
 use crate::pool::EndpointStats;
 
-/// Counts a request against its endpoint from pick to completion; the
-/// in-flight counter goes back down when the request finishes or its
-/// future is dropped.
+/// Counts a request against its endpoint from pick to completion; it stops
+/// counting as in flight when the request finishes or its future is
+/// dropped (its reference to the stats goes with it).
 pub(super) struct InFlight {
     /// `None` once the outcome has been recorded.
     stats: Option<Arc<EndpointStats>>,
@@ -30,11 +30,12 @@ pub(super) struct InFlight {
 }
 
 impl InFlight {
-    /// Counts a request against `stats`; `timing` is `(start_ns, tau_ns)`
-    /// when its latency feeds Peak-EWMA.
+    /// Counts a request against `stats` (the reference from
+    /// [`StatsHandle::start_request`](crate::pool::StatsHandle), which is
+    /// what makes it in flight); `timing` is `(start_ns, tau_ns)` when its
+    /// latency feeds Peak-EWMA.
     #[inline]
     pub(super) fn start(stats: Arc<EndpointStats>, timing: Option<(u64, f64)>) -> Self {
-        stats.start();
         let (start_ns, tau_ns) = timing.unwrap_or((0, 0.0));
         InFlight {
             stats: Some(stats),
@@ -53,19 +54,11 @@ impl InFlight {
             stats.record_rtt(now.saturating_sub(self.start_ns) as f64, now, self.tau_ns);
         }
         if ok {
-            stats.finish_success();
+            stats.record_success();
         } else {
-            stats.finish_failure();
+            stats.record_failure();
         }
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        // Cancelled before an outcome: only the in-flight count changes.
-        if let Some(stats) = &self.stats {
-            stats.finish();
-        }
+        // Dropping `stats` ends the request's time in flight.
     }
 }
 

@@ -1,4 +1,3 @@
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -6,7 +5,7 @@ use tokio::time::Instant;
 use super::strategy::Active;
 use super::weighted_random::AliasTable;
 use super::{PickContext, PickRng, Picker, Strategy};
-use crate::pool::{EndpointStats, Snapshot};
+use crate::pool::{Snapshot, StatsHandle};
 
 /// Power of two choices over the fewest requests in flight, weight-aware.
 ///
@@ -77,7 +76,7 @@ struct Candidate {
     /// Mean weight over this weight: how much slower than average its
     /// queue drains.
     inv_capacity: f64,
-    stats: Arc<EndpointStats>,
+    stats: StatsHandle,
 }
 
 /// Draws the two candidates; shared by both P2C pickers.

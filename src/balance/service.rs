@@ -185,7 +185,7 @@ impl<S, St: Strategy> Balance<S, St> {
         match routing.picker.pick(&ctx) {
             Some(i) => match routing.snapshot.members().get(i) {
                 Some(member) => {
-                    let in_flight = InFlight::start(member.stats().clone(), timing);
+                    let in_flight = InFlight::start(member.stats().start_request(), timing);
                     Pick::Picked(member.service().clone(), in_flight)
                 }
                 // A picker that returns an index out of range is a bug in

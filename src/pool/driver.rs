@@ -7,7 +7,7 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use super::pool::Shared;
-use super::{EndpointStats, Member, PoolConfig, Snapshot};
+use super::{Member, PoolConfig, Snapshot, StatsHandle};
 use crate::discover::{Change, Source, Update};
 use crate::endpoint::Endpoint;
 use crate::error::BoxError;
@@ -140,10 +140,8 @@ where
         let mut members = Vec::with_capacity(wanted.len());
         for endpoint in wanted {
             let old = by_key.get(endpoint.key()).copied();
-            let stats = old.map_or_else(
-                || Arc::new(EndpointStats::new(current.epoch())),
-                |m| m.stats().clone(),
-            );
+            let stats =
+                old.map_or_else(|| StatsHandle::new(current.epoch()), |m| m.stats().clone());
             let service = match old {
                 Some(m) if m.endpoint().address() == endpoint.address() => m.service().clone(),
                 _ => match self.connect(&endpoint).await {

@@ -44,4 +44,4 @@ pub use driver::PoolDriver;
 pub use layer::{DiscoverLayer, PoolConfig};
 pub use pool::{DiscoveryStatus, Pool};
 pub use snapshot::{EndpointReport, Member, Snapshot};
-pub use stats::EndpointStats;
+pub use stats::{EndpointStats, StatsHandle};

@@ -1,8 +1,6 @@
-use std::sync::Arc;
-
 use tokio::time::Instant;
 
-use super::EndpointStats;
+use super::StatsHandle;
 use crate::endpoint::Endpoint;
 
 /// An immutable view of a pool's endpoints at one revision.
@@ -21,7 +19,7 @@ pub struct Snapshot<S> {
 pub struct Member<S> {
     endpoint: Endpoint,
     service: S,
-    stats: Arc<EndpointStats>,
+    stats: StatsHandle,
 }
 
 impl<S> Snapshot<S> {
@@ -71,7 +69,7 @@ impl<S> Snapshot<S> {
 }
 
 impl<S> Member<S> {
-    pub(crate) fn new(endpoint: Endpoint, service: S, stats: Arc<EndpointStats>) -> Self {
+    pub(crate) fn new(endpoint: Endpoint, service: S, stats: StatsHandle) -> Self {
         Member {
             endpoint,
             service,
@@ -90,7 +88,7 @@ impl<S> Member<S> {
     }
 
     /// Its live counters.
-    pub fn stats(&self) -> &Arc<EndpointStats> {
+    pub fn stats(&self) -> &StatsHandle {
         &self.stats
     }
 

@@ -1,24 +1,17 @@
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Bits of [`EndpointStats::live`] that count requests in flight; the bits
-/// above count successes, so finishing a successful request is one atomic
-/// add (`SUCCESS - 1`).
-const IN_FLIGHT_BITS: u32 = 24;
-const IN_FLIGHT_MASK: u64 = (1 << IN_FLIGHT_BITS) - 1;
-const SUCCESS: u64 = 1 << IN_FLIGHT_BITS;
-/// Successes the packed field holds before it wraps into `success_wraps`.
-const SUCCESS_FIELD: u64 = 1 << (64 - IN_FLIGHT_BITS);
-
 /// Live counters for one endpoint, shared by every snapshot that holds it.
 ///
-/// An endpoint keeps the same `EndpointStats` for as long as its key stays
-/// in the pool, so a re-announce with a new weight or priority loses
-/// nothing. All fields are atomics updated on the request path without a
-/// lock; a request costs two atomic adds here (start, and finish with its
-/// outcome).
+/// An endpoint keeps the same stats for as long as its key stays in the
+/// pool, so a re-announce with a new weight or priority loses nothing. All
+/// fields are atomics updated on the request path without a lock. Reach
+/// them through a [`StatsHandle`], which also knows the requests in flight.
 #[derive(Debug)]
 // Each endpoint's counters get their own cache lines (two, for the
 // adjacent-line prefetcher), so requests to different endpoints on
@@ -27,11 +20,10 @@ const SUCCESS_FIELD: u64 = 1 << (64 - IN_FLIGHT_BITS);
 pub struct EndpointStats {
     /// The pool's epoch: latency stamps are nanoseconds since it.
     epoch: Instant,
-    /// Low 24 bits: requests in flight (up to 16.7 million at once per
-    /// endpoint); high 40 bits: successes, modulo 2^40.
-    live: AtomicU64,
-    /// How many times the success field wrapped.
-    success_wraps: AtomicU64,
+    /// How many of the `Arc`'s strong references are [`StatsHandle`]s; the
+    /// others are requests in flight.
+    handles: AtomicU64,
+    successes: AtomicU64,
     failures: AtomicU64,
     consecutive_failures: AtomicU32,
     /// Peak-EWMA round-trip estimate in nanoseconds, as `f64` bits; 0 means
@@ -41,35 +33,100 @@ pub struct EndpointStats {
     ewma_at: AtomicU64,
 }
 
-impl EndpointStats {
+/// A shared reference to one endpoint's [`EndpointStats`] (it derefs to
+/// them), as held by snapshots and pickers.
+///
+/// Requests in flight are counted without a counter of their own: each
+/// request holds a plain reference to the stats for as long as it runs, so
+/// [`in_flight`](StatsHandle::in_flight) is the number of references that
+/// are not handles. Starting a request is then one atomic increment and
+/// finishing it one decrement (plus one for the outcome), and a request can
+/// outlive the snapshot it was picked from. While a snapshot is being
+/// replaced the count may read one high for an instant.
+pub struct StatsHandle {
+    stats: Arc<EndpointStats>,
+}
+
+impl StatsHandle {
     pub(crate) fn new(epoch: Instant) -> Self {
-        EndpointStats {
-            epoch,
-            live: AtomicU64::new(0),
-            success_wraps: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
-            consecutive_failures: AtomicU32::new(0),
-            ewma_ns: AtomicU64::new(0),
-            ewma_at: AtomicU64::new(0),
+        StatsHandle {
+            stats: Arc::new(EndpointStats {
+                epoch,
+                handles: AtomicU64::new(1),
+                successes: AtomicU64::new(0),
+                failures: AtomicU64::new(0),
+                consecutive_failures: AtomicU32::new(0),
+                ewma_ns: AtomicU64::new(0),
+                ewma_at: AtomicU64::new(0),
+            }),
         }
     }
 
+    /// Requests sent to this endpoint that have not finished (completed,
+    /// failed or been cancelled).
+    #[inline]
+    pub fn in_flight(&self) -> u64 {
+        let refs = Arc::strong_count(&self.stats) as u64;
+        refs.saturating_sub(self.stats.handles.load(Relaxed))
+    }
+
+    /// Whether two handles refer to the same endpoint's stats.
+    pub fn ptr_eq(a: &StatsHandle, b: &StatsHandle) -> bool {
+        Arc::ptr_eq(&a.stats, &b.stats)
+    }
+
+    /// Starts a request: the returned reference counts it as in flight
+    /// until it is dropped.
+    #[inline]
+    pub(crate) fn start_request(&self) -> Arc<EndpointStats> {
+        Arc::clone(&self.stats)
+    }
+}
+
+impl Clone for StatsHandle {
+    fn clone(&self) -> Self {
+        // Count the handle before the reference, so a concurrent reader
+        // sees one request too few rather than one too many.
+        self.stats.handles.fetch_add(1, Relaxed);
+        StatsHandle {
+            stats: Arc::clone(&self.stats),
+        }
+    }
+}
+
+impl Drop for StatsHandle {
+    fn drop(&mut self) {
+        self.stats.handles.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Deref for StatsHandle {
+    type Target = EndpointStats;
+
+    fn deref(&self) -> &EndpointStats {
+        &self.stats
+    }
+}
+
+impl fmt::Debug for StatsHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StatsHandle")
+            .field("in_flight", &self.in_flight())
+            .field("stats", &*self.stats)
+            .finish()
+    }
+}
+
+impl EndpointStats {
     /// Nanoseconds from the pool epoch to now.
     #[inline]
     pub(crate) fn now_ns(&self) -> u64 {
         crate::balance::nanos_since(self.epoch)
     }
 
-    /// Requests sent to this endpoint that have not finished (completed,
-    /// failed or been cancelled).
-    pub fn in_flight(&self) -> u64 {
-        self.live.load(Relaxed) & IN_FLIGHT_MASK
-    }
-
     /// Requests that completed successfully.
     pub fn successes(&self) -> u64 {
-        let field = self.live.load(Relaxed) >> IN_FLIGHT_BITS;
-        self.success_wraps.load(Relaxed) * SUCCESS_FIELD + field
+        self.successes.load(Relaxed)
     }
 
     /// Requests that failed.
@@ -88,33 +145,17 @@ impl EndpointStats {
         (ns > 0.0).then(|| Duration::from_nanos(ns as u64))
     }
 
+    /// Records a success (the request's reference is dropped separately).
     #[inline]
-    pub(crate) fn start(&self) {
-        self.live.fetch_add(1, Relaxed);
-    }
-
-    /// Ends a request that was cancelled or whose outcome is recorded
-    /// separately.
-    #[inline]
-    pub(crate) fn finish(&self) {
-        self.live.fetch_sub(1, Relaxed);
-    }
-
-    /// Ends a request that succeeded: one atomic add.
-    #[inline]
-    pub(crate) fn finish_success(&self) {
-        let before = self.live.fetch_add(SUCCESS.wrapping_sub(1), Relaxed);
-        if before >> IN_FLIGHT_BITS == SUCCESS_FIELD - 1 {
-            self.success_wraps.fetch_add(1, Relaxed);
-        }
+    pub(crate) fn record_success(&self) {
+        self.successes.fetch_add(1, Relaxed);
         if self.consecutive_failures.load(Relaxed) != 0 {
             self.consecutive_failures.store(0, Relaxed);
         }
     }
 
-    /// Ends a request that failed.
-    pub(crate) fn finish_failure(&self) {
-        self.finish();
+    /// Records a failure.
+    pub(crate) fn record_failure(&self) {
         self.failures.fetch_add(1, Relaxed);
         self.consecutive_failures.fetch_add(1, Relaxed);
     }
@@ -185,7 +226,7 @@ mod tests {
 
     #[test]
     fn peak_ewma_jumps_up_and_decays_down() {
-        let s = EndpointStats::new(Instant::now());
+        let s = StatsHandle::new(Instant::now());
         let tau = 1e9;
         assert_eq!(s.rtt_estimate(0, tau), None);
         s.record_rtt(100.0, 0, tau);
@@ -220,40 +261,34 @@ mod tests {
     }
 
     #[test]
-    fn counters() {
-        let s = EndpointStats::new(Instant::now());
-        s.start();
-        s.start();
-        s.finish_failure();
-        s.start();
-        s.finish_failure();
-        assert_eq!(s.consecutive_failures(), 2);
-        s.finish_success();
+    fn counters_and_in_flight_by_reference() {
+        let h = StatsHandle::new(Instant::now());
+        let h2 = h.clone();
+        let r1 = h.start_request();
+        let r2 = h.start_request();
+        assert_eq!((h.in_flight(), h2.in_flight()), (2, 2));
+        r1.record_failure();
+        drop(r1);
+        let r3 = h.start_request();
+        r3.record_failure();
+        drop(r3);
+        assert_eq!(h.consecutive_failures(), 2);
+        r2.record_success();
+        drop(r2);
+        drop(h2);
         assert_eq!(
             (
-                s.in_flight(),
-                s.successes(),
-                s.failures(),
-                s.consecutive_failures()
+                h.in_flight(),
+                h.successes(),
+                h.failures(),
+                h.consecutive_failures()
             ),
             (0, 1, 2, 0)
         );
-        s.start();
-        s.finish();
-        assert_eq!((s.in_flight(), s.successes()), (0, 1));
-    }
-
-    #[test]
-    fn success_field_wraps_into_the_overflow_counter() {
-        let s = EndpointStats::new(Instant::now());
-        s.live.store((SUCCESS_FIELD - 2) << IN_FLIGHT_BITS, Relaxed);
-        for _ in 0..3 {
-            s.start();
-            s.start();
-            s.finish_success();
-            s.finish();
-        }
-        assert_eq!(s.successes(), SUCCESS_FIELD + 1);
-        assert_eq!(s.in_flight(), 0);
+        // A request may outlive every handle.
+        let r = h.start_request();
+        drop(h);
+        r.record_success();
+        assert_eq!(r.successes(), 2);
     }
 }
