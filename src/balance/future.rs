@@ -80,8 +80,10 @@ impl Failure {
 }
 
 pin_project! {
-    /// Waits for an endpoint to appear in an empty pool.
-    struct Wait {
+    /// Waits for an endpoint to appear in an empty pool. Boxed, so the
+    /// common path's future stays small.
+    struct Wait<S, St: Strategy> {
+        balance: Balance<S, St>,
         #[pin]
         notified: OwnedNotified,
         #[pin]
@@ -98,8 +100,7 @@ pin_project! {
         St: Strategy,
     {
         Waiting {
-            balance: Balance<S, St>,
-            wait: Pin<Box<Wait>>,
+            wait: Pin<Box<Wait<S, St>>>,
             req: Option<Req>,
         },
         Ready {
@@ -176,8 +177,8 @@ where
             .map(tokio::time::sleep_until);
         ResponseFuture {
             state: State::Waiting {
-                balance,
                 wait: Box::pin(Wait {
+                    balance,
                     notified,
                     deadline,
                     limit,
@@ -201,8 +202,9 @@ where
         let mut this = self.project();
         loop {
             let next = match this.state.as_mut().project() {
-                StateProj::Waiting { balance, wait, req } => {
-                    match balance.try_pick() {
+                StateProj::Waiting { wait, req } => {
+                    let mut w = wait.as_mut().project();
+                    match w.balance.try_pick() {
                         Pick::Picked(service, in_flight) => {
                             *this.in_flight = Some(in_flight);
                             State::Ready {
@@ -214,11 +216,10 @@ where
                             return Poll::Ready(Err(Error::NoneEligible { total }));
                         }
                         Pick::Empty => {
-                            let mut w = wait.as_mut().project();
                             if w.notified.as_mut().poll(cx).is_ready() {
                                 // Re-arm before looking again, so a publish
                                 // between the look and the next poll wakes us.
-                                let fresh = balance.pool().notify().clone().notified_owned();
+                                let fresh = w.balance.pool().notify().clone().notified_owned();
                                 w.notified.set(fresh);
                                 continue;
                             }
