@@ -22,6 +22,8 @@ use tower_lb::balance::{
     WeightedRoundRobin,
 };
 use tower_lb::discover::StaticSource;
+use tower_lb::failover::bench::Republish;
+use tower_lb::failover::{FailoverConfig, FailoverLayer};
 use tower_lb::pool::{DiscoverLayer, Pool};
 
 const SIZES: [usize; 4] = [2, 10, 100, 1000];
@@ -90,6 +92,22 @@ fn pool(rt: &Runtime, n: usize) -> Pool<Echo> {
     pool
 }
 
+/// `Balance` over a `Failover` view of the pool, with nothing ejected.
+fn bench_failover<St: Strategy + Clone>(
+    g: &mut Group<'_>,
+    rt: &Runtime,
+    name: &str,
+    strategy: St,
+    n: usize,
+) {
+    let _guard = rt.enter();
+    let view = FailoverLayer::new(FailoverConfig::new()).layer(pool(rt, n));
+    rt.block_on(view.changed(0));
+    assert_eq!(view.snapshot().len(), n);
+    let lb = BalanceLayer::new(strategy).layer(view);
+    bench_service(g, rt, name, n, lb);
+}
+
 fn bench_ours<St: Strategy + Clone>(
     g: &mut Group<'_>,
     rt: &Runtime,
@@ -132,6 +150,7 @@ fn round_trip_group(c: &mut Criterion) {
         bench_service(&mut g, &rt, "tower_p2c_peak_ewma", n, tower_ewma);
 
         bench_ours(&mut g, &rt, "lb_least_in_flight", LeastInFlight, n);
+        bench_failover(&mut g, &rt, "lb_failover_least_in_flight", LeastInFlight, n);
         bench_ours(&mut g, &rt, "lb_peak_ewma", PeakEwma::new(), n);
         bench_ours(&mut g, &rt, "lb_round_robin", RoundRobin, n);
         bench_ours(&mut g, &rt, "lb_random", Random, n);
@@ -147,5 +166,20 @@ fn round_trip_group(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, round_trip_group);
+/// One republish of the failover view: health evaluation, the view, and
+/// the subscribed balancer's new picker.
+fn republish_group(c: &mut Criterion) {
+    let mut g = c.benchmark_group("failover_republish");
+    for n in [10, 100, 1000] {
+        let mut r = Republish::new(n);
+        // Every fifth endpoint is a backup and gets nothing while all are healthy.
+        assert_eq!(r.run(), n - n / 5);
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| black_box(r.run()))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, round_trip_group, republish_group);
 criterion_main!(benches);

@@ -40,15 +40,22 @@ pub const DEFAULT_WEIGHT: u32 = 1;
 
 /// One instance of a service that requests can be sent to.
 ///
-/// Cheap to clone: the strings are shared.
+/// Cheap to clone: one reference count, plus the weight, which failover's
+/// slow start adjusts per view without copying the rest.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Endpoint {
+    meta: Arc<Meta>,
+    weight: u32,
+}
+
+/// Everything but the weight.
+#[derive(Clone, PartialEq, Eq)]
+struct Meta {
     key: Arc<str>,
     address: Option<SocketAddr>,
-    weight: u32,
     priority: u8,
-    zone: Option<Arc<str>>,
-    tags: Arc<BTreeMap<String, String>>,
+    zone: Option<Box<str>>,
+    tags: BTreeMap<String, String>,
 }
 
 impl Endpoint {
@@ -56,12 +63,14 @@ impl Endpoint {
     /// [`DEFAULT_WEIGHT`] and priority 0.
     pub fn new(address: SocketAddr) -> Self {
         Endpoint {
-            key: address.to_string().into(),
-            address: Some(address),
+            meta: Arc::new(Meta {
+                key: address.to_string().into(),
+                address: Some(address),
+                priority: 0,
+                zone: None,
+                tags: BTreeMap::new(),
+            }),
             weight: DEFAULT_WEIGHT,
-            priority: 0,
-            zone: None,
-            tags: Arc::default(),
         }
     }
 
@@ -88,19 +97,21 @@ impl Endpoint {
     /// Returns this endpoint with another priority tier (0 = primary).
     #[must_use]
     pub fn with_priority(mut self, priority: u8) -> Self {
-        self.priority = priority;
+        if self.meta.priority != priority {
+            Arc::make_mut(&mut self.meta).priority = priority;
+        }
         self
     }
 
     /// The stable identity of this endpoint. Two endpoints with the same key
     /// are the same instance, whatever their metadata.
     pub fn key(&self) -> &str {
-        &self.key
+        &self.meta.key
     }
 
     /// The socket address, when the endpoint has one.
     pub fn address(&self) -> Option<SocketAddr> {
-        self.address
+        self.meta.address
     }
 
     /// The weight; 0 means draining.
@@ -110,45 +121,46 @@ impl Endpoint {
 
     /// The priority tier: 0 is primary, 1 the first backup, and so on.
     pub fn priority(&self) -> u8 {
-        self.priority
+        self.meta.priority
     }
 
     /// The zone (availability zone, rack, region), if known.
     pub fn zone(&self) -> Option<&str> {
-        self.zone.as_deref()
+        self.meta.zone.as_deref()
     }
 
     /// Free-form tags.
     pub fn tags(&self) -> &BTreeMap<String, String> {
-        &self.tags
+        &self.meta.tags
     }
 
     /// One tag's value.
     pub fn tag(&self, name: &str) -> Option<&str> {
-        self.tags.get(name).map(String::as_str)
+        self.meta.tags.get(name).map(String::as_str)
     }
 
     pub(crate) fn key_arc(&self) -> &Arc<str> {
-        &self.key
+        &self.meta.key
     }
 }
 
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = &*self.meta;
         let mut d = f.debug_struct("Endpoint");
-        d.field("key", &&*self.key);
-        if let Some(a) = self.address {
-            if *self.key != *a.to_string() {
+        d.field("key", &&*m.key);
+        if let Some(a) = m.address {
+            if *m.key != *a.to_string() {
                 d.field("address", &a);
             }
         }
         d.field("weight", &self.weight)
-            .field("priority", &self.priority);
-        if let Some(z) = &self.zone {
+            .field("priority", &m.priority);
+        if let Some(z) = &m.zone {
             d.field("zone", &&**z);
         }
-        if !self.tags.is_empty() {
-            d.field("tags", &self.tags);
+        if !m.tags.is_empty() {
+            d.field("tags", &m.tags);
         }
         d.finish()
     }
@@ -156,7 +168,7 @@ impl fmt::Debug for Endpoint {
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.key)
+        f.write_str(&self.meta.key)
     }
 }
 
@@ -225,19 +237,21 @@ impl EndpointBuilder {
         let priority = self.priority?;
         let zone = match self.zone {
             Some(z) if z.is_empty() => return Err(InvalidEndpoint::EmptyZone),
-            Some(z) => Some(Arc::from(z)),
+            Some(z) => Some(z.into_boxed_str()),
             None => None,
         };
         if self.tags.keys().any(String::is_empty) {
             return Err(InvalidEndpoint::EmptyTagName);
         }
         Ok(Endpoint {
-            key: self.key.into(),
-            address: self.address,
+            meta: Arc::new(Meta {
+                key: self.key.into(),
+                address: self.address,
+                priority,
+                zone,
+                tags: self.tags,
+            }),
             weight,
-            priority,
-            zone,
-            tags: Arc::new(self.tags),
         })
     }
 }

@@ -4,6 +4,8 @@
 //! wrap one shared HTTP client (hyper-util's, reqwest's through tower, …)
 //! in a `SetAuthority` bound to the endpoint's address, so the connection
 //! pool stays shared while every request goes where the balancer sent it.
+//! [`ServerErrorsAreFailures`] makes 5xx answers count against an
+//! endpoint's health.
 
 use std::task::{Context, Poll};
 
@@ -95,6 +97,23 @@ where
                 .unwrap_or_default()
         });
         self.inner.call(req)
+    }
+}
+
+/// Classifies HTTP outcomes for endpoint health: an `Err` (refused
+/// connection, timeout, reset) or a 5xx response is the endpoint's
+/// failure; anything else, 4xx included, is a success (the endpoint
+/// answered; the request was at fault).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerErrorsAreFailures;
+
+impl<B, E> crate::balance::Classify<http::Response<B>, E> for ServerErrorsAreFailures {
+    #[inline]
+    fn is_failure(&self, outcome: Result<&http::Response<B>, &E>) -> bool {
+        match outcome {
+            Ok(res) => res.status().is_server_error(),
+            Err(_) => true,
+        }
     }
 }
 

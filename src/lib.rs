@@ -74,6 +74,7 @@ pub mod balance;
 pub mod discover;
 pub mod endpoint;
 mod error;
+pub mod failover;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod pool;

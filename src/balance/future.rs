@@ -12,8 +12,8 @@ use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use super::Strategy;
 use super::service::{Balance, Pick};
+use super::{Classify, ErrorsAreFailures, Strategy};
 use crate::error::{BoxError, Error};
 use crate::pool::EndpointStats;
 
@@ -82,8 +82,8 @@ impl Failure {
 pin_project! {
     /// Waits for an endpoint to appear in an empty pool. Boxed, so the
     /// common path's future stays small.
-    struct Wait<S, St: Strategy> {
-        balance: Balance<S, St>,
+    struct Wait<S, St: Strategy, C> {
+        balance: Balance<S, St, C>,
         #[pin]
         notified: OwnedNotified,
         #[pin]
@@ -94,13 +94,13 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
-    enum State<S, St, Req>
+    enum State<S, St, Req, C>
     where
         S: Service<Req>,
         St: Strategy,
     {
         Waiting {
-            wait: Pin<Box<Wait<S, St>>>,
+            wait: Pin<Box<Wait<S, St, C>>>,
             req: Option<Req>,
         },
         Ready {
@@ -119,18 +119,19 @@ pin_project! {
 
 pin_project! {
     /// The future returned by [`Balance`]'s `call`.
-    pub struct ResponseFuture<S, St, Req>
+    pub struct ResponseFuture<S, St, Req, C = ErrorsAreFailures>
     where
         S: Service<Req>,
         St: Strategy,
     {
         #[pin]
-        state: State<S, St, Req>,
+        state: State<S, St, Req, C>,
         in_flight: Option<InFlight>,
+        classify: C,
     }
 }
 
-impl<S, St, Req> fmt::Debug for ResponseFuture<S, St, Req>
+impl<S, St, Req, C> fmt::Debug for ResponseFuture<S, St, Req, C>
 where
     S: Service<Req>,
     St: Strategy,
@@ -148,33 +149,37 @@ where
     }
 }
 
-impl<S, St, Req> ResponseFuture<S, St, Req>
+impl<S, St, Req, C> ResponseFuture<S, St, Req, C>
 where
     S: Service<Req>,
     St: Strategy,
+    C: Clone,
 {
-    pub(super) fn ready(service: S, req: Req, in_flight: InFlight) -> Self {
+    pub(super) fn ready(service: S, req: Req, in_flight: InFlight, classify: C) -> Self {
         ResponseFuture {
             state: State::Ready {
                 service,
                 req: Some(req),
             },
             in_flight: Some(in_flight),
+            classify,
         }
     }
 
-    pub(super) fn failed(failure: Failure) -> Self {
+    pub(super) fn failed(failure: Failure, classify: C) -> Self {
         ResponseFuture {
             state: State::Failed { failure },
             in_flight: None,
+            classify,
         }
     }
 
-    pub(super) fn waiting(balance: Balance<S, St>, req: Req, limit: Duration) -> Self {
+    pub(super) fn waiting(balance: Balance<S, St, C>, req: Req, limit: Duration) -> Self {
         let notified = balance.pool().notify().clone().notified_owned();
         let deadline = Instant::now()
             .checked_add(limit)
             .map(tokio::time::sleep_until);
+        let classify = balance.classify().clone();
         ResponseFuture {
             state: State::Waiting {
                 wait: Box::pin(Wait {
@@ -186,15 +191,17 @@ where
                 req: Some(req),
             },
             in_flight: None,
+            classify,
         }
     }
 }
 
-impl<S, St, Req> Future for ResponseFuture<S, St, Req>
+impl<S, St, Req, C> Future for ResponseFuture<S, St, Req, C>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     St: Strategy,
+    C: Classify<S::Response, S::Error>,
 {
     type Output = Result<S::Response, Error>;
 
@@ -251,7 +258,7 @@ where
                 StateProj::Calling { future } => {
                     let out = ready!(future.poll(cx));
                     if let Some(f) = this.in_flight {
-                        f.finish(out.is_ok());
+                        f.finish(!this.classify.is_failure(out.as_ref()));
                     }
                     return Poll::Ready(out.map_err(|e| Error::Inner(e.into())));
                 }

@@ -1,6 +1,6 @@
 use tower_layer::Layer;
 
-use super::{Balance, PickRng, Strategy, WhenEmpty};
+use super::{Balance, ErrorsAreFailures, PickRng, Strategy, WhenEmpty};
 use crate::pool::Pool;
 
 /// Wraps a [`Pool`] in a [`Balance`] with a strategy and options.
@@ -12,22 +12,27 @@ use crate::pool::Pool;
 /// # let _ = layer;
 /// ```
 #[derive(Debug, Clone)]
-pub struct BalanceLayer<St> {
+pub struct BalanceLayer<St, C = ErrorsAreFailures> {
     strategy: St,
     seed: Option<u64>,
     when_empty: WhenEmpty,
+    classify: C,
 }
 
 impl<St> BalanceLayer<St> {
-    /// A layer balancing with `strategy`.
+    /// A layer balancing with `strategy`; an `Err` from an endpoint counts
+    /// as its failure.
     pub fn new(strategy: St) -> Self {
         BalanceLayer {
             strategy,
             seed: None,
             when_empty: WhenEmpty::default(),
+            classify: ErrorsAreFailures,
         }
     }
+}
 
+impl<St, C> BalanceLayer<St, C> {
     /// Makes picks repeatable: all clones of a balancer share one generator
     /// starting at `seed`.
     #[must_use]
@@ -42,19 +47,39 @@ impl<St> BalanceLayer<St> {
         self.when_empty = policy;
         self
     }
+
+    /// Decides which outcomes count as the endpoint's failures (see
+    /// [`Classify`](super::Classify)); for HTTP,
+    /// [`ServerErrorsAreFailures`](crate::http::ServerErrorsAreFailures)
+    /// counts 5xx responses too.
+    pub fn classify<C2>(self, classify: C2) -> BalanceLayer<St, C2> {
+        BalanceLayer {
+            strategy: self.strategy,
+            seed: self.seed,
+            when_empty: self.when_empty,
+            classify,
+        }
+    }
 }
 
-impl<S, St> Layer<Pool<S>> for BalanceLayer<St>
+impl<S, St, C> Layer<Pool<S>> for BalanceLayer<St, C>
 where
-    S: Send + Sync + 'static,
+    S: Clone + Send + Sync + 'static,
     St: Strategy + Clone,
+    C: Clone,
 {
-    type Service = Balance<S, St>;
+    type Service = Balance<S, St, C>;
 
     fn layer(&self, pool: Pool<S>) -> Self::Service {
         let rng = self
             .seed
             .map_or_else(PickRng::from_entropy, PickRng::seeded);
-        Balance::with_options(pool, self.strategy.clone(), rng, self.when_empty)
+        Balance::with_options(
+            pool,
+            self.strategy.clone(),
+            rng,
+            self.when_empty,
+            self.classify.clone(),
+        )
     }
 }

@@ -49,6 +49,7 @@
 //! # }
 //! ```
 
+mod classify;
 pub mod future;
 mod layer;
 mod p2c;
@@ -60,6 +61,7 @@ mod strategy;
 mod weighted_random;
 mod weighted_round_robin;
 
+pub use classify::{Classify, ClassifyFn, ErrorsAreFailures};
 pub use layer::BalanceLayer;
 pub(crate) use p2c::nanos_since;
 pub use p2c::{LeastInFlight, LeastInFlightPicker, PeakEwma, PeakEwmaPicker};
@@ -67,6 +69,6 @@ pub use random::{Random, RandomPicker};
 pub use rng::PickRng;
 pub use round_robin::{RoundRobin, RoundRobinPicker};
 pub use service::{Balance, WhenEmpty};
-pub use strategy::{PickContext, Picker, Strategy};
+pub use strategy::{BuildContext, PickContext, Picker, Strategy};
 pub use weighted_random::{WeightedRandom, WeightedRandomPicker};
 pub use weighted_round_robin::{WeightedRoundRobin, WeightedRoundRobinPicker};

@@ -4,8 +4,8 @@ use tokio::time::Instant;
 
 use super::strategy::Active;
 use super::weighted_random::AliasTable;
-use super::{PickContext, PickRng, Picker, Strategy};
-use crate::pool::{Snapshot, StatsHandle};
+use super::{BuildContext, PickContext, PickRng, Picker, Strategy};
+use crate::pool::{Member, StatsHandle};
 
 /// Power of two choices over the fewest requests in flight, weight-aware.
 ///
@@ -71,12 +71,12 @@ impl PeakEwma {
 
 #[derive(Debug)]
 struct Candidate {
+    /// Index into the members the picker was built for.
     index: u32,
     weight: u32,
     /// Mean weight over this weight: how much slower than average its
     /// queue drains.
     inv_capacity: f64,
-    stats: StatsHandle,
 }
 
 /// Draws the two candidates; shared by both P2C pickers.
@@ -88,10 +88,9 @@ struct Pair {
 }
 
 impl Pair {
-    fn new<S>(snapshot: &Snapshot<S>) -> Self {
-        let active = Active::of(snapshot);
+    fn new<S>(members: &[Member<S>]) -> Self {
+        let active = Active::of(members);
         let alias = (!active.uniform()).then(|| AliasTable::new(&active.weight));
-        let members = snapshot.members();
         let mean =
             active.weight.iter().map(|&w| f64::from(w)).sum::<f64>() / active.len().max(1) as f64;
         let candidates = active
@@ -102,18 +101,19 @@ impl Pair {
                 index,
                 weight,
                 inv_capacity: mean / f64::from(weight),
-                stats: members[index as usize].stats().clone(),
             })
             .collect();
         Pair { candidates, alias }
     }
 
-    /// Picks with `better(b, a)` deciding whether the second candidate wins.
+    /// Picks with `better(b, a)` deciding whether the second candidate
+    /// wins; each candidate comes with its member's stats.
     #[inline]
-    fn pick(
+    fn pick<S>(
         &self,
+        members: &[Member<S>],
         rng: &PickRng,
-        mut better: impl FnMut(&Candidate, &Candidate) -> bool,
+        mut better: impl FnMut((&Candidate, &StatsHandle), (&Candidate, &StatsHandle)) -> bool,
     ) -> Option<usize> {
         let n = self.candidates.len();
         match n {
@@ -130,7 +130,15 @@ impl Pair {
             b += 1;
         }
         let (a, b) = (&self.candidates[a], &self.candidates[b]);
-        Some(if better(b, a) { b.index } else { a.index } as usize)
+        let (sa, sb) = (
+            members.get(a.index as usize)?.stats(),
+            members.get(b.index as usize)?.stats(),
+        );
+        Some(if better((b, sb), (a, sa)) {
+            b.index
+        } else {
+            a.index
+        } as usize)
     }
 }
 
@@ -143,20 +151,20 @@ pub struct LeastInFlightPicker {
 impl Strategy for LeastInFlight {
     type Picker = LeastInFlightPicker;
 
-    fn build<S>(&self, snapshot: &Snapshot<S>, _rng: &PickRng) -> LeastInFlightPicker {
+    fn build<S>(&self, members: &[Member<S>], _ctx: &BuildContext<'_>) -> LeastInFlightPicker {
         LeastInFlightPicker {
-            pair: Pair::new(snapshot),
+            pair: Pair::new(members),
         }
     }
 }
 
 impl Picker for LeastInFlightPicker {
     #[inline]
-    fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
-        self.pair.pick(ctx.rng, |b, a| {
+    fn pick<S>(&self, members: &[Member<S>], ctx: &PickContext<'_>) -> Option<usize> {
+        self.pair.pick(members, ctx.rng, |(b, sb), (a, sa)| {
             // in_flight_b / w_b < in_flight_a / w_a, without division.
-            u128::from(b.stats.in_flight()) * u128::from(a.weight)
-                < u128::from(a.stats.in_flight()) * u128::from(b.weight)
+            u128::from(sb.in_flight()) * u128::from(a.weight)
+                < u128::from(sa.in_flight()) * u128::from(b.weight)
         })
     }
 }
@@ -172,10 +180,10 @@ pub struct PeakEwmaPicker {
 impl Strategy for PeakEwma {
     type Picker = PeakEwmaPicker;
 
-    fn build<S>(&self, snapshot: &Snapshot<S>, _rng: &PickRng) -> PeakEwmaPicker {
+    fn build<S>(&self, members: &[Member<S>], ctx: &BuildContext<'_>) -> PeakEwmaPicker {
         PeakEwmaPicker {
-            pair: Pair::new(snapshot),
-            epoch: snapshot.epoch(),
+            pair: Pair::new(members),
+            epoch: ctx.epoch,
             tau_ns: (self.decay.as_nanos() as f64).max(1.0),
         }
     }
@@ -183,22 +191,23 @@ impl Strategy for PeakEwma {
 
 impl Picker for PeakEwmaPicker {
     #[inline]
-    fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
+    fn pick<S>(&self, members: &[Member<S>], ctx: &PickContext<'_>) -> Option<usize> {
         let mut now_ns = ctx.now_ns;
-        self.pair.pick(ctx.rng, |b, a| {
+        self.pair.pick(members, ctx.rng, |(b, sb), (a, sa)| {
             let now = *now_ns.get_or_insert_with(|| nanos_since(self.epoch));
             let (rtt_a, rtt_b) = match (
-                a.stats.rtt_estimate(now, self.tau_ns),
-                b.stats.rtt_estimate(now, self.tau_ns),
+                sa.rtt_estimate(now, self.tau_ns),
+                sb.rtt_estimate(now, self.tau_ns),
             ) {
                 (Some(x), Some(y)) => (x, y),
                 (Some(x), None) => (x, x),
                 (None, Some(y)) => (y, y),
                 (None, None) => (1.0, 1.0),
             };
-            let cost =
-                |c: &Candidate, rtt: f64| rtt * (1.0 + c.stats.in_flight() as f64 * c.inv_capacity);
-            cost(b, rtt_b) < cost(a, rtt_a)
+            let cost = |c: &Candidate, s: &StatsHandle, rtt: f64| {
+                rtt * (1.0 + s.in_flight() as f64 * c.inv_capacity)
+            };
+            cost(b, sb, rtt_b) < cost(a, sa, rtt_a)
         })
     }
 

@@ -1,6 +1,6 @@
 use super::strategy::Active;
-use super::{PickContext, PickRng, Picker, Strategy};
-use crate::pool::Snapshot;
+use super::{BuildContext, PickContext, Picker, Strategy};
+use crate::pool::Member;
 
 /// A uniformly random endpoint, ignoring weights (except that weight-0
 /// endpoints are skipped while others are live).
@@ -16,16 +16,16 @@ pub struct RandomPicker {
 impl Strategy for Random {
     type Picker = RandomPicker;
 
-    fn build<S>(&self, snapshot: &Snapshot<S>, _rng: &PickRng) -> RandomPicker {
+    fn build<S>(&self, members: &[Member<S>], _ctx: &BuildContext<'_>) -> RandomPicker {
         RandomPicker {
-            index: Active::of(snapshot).index,
+            index: Active::of(members).index,
         }
     }
 }
 
 impl Picker for RandomPicker {
     #[inline]
-    fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
+    fn pick<S>(&self, _members: &[Member<S>], ctx: &PickContext<'_>) -> Option<usize> {
         match self.index.len() {
             0 => None,
             n => Some(self.index[ctx.rng.below(n)] as usize),

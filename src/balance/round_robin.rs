@@ -1,8 +1,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use super::strategy::Active;
-use super::{PickContext, PickRng, Picker, Strategy};
-use crate::pool::Snapshot;
+use super::{BuildContext, PickContext, Picker, Strategy};
+use crate::pool::Member;
 
 /// Each endpoint in turn, ignoring weights (except that weight-0 endpoints
 /// are skipped while others are live).
@@ -22,12 +22,12 @@ pub struct RoundRobinPicker {
 impl Strategy for RoundRobin {
     type Picker = RoundRobinPicker;
 
-    fn build<S>(&self, snapshot: &Snapshot<S>, rng: &PickRng) -> RoundRobinPicker {
-        let active = Active::of(snapshot);
+    fn build<S>(&self, members: &[Member<S>], ctx: &BuildContext<'_>) -> RoundRobinPicker {
+        let active = Active::of(members);
         let start = if active.len() == 0 {
             0
         } else {
-            rng.below(active.len())
+            ctx.rng.below(active.len())
         };
         RoundRobinPicker {
             index: active.index,
@@ -38,7 +38,7 @@ impl Strategy for RoundRobin {
 
 impl Picker for RoundRobinPicker {
     #[inline]
-    fn pick(&self, _ctx: &PickContext<'_>) -> Option<usize> {
+    fn pick<S>(&self, _members: &[Member<S>], _ctx: &PickContext<'_>) -> Option<usize> {
         if self.index.is_empty() {
             return None;
         }

@@ -1,4 +1,5 @@
 use std::fmt;
+use std::ops::Range;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -8,7 +9,7 @@ use tower_service::Service;
 
 use super::future::{Failure, InFlight, ResponseFuture};
 use super::p2c::nanos_since;
-use super::{PickContext, PickRng, Picker, Strategy};
+use super::{BuildContext, Classify, ErrorsAreFailures, PickContext, PickRng, Picker, Strategy};
 use crate::error::{BoxError, Error};
 use crate::pool::{Pool, Snapshot};
 
@@ -42,9 +43,15 @@ impl Default for WhenEmpty {
 /// (which is always ready): nothing is cached between the two, so a
 /// discovery update in between cannot misroute the request. The chosen
 /// endpoint's own readiness is awaited inside the response future.
-pub struct Balance<S, St: Strategy> {
+///
+/// When the pool is a failover view split into groups (priority tiers),
+/// the balancer first draws a group by its share of traffic, then picks
+/// within it. The classifier `C` decides which outcomes count as the
+/// endpoint's failures in its stats.
+pub struct Balance<S, St: Strategy, C = ErrorsAreFailures> {
     pool: Pool<S>,
     shared: Arc<Shared<S, St::Picker>>,
+    classify: C,
 }
 
 pub(super) struct Shared<S, P> {
@@ -53,22 +60,83 @@ pub(super) struct Shared<S, P> {
     pub(super) when_empty: WhenEmpty,
 }
 
-/// A snapshot and the picker built for it, published together.
+/// A snapshot and the pickers built for it, published together.
 pub(super) struct Routing<S, P> {
     pub(super) snapshot: Arc<Snapshot<S>>,
-    pub(super) picker: P,
+    /// One per group with a share of traffic, in order.
+    lanes: Box<[Lane<P>]>,
     /// `Some(tau_ns)` when responses feed Peak-EWMA.
     pub(super) ewma_tau_ns: Option<f64>,
 }
 
+/// A group of the snapshot and its picker.
+struct Lane<P> {
+    /// Draws up to and including this value (of a `u32`) take this lane.
+    until: u32,
+    /// The group's members in the full snapshot.
+    members: Range<usize>,
+    picker: P,
+}
+
 impl<S, P: Picker> Routing<S, P> {
-    fn new(snapshot: Arc<Snapshot<S>>, picker: P) -> Self {
-        let ewma_tau_ns = picker.ewma_decay().map(|d| (d.as_nanos() as f64).max(1.0));
+    fn build<St: Strategy<Picker = P>>(
+        snapshot: Arc<Snapshot<S>>,
+        strategy: &St,
+        rng: &PickRng,
+    ) -> Self {
+        let all = snapshot.members();
+        let ctx = BuildContext {
+            rng,
+            epoch: snapshot.epoch(),
+        };
+        let mut lanes = Vec::new();
+        let mut until: u32 = 0;
+        for group in snapshot.groups() {
+            let range = group.members();
+            if group.share == 0 || range.is_empty() || range.end > all.len() {
+                continue;
+            }
+            until = until.saturating_add(group.share);
+            lanes.push(Lane {
+                until,
+                picker: strategy.build(&all[range.clone()], &ctx),
+                members: range,
+            });
+        }
+        match lanes.last_mut() {
+            // Rounding must never leave a draw without a lane.
+            Some(last) => last.until = u32::MAX,
+            None => lanes.push(Lane {
+                until: u32::MAX,
+                picker: strategy.build(all, &ctx),
+                members: 0..all.len(),
+            }),
+        }
+        let ewma_tau_ns = lanes[0]
+            .picker
+            .ewma_decay()
+            .map(|d| (d.as_nanos() as f64).max(1.0));
         Routing {
             snapshot,
-            picker,
+            lanes: lanes.into(),
             ewma_tau_ns,
         }
+    }
+}
+
+impl<S, P> Routing<S, P> {
+    /// The lane for this request: no draw when there is only one.
+    #[inline]
+    fn lane(&self, rng: &PickRng) -> &Lane<P> {
+        let lanes = &*self.lanes;
+        if lanes.len() == 1 {
+            return &lanes[0];
+        }
+        let draw = rng.next_u64() as u32;
+        lanes
+            .iter()
+            .find(|l| draw <= l.until)
+            .unwrap_or(&lanes[lanes.len() - 1])
     }
 }
 
@@ -79,16 +147,17 @@ pub(super) enum Pick<S> {
     NoneEligible(usize),
 }
 
-impl<S, St: Strategy> Clone for Balance<S, St> {
+impl<S, St: Strategy, C: Clone> Clone for Balance<S, St, C> {
     fn clone(&self) -> Self {
         Balance {
             pool: self.pool.clone(),
             shared: self.shared.clone(),
+            classify: self.classify.clone(),
         }
     }
 }
 
-impl<S, St: Strategy> fmt::Debug for Balance<S, St> {
+impl<S, St: Strategy, C> fmt::Debug for Balance<S, St, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Balance")
             .field("strategy", &std::any::type_name::<St>())
@@ -100,37 +169,47 @@ impl<S, St: Strategy> fmt::Debug for Balance<S, St> {
 
 impl<S, St> Balance<S, St>
 where
-    S: Send + Sync + 'static,
+    S: Clone + Send + Sync + 'static,
     St: Strategy,
 {
-    /// Balances over `pool` with `strategy`, entropy-seeded randomness and
-    /// the default [`WhenEmpty`] policy.
+    /// Balances over `pool` with `strategy`, entropy-seeded randomness, the
+    /// default [`WhenEmpty`] policy and [`ErrorsAreFailures`].
     pub fn new(pool: Pool<S>, strategy: St) -> Self {
         Self::with_options(
             pool,
             strategy,
             PickRng::from_entropy(),
             WhenEmpty::default(),
+            ErrorsAreFailures,
         )
     }
+}
 
+impl<S, St, C> Balance<S, St, C>
+where
+    S: Clone + Send + Sync + 'static,
+    St: Strategy,
+{
     pub(super) fn with_options(
         pool: Pool<S>,
         strategy: St,
         rng: PickRng,
         when_empty: WhenEmpty,
+        classify: C,
     ) -> Self {
         let rng = Arc::new(rng);
-        let first = pool.snapshot();
-        let picker = strategy.build(&first, &rng);
-        let routing = Arc::new(ArcSwap::from_pointee(Routing::new(first, picker)));
+        let routing = Arc::new(ArcSwap::from_pointee(Routing::build(
+            pool.snapshot(),
+            &strategy,
+            &rng,
+        )));
         let weak: Weak<ArcSwap<Routing<S, St::Picker>>> = Arc::downgrade(&routing);
         let build_rng = rng.clone();
         pool.subscribe(move |snapshot| match weak.upgrade() {
             Some(routing) => {
                 if !Arc::ptr_eq(&routing.load().snapshot, snapshot) {
-                    let picker = strategy.build(snapshot, &build_rng);
-                    routing.store(Arc::new(Routing::new(snapshot.clone(), picker)));
+                    let next = Routing::build(snapshot.clone(), &strategy, &build_rng);
+                    routing.store(Arc::new(next));
                 }
                 true
             }
@@ -143,17 +222,18 @@ where
                 rng,
                 when_empty,
             }),
+            classify,
         }
     }
 }
 
-impl<S, St: Strategy> Balance<S, St> {
+impl<S, St: Strategy, C> Balance<S, St, C> {
     /// The pool this balancer picks from.
     pub fn pool(&self) -> &Pool<S> {
         &self.pool
     }
 
-    /// The snapshot the current picker was built for.
+    /// The snapshot the current pickers were built for.
     pub fn snapshot(&self) -> Arc<Snapshot<S>> {
         self.shared.routing.load().snapshot.clone()
     }
@@ -163,12 +243,21 @@ impl<S, St: Strategy> Balance<S, St> {
         self.shared.when_empty
     }
 
+    /// The classifier that decides which outcomes are failures.
+    pub fn classify(&self) -> &C {
+        &self.classify
+    }
+
     /// Picks an endpoint without sending anything: its index in
     /// [`snapshot`](Balance::snapshot) order at the time of the pick. For
     /// tests and diagnostics; requests go through `call`.
     pub fn pick_index(&self) -> Option<usize> {
         let routing = self.shared.routing.load();
-        routing.picker.pick(&PickContext::new(&self.shared.rng))
+        let lane = routing.lane(&self.shared.rng);
+        let members = routing.snapshot.members().get(lane.members.clone())?;
+        lane.picker
+            .pick(members, &PickContext::new(&self.shared.rng))
+            .map(|i| lane.members.start + i)
     }
 
     pub(super) fn try_pick(&self) -> Pick<S>
@@ -176,37 +265,43 @@ impl<S, St: Strategy> Balance<S, St> {
         S: Clone,
     {
         let routing = self.shared.routing.load();
+        let lane = routing.lane(&self.shared.rng);
         // One clock read serves both the picker and the request's timing.
         let timing = routing
             .ewma_tau_ns
             .map(|tau_ns| (nanos_since(routing.snapshot.epoch()), tau_ns));
         let mut ctx = PickContext::new(&self.shared.rng);
         ctx.now_ns = timing.map(|(start_ns, _)| start_ns);
-        match routing.picker.pick(&ctx) {
-            Some(i) => match routing.snapshot.members().get(i) {
-                Some(member) => {
-                    let in_flight = InFlight::start(member.stats().start_request(), timing);
-                    Pick::Picked(member.service().clone(), in_flight)
-                }
-                // A picker that returns an index out of range is a bug in
-                // the picker; fail the request rather than panic.
-                None => Pick::NoneEligible(routing.snapshot.len()),
-            },
-            None if routing.snapshot.is_empty() => Pick::Empty,
-            None => Pick::NoneEligible(routing.snapshot.len()),
+        let members = routing
+            .snapshot
+            .members()
+            .get(lane.members.clone())
+            .unwrap_or_default();
+        match lane.picker.pick(members, &ctx).and_then(|i| members.get(i)) {
+            Some(member) => {
+                let in_flight = InFlight::start(member.stats().start_request(), timing);
+                Pick::Picked(member.service().clone(), in_flight)
+            }
+            None if routing.snapshot.is_empty() && routing.snapshot.upstream_len() == 0 => {
+                Pick::Empty
+            }
+            // A view that filtered everything out (failover closed), or a
+            // picker that found nothing to pick.
+            None => Pick::NoneEligible(routing.snapshot.upstream_len()),
         }
     }
 }
 
-impl<S, St, Req> Service<Req> for Balance<S, St>
+impl<S, St, C, Req> Service<Req> for Balance<S, St, C>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     St: Strategy,
+    C: Classify<S::Response, S::Error>,
 {
     type Response = S::Response;
     type Error = Error;
-    type Future = ResponseFuture<S, St, Req>;
+    type Future = ResponseFuture<S, St, Req, C>;
 
     /// Always ready: the endpoint is chosen, and its readiness awaited, per
     /// request.
@@ -216,10 +311,16 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         match self.try_pick() {
-            Pick::Picked(service, in_flight) => ResponseFuture::ready(service, req, in_flight),
-            Pick::NoneEligible(total) => ResponseFuture::failed(Failure::NoneEligible(total)),
+            Pick::Picked(service, in_flight) => {
+                ResponseFuture::ready(service, req, in_flight, self.classify.clone())
+            }
+            Pick::NoneEligible(total) => {
+                ResponseFuture::failed(Failure::NoneEligible(total), self.classify.clone())
+            }
             Pick::Empty => match self.shared.when_empty {
-                WhenEmpty::FailFast => ResponseFuture::failed(Failure::NoEndpoints),
+                WhenEmpty::FailFast => {
+                    ResponseFuture::failed(Failure::NoEndpoints, self.classify.clone())
+                }
                 WhenEmpty::Wait(limit) => ResponseFuture::waiting(self.clone(), req, limit),
             },
         }

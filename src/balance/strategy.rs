@@ -1,10 +1,13 @@
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::PickRng;
-use crate::pool::Snapshot;
+use crate::pool::Member;
 
 /// How a balancer chooses an endpoint: builds one immutable [`Picker`] per
-/// snapshot of the pool.
+/// set of members (a snapshot of the pool, or one priority tier of a
+/// failover view).
 ///
 /// Building happens off the request path (when discovery or failover
 /// publishes a new snapshot), so a strategy may precompute tables there;
@@ -14,15 +17,27 @@ pub trait Strategy: Send + Sync + 'static {
     /// The per-snapshot picker.
     type Picker: Picker;
 
-    /// Builds the picker for `snapshot`.
-    fn build<S>(&self, snapshot: &Snapshot<S>, rng: &PickRng) -> Self::Picker;
+    /// Builds the picker for `members`.
+    fn build<S>(&self, members: &[Member<S>], ctx: &BuildContext<'_>) -> Self::Picker;
 }
 
-/// Picks an endpoint of the snapshot it was built for.
+/// What a strategy may use to build a picker, besides the members.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct BuildContext<'a> {
+    /// The balancer's random source (for random starting points).
+    pub rng: &'a PickRng,
+    /// The instant the members' latency stamps count from.
+    pub epoch: Instant,
+}
+
+/// Picks one of the members it was built for.
 pub trait Picker: Send + Sync + 'static {
-    /// The index (into [`Snapshot::members`]) of the endpoint for the next
-    /// request, or `None` when there is none to pick.
-    fn pick(&self, ctx: &PickContext<'_>) -> Option<usize>;
+    /// The index into `members` (the same members, in the same order, as
+    /// the picker was built for) of the endpoint for the next request, or
+    /// `None` when there is none to pick. Pickers hold indices, not
+    /// endpoints: load and latency are read from `members`' stats.
+    fn pick<S>(&self, members: &[Member<S>], ctx: &PickContext<'_>) -> Option<usize>;
 
     /// When `Some(decay)`, the balancer times each response and folds it
     /// into the endpoint's Peak-EWMA estimate with that time constant (two
@@ -64,8 +79,7 @@ pub(crate) struct Active {
 }
 
 impl Active {
-    pub(crate) fn of<S>(snapshot: &Snapshot<S>) -> Self {
-        let members = snapshot.members();
+    pub(crate) fn of<S>(members: &[Member<S>]) -> Self {
         let any_live = members.iter().any(|m| m.endpoint().weight() > 0);
         let (index, weight) = members
             .iter()

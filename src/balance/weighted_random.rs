@@ -1,6 +1,6 @@
 use super::strategy::Active;
-use super::{PickContext, PickRng, Picker, Strategy};
-use crate::pool::Snapshot;
+use super::{BuildContext, PickContext, PickRng, Picker, Strategy};
+use crate::pool::Member;
 
 /// A random endpoint with probability proportional to its weight, in O(1)
 /// per pick whatever the number of endpoints.
@@ -21,8 +21,8 @@ pub struct WeightedRandomPicker {
 impl Strategy for WeightedRandom {
     type Picker = WeightedRandomPicker;
 
-    fn build<S>(&self, snapshot: &Snapshot<S>, _rng: &PickRng) -> WeightedRandomPicker {
-        let active = Active::of(snapshot);
+    fn build<S>(&self, members: &[Member<S>], _ctx: &BuildContext<'_>) -> WeightedRandomPicker {
+        let active = Active::of(members);
         WeightedRandomPicker {
             table: AliasTable::new(&active.weight),
             index: active.index,
@@ -32,7 +32,7 @@ impl Strategy for WeightedRandom {
 
 impl Picker for WeightedRandomPicker {
     #[inline]
-    fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
+    fn pick<S>(&self, _members: &[Member<S>], ctx: &PickContext<'_>) -> Option<usize> {
         self.table.sample(ctx.rng).map(|p| self.index[p] as usize)
     }
 }

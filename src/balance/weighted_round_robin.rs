@@ -3,8 +3,8 @@ use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use super::strategy::Active;
-use super::{PickContext, PickRng, Picker, Strategy};
-use crate::pool::Snapshot;
+use super::{BuildContext, PickContext, Picker, Strategy};
+use crate::pool::Member;
 
 /// Smooth weighted round robin: each endpoint gets exactly its share of
 /// every cycle, spread out rather than in bursts, with a lock-free pick.
@@ -51,12 +51,12 @@ impl WeightedRoundRobinPicker {
 impl Strategy for WeightedRoundRobin {
     type Picker = WeightedRoundRobinPicker;
 
-    fn build<S>(&self, snapshot: &Snapshot<S>, rng: &PickRng) -> WeightedRoundRobinPicker {
-        let table = layout(&Active::of(snapshot));
+    fn build<S>(&self, members: &[Member<S>], ctx: &BuildContext<'_>) -> WeightedRoundRobinPicker {
+        let table = layout(&Active::of(members));
         let start = if table.is_empty() {
             0
         } else {
-            rng.below(table.len())
+            ctx.rng.below(table.len())
         };
         WeightedRoundRobinPicker {
             table,
@@ -67,7 +67,7 @@ impl Strategy for WeightedRoundRobin {
 
 impl Picker for WeightedRoundRobinPicker {
     #[inline]
-    fn pick(&self, _ctx: &PickContext<'_>) -> Option<usize> {
+    fn pick<S>(&self, _members: &[Member<S>], _ctx: &PickContext<'_>) -> Option<usize> {
         if self.table.is_empty() {
             return None;
         }

@@ -20,7 +20,20 @@ use crate::error::BoxError;
 /// a spawned pool is dropped.
 pub struct Pool<S> {
     pub(crate) shared: Arc<Shared<S>>,
-    driver: Option<Arc<AbortOnDrop>>,
+    driver: Option<Arc<DriverGuard>>,
+}
+
+/// Keeps a pool's driver task running, and whatever it feeds from alive,
+/// until the last clone of the pool is dropped.
+struct DriverGuard {
+    task: JoinHandle<()>,
+    _upstream: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl Drop for DriverGuard {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 type Subscriber<S> = Box<dyn FnMut(&Arc<Snapshot<S>>) -> bool + Send>;
@@ -53,14 +66,6 @@ pub struct DiscoveryStatus {
     pub connect_failures: u64,
     /// Whether the source has ended; the pool then keeps its last set.
     pub ended: bool,
-}
-
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 impl<S> Clone for Pool<S> {
@@ -151,9 +156,30 @@ impl<S: Clone + Send + Sync + 'static> Pool<S> {
         }
     }
 
-    pub(crate) fn with_driver(mut self, handle: JoinHandle<()>) -> Self {
-        self.driver = Some(Arc::new(AbortOnDrop(handle)));
+    pub(crate) fn with_driver(mut self, task: JoinHandle<()>) -> Self {
+        self.driver = Some(Arc::new(DriverGuard {
+            task,
+            _upstream: None,
+        }));
         self
+    }
+
+    /// A pool whose driver `task` republishes a view of `upstream`, which
+    /// it keeps alive.
+    pub(crate) fn with_view_driver<U: Send + Sync + 'static>(
+        mut self,
+        task: JoinHandle<()>,
+        upstream: Pool<U>,
+    ) -> Self {
+        self.driver = Some(Arc::new(DriverGuard {
+            task,
+            _upstream: Some(Box::new(upstream)),
+        }));
+        self
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared<S>> {
+        &self.shared
     }
 }
 

@@ -1,3 +1,6 @@
+use std::ops::Range;
+use std::sync::Arc;
+
 use tokio::time::Instant;
 
 use super::StatsHandle;
@@ -12,6 +15,42 @@ pub struct Snapshot<S> {
     revision: u64,
     epoch: Instant,
     members: Vec<Member<S>>,
+    /// How traffic splits between runs of `members`; empty means one group
+    /// of all of them.
+    groups: Box<[Group]>,
+    /// Endpoints upstream of this view (more than `members` when a filter
+    /// such as failover left some out).
+    upstream: usize,
+    health: Option<Arc<crate::failover::HealthReport>>,
+}
+
+/// A run of a snapshot's members that receives a fixed share of traffic:
+/// failover puts each priority tier in a group and gives it the tier's
+/// load. A balancer first picks a group by share, then an endpoint within
+/// it by its strategy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub(crate) members: Range<usize>,
+    /// The group's share of traffic, in parts of `u32::MAX`.
+    pub(crate) share: u32,
+    pub(crate) priority: u8,
+}
+
+impl Group {
+    /// The members' indices in [`Snapshot::members`].
+    pub fn members(&self) -> Range<usize> {
+        self.members.clone()
+    }
+
+    /// The share of requests this group receives, from 0.0 to 1.0.
+    pub fn share(&self) -> f64 {
+        f64::from(self.share) / f64::from(u32::MAX)
+    }
+
+    /// The priority tier of the group's endpoints.
+    pub fn priority(&self) -> u8 {
+        self.priority
+    }
 }
 
 /// One endpoint in a [`Snapshot`]: its metadata, its service and its stats.
@@ -24,11 +63,52 @@ pub struct Member<S> {
 
 impl<S> Snapshot<S> {
     pub(crate) fn new(revision: u64, epoch: Instant, members: Vec<Member<S>>) -> Self {
+        let upstream = members.len();
         Snapshot {
             revision,
             epoch,
             members,
+            groups: Box::new([]),
+            upstream,
+            health: None,
         }
+    }
+
+    /// A filtered view: `members` split into `groups` (contiguous, in
+    /// order), out of `upstream` endpoints, with a health report.
+    pub(crate) fn view(
+        revision: u64,
+        epoch: Instant,
+        members: Vec<Member<S>>,
+        groups: Vec<Group>,
+        upstream: usize,
+        health: Arc<crate::failover::HealthReport>,
+    ) -> Self {
+        Snapshot {
+            revision,
+            epoch,
+            members,
+            groups: groups.into(),
+            upstream,
+            health: Some(health),
+        }
+    }
+
+    /// How traffic splits between runs of members. Empty for a plain pool:
+    /// one group of every member.
+    pub fn groups(&self) -> &[Group] {
+        &self.groups
+    }
+
+    /// How many endpoints the source of this view holds; more than
+    /// [`len`](Snapshot::len) when failover has left some out.
+    pub fn upstream_len(&self) -> usize {
+        self.upstream
+    }
+
+    /// The failover health report behind this view, when it is one.
+    pub fn health(&self) -> Option<&crate::failover::HealthReport> {
+        self.health.as_deref()
     }
 
     /// The revision of the last discovery update that changed this set
@@ -65,6 +145,28 @@ impl<S> Snapshot<S> {
     /// A plain-data report of every endpoint and its counters.
     pub fn report(&self) -> Vec<EndpointReport> {
         self.members.iter().map(Member::report).collect()
+    }
+}
+
+impl<S: Clone> Clone for Member<S> {
+    fn clone(&self) -> Self {
+        Member {
+            endpoint: self.endpoint.clone(),
+            service: self.service.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+impl<S: Clone> Member<S> {
+    /// A copy with another effective weight (the endpoint's metadata is
+    /// otherwise unchanged).
+    pub(crate) fn reweighted(&self, weight: u32) -> Self {
+        Member {
+            endpoint: self.endpoint.clone().with_weight(weight),
+            service: self.service.clone(),
+            stats: self.stats.clone(),
+        }
     }
 }
 

@@ -154,6 +154,11 @@ impl EndpointStats {
         }
     }
 
+    /// Forgets the failure streak (when an ejected endpoint comes back).
+    pub(crate) fn reset_consecutive_failures(&self) {
+        self.consecutive_failures.store(0, Relaxed);
+    }
+
     /// Records a failure.
     pub(crate) fn record_failure(&self) {
         self.failures.fetch_add(1, Relaxed);
