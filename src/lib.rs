@@ -6,7 +6,7 @@
 //! service stack — hyper, tonic, axum clients or a plain `service_fn`.
 //!
 //! ```text
-//! Source ──updates──▶ Pool ──snapshot──▶ Balance ──pick──▶ endpoint service
+//! Source ──updates──▶ Pool ──snapshot──▶ Failover ──eligible view──▶ Balance ──pick──▶ endpoint service
 //! ```
 //!
 //! - [`discover`]: where endpoints come from — a static list, the
@@ -14,6 +14,9 @@
 //!   adapter to tower's `Discover`.
 //! - [`pool`]: the live set, applied off the request path and published as
 //!   immutable snapshots, with per-endpoint [`EndpointStats`](pool::EndpointStats).
+//! - [`failover`]: the eligible view — priority tiers with gradual spill
+//!   to backups and fail-back, outlier ejection, panic mode, slow start
+//!   and active health checks.
 //! - [`balance`]: the [`Balance`](balance::Balance) service and its
 //!   strategies: round robin, random, smooth weighted round robin, weighted
 //!   random, and power of two choices over in-flight requests or Peak-EWMA
