@@ -72,6 +72,11 @@
     rust_2018_idioms
 )]
 #![forbid(unsafe_code)]
+// Without `tracing`, values computed only for events go unused.
+#![cfg_attr(
+    not(feature = "tracing"),
+    allow(unused_variables, dead_code, clippy::if_same_then_else)
+)]
 
 pub mod balance;
 pub mod discover;

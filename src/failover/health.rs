@@ -44,7 +44,7 @@
 //! use tower_lb::failover::HealthCheck;
 //! use tower_lb::Endpoint;
 //!
-//! // Envoy-like: two passes to come back, three failures to leave.
+//! // HAProxy's defaults, as here: two passes to come back, three failures to leave.
 //! let http = HealthCheck::http("/healthz")
 //!     .expect_status(204)
 //!     .interval(Duration::from_secs(2))
@@ -269,8 +269,10 @@ pub(crate) async fn run(
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut states: HashMap<Arc<str>, State> = HashMap::new();
 
-    while next_round(&mut ticker, &mut targets, &verdicts).await {
+    let mut idle = false;
+    while next_round(&mut ticker, &mut targets, &verdicts, idle).await {
         let round = targets.borrow_and_update().clone();
+        idle = round.is_empty();
         let mut outcomes = probe_all(&check, &round).await;
 
         // Endpoints that left while the round ran are forgotten now, so no
@@ -310,6 +312,7 @@ async fn next_round(
     ticker: &mut Interval,
     targets: &mut watch::Receiver<Arc<[Endpoint]>>,
     verdicts: &mpsc::UnboundedSender<Verdict>,
+    idle: bool,
 ) -> bool {
     enum Wake {
         Tick,
@@ -320,8 +323,6 @@ async fn next_round(
         if verdicts.is_closed() {
             return false;
         }
-        // A new set needs nothing until the next round reads it; watching
-        // `changed` only notices a dropped sender without waiting a tick.
         let mut changed = pin!(targets.changed());
         let mut closed = pin!(verdicts.closed());
         let wake = poll_fn(|cx| {
@@ -340,8 +341,12 @@ async fn next_round(
         .await;
         match wake {
             Wake::Tick => return true,
-            Wake::Stop => return false,
+            // A checker that had nothing to probe (the pool was still
+            // empty) starts as soon as it has something, rather than a
+            // whole interval later.
+            Wake::Changed if idle => return true,
             Wake::Changed => {}
+            Wake::Stop => return false,
         }
     }
 }
@@ -1124,6 +1129,34 @@ mod tests {
         checker.assert_no_verdict();
         at(8.5).await;
         assert_eq!(checker.verdicts.try_recv(), Ok(verdict(&a, false)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_checker_started_empty_probes_its_first_endpoints_at_once() {
+        let a = Endpoint::builder("a").build().unwrap();
+        let probed = Arc::new(Mutex::new(Vec::<Instant>::new()));
+        let probed2 = probed.clone();
+        let check = HealthCheck::custom(move |_| {
+            probed2.lock().unwrap().push(Instant::now());
+            async { true }
+        })
+        .interval(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let checker = Checker::start(check, &[]);
+        sleep(Duration::from_secs(1)).await;
+        assert!(probed.lock().unwrap().is_empty());
+        checker.set_targets(std::slice::from_ref(&a));
+        sleep(Duration::from_millis(10)).await;
+        let first = probed.lock().unwrap().clone();
+        assert_eq!(first.len(), 1, "probed once, at once");
+        assert!(
+            first[0] - t0 < Duration::from_secs(2),
+            "not a whole interval later"
+        );
+        // Later changes wait for the next tick.
+        checker.set_targets(&[a.clone(), Endpoint::builder("b").build().unwrap()]);
+        sleep(Duration::from_millis(10)).await;
+        assert_eq!(probed.lock().unwrap().len(), 1);
     }
 
     #[tokio::test(start_paused = true)]
