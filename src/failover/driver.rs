@@ -92,6 +92,7 @@ where
                 Arc::new(next.report),
             ));
         }
+        view.set_evaluated(snapshot.revision());
         last_upstream = Some(snapshot);
 
         let deadline = tracker.next_deadline();

@@ -253,7 +253,14 @@ impl Tracker {
             t.0.push(i);
             t.1 += usize::from(st.healthy());
         }
-        self.tiers.retain(|p, _| tiers.contains_key(p));
+        // A tier that left discovery has no health; remembering it at 0
+        // makes it wait out the fail-back delay when it returns.
+        for (p, t) in self.tiers.iter_mut() {
+            if !tiers.contains_key(p) {
+                t.effective = 0.0;
+                t.rising_since = None;
+            }
+        }
         let shares: Vec<f64> = tiers
             .values()
             .map(|(all, healthy)| *healthy as f64 / all.len() as f64)
@@ -280,11 +287,23 @@ impl Tracker {
                     t.rising_since = None;
                 }
             }
-            effective.push(t.effective);
+            effective.push((t.effective, health));
         }
+        // With no tier carrying traffic, waiting protects nothing: recover
+        // at once.
+        if effective.iter().all(|&(e, _)| e <= 0.0) {
+            for ((e, raw), priority) in effective.iter_mut().zip(tiers.keys()) {
+                *e = *raw;
+                if let Some(t) = self.tiers.get_mut(priority) {
+                    t.effective = *raw;
+                    t.rising_since = None;
+                }
+            }
+        }
+        let effective: Vec<f64> = effective.into_iter().map(|(e, _)| e).collect();
         let panic = !shares.is_empty()
             && (shares.iter().all(|&s| s < self.config.panic_threshold)
-                || effective.iter().all(|&e| e <= 0.0));
+                || shares.iter().all(|&s| s <= 0.0));
         if panic != self.panic {
             if panic {
                 event!(warn, healthy_percent = %format_shares(&shares), "panic mode entered: too few healthy endpoints");
@@ -317,12 +336,17 @@ impl Tracker {
             (Some(since), Some(ss)) => ss.factor(now.saturating_duration_since(since)),
             _ => 1.0,
         };
+        // While anything ramps, every weight in the view is multiplied by
+        // RAMP_RESOLUTION so that a ramp of weight 1 has steps to take;
+        // shares are unchanged, since all weights scale alike.
+        let ramping = states.iter().any(|st| factor(st) < 1.0);
         let pick = |i: usize| {
             let m = &members[i];
-            match factor(&states[i]) {
-                f if f >= 1.0 => m.clone(),
-                f => m.reweighted(scale(m.endpoint().weight(), f)),
+            if !ramping {
+                return m.clone();
             }
+            let w = m.endpoint().weight().saturating_mul(RAMP_RESOLUTION);
+            m.reweighted(scale(w, factor(&states[i])))
         };
         let mut view = Vec::new();
         let mut groups = Vec::new();
@@ -412,6 +436,9 @@ impl Tracker {
         ejections.chain(failbacks).min()
     }
 }
+
+/// How finely slow start divides weights while an endpoint ramps.
+const RAMP_RESOLUTION: u32 = 100;
 
 /// `weight × factor`, rounded, never rounding a live weight down to 0.
 fn scale(weight: u32, factor: f64) -> u32 {
@@ -583,10 +610,12 @@ mod tests {
                 grown.members()[1].reweighted(100),
             ],
         );
+        // While ramping, weights carry RAMP_RESOLUTION more steps.
         let v = t.evaluate(&grown, now, false);
-        assert_eq!(v.members[1].endpoint().weight(), 10, "starts at 10 %");
+        assert_eq!(v.members[0].endpoint().weight(), 100, "full weight, scaled");
+        assert_eq!(v.members[1].endpoint().weight(), 1000, "starts at 10 %");
         let v = t.evaluate(&grown, now + Duration::from_secs(5), false);
-        assert_eq!(v.members[1].endpoint().weight(), 50, "linear ramp");
+        assert_eq!(v.members[1].endpoint().weight(), 5000, "linear ramp");
         let v = t.evaluate(&grown, now + Duration::from_secs(10), false);
         assert_eq!(v.members[1].endpoint().weight(), 100);
         assert_eq!(v.report.endpoints[1].weight_factor, 1.0);

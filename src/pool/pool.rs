@@ -1,4 +1,5 @@
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use arc_swap::ArcSwap;
@@ -21,13 +22,15 @@ use crate::error::BoxError;
 pub struct Pool<S> {
     pub(crate) shared: Arc<Shared<S>>,
     driver: Option<Arc<DriverGuard>>,
+    /// For a view (failover), the pool it is a view of: kept alive, and
+    /// asked about discovery.
+    upstream: Option<Arc<Pool<S>>>,
 }
 
 /// Keeps a pool's driver task running, and whatever it feeds from alive,
 /// until the last clone of the pool is dropped.
 struct DriverGuard {
     task: JoinHandle<()>,
-    _upstream: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Drop for DriverGuard {
@@ -44,6 +47,9 @@ pub(crate) struct Shared<S> {
     subscribers: Mutex<Vec<Subscriber<S>>>,
     notify: Arc<Notify>,
     status: Mutex<DiscoveryStatus>,
+    /// For a view: 1 + the revision of the upstream snapshot it last
+    /// evaluated (0 before any).
+    evaluated: AtomicU64,
 }
 
 /// How discovery has gone for a pool so far.
@@ -73,6 +79,7 @@ impl<S> Clone for Pool<S> {
         Pool {
             shared: self.shared.clone(),
             driver: self.driver.clone(),
+            upstream: self.upstream.clone(),
         }
     }
 }
@@ -150,31 +157,24 @@ impl<S: Clone + Send + Sync + 'static> Pool<S> {
                 current: ArcSwap::from_pointee(Snapshot::new(0, Instant::now(), Vec::new())),
                 subscribers: Mutex::new(Vec::new()),
                 notify: Arc::new(Notify::new()),
+                evaluated: AtomicU64::new(0),
                 status: Mutex::new(DiscoveryStatus::default()),
             }),
             driver: None,
+            upstream: None,
         }
     }
 
     pub(crate) fn with_driver(mut self, task: JoinHandle<()>) -> Self {
-        self.driver = Some(Arc::new(DriverGuard {
-            task,
-            _upstream: None,
-        }));
+        self.driver = Some(Arc::new(DriverGuard { task }));
         self
     }
 
     /// A pool whose driver `task` republishes a view of `upstream`, which
     /// it keeps alive.
-    pub(crate) fn with_view_driver<U: Send + Sync + 'static>(
-        mut self,
-        task: JoinHandle<()>,
-        upstream: Pool<U>,
-    ) -> Self {
-        self.driver = Some(Arc::new(DriverGuard {
-            task,
-            _upstream: Some(Box::new(upstream)),
-        }));
+    pub(crate) fn with_view_driver(mut self, task: JoinHandle<()>, upstream: Pool<S>) -> Self {
+        self.driver = Some(Arc::new(DriverGuard { task }));
+        self.upstream = Some(Arc::new(upstream));
         self
     }
 
@@ -189,9 +189,19 @@ impl<S> Pool<S> {
         self.shared.current.load_full()
     }
 
-    /// How discovery has gone so far.
+    /// How discovery has gone so far (for a failover view, discovery of
+    /// the pool it views).
     pub fn discovery(&self) -> DiscoveryStatus {
-        lock(&self.shared.status).clone()
+        lock(&self.root().shared.status).clone()
+    }
+
+    /// The pool discovery feeds: the end of a chain of views.
+    fn root(&self) -> &Pool<S> {
+        let mut pool = self;
+        while let Some(up) = &pool.upstream {
+            pool = up;
+        }
+        pool
     }
 
     /// Waits until the snapshot's revision differs from `seen`, and returns
@@ -212,7 +222,25 @@ impl<S> Pool<S> {
     /// reached. Revisions are the source's own: for a
     /// [`Registry`](crate::discover::Registry) watch, use
     /// [`Registry::revision_of`](crate::discover::Registry::revision_of).
+    ///
+    /// For a failover view, discovery is that of the pool it views, and
+    /// this also waits until the view has been re-evaluated since.
     pub async fn applied(&self, revision: u64) -> bool {
+        let mut chain = vec![self];
+        while let Some(up) = &chain[chain.len() - 1].upstream {
+            chain.push(up);
+        }
+        let mut below = chain.pop().unwrap_or(self);
+        let reached = below.applied_here(revision).await;
+        for view in chain.into_iter().rev() {
+            let target = below.snapshot().revision();
+            view.evaluated(target).await;
+            below = view;
+        }
+        reached
+    }
+
+    async fn applied_here(&self, revision: u64) -> bool {
         loop {
             let notified = self.shared.notify.clone().notified_owned();
             {
@@ -223,6 +251,18 @@ impl<S> Pool<S> {
                 if st.ended {
                     return false;
                 }
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits until this view has evaluated its upstream at `revision` or
+    /// later.
+    async fn evaluated(&self, revision: u64) {
+        loop {
+            let notified = self.shared.notify.clone().notified_owned();
+            if self.shared.evaluated.load(Ordering::Acquire) > revision {
+                return;
             }
             notified.await;
         }
@@ -257,6 +297,14 @@ impl<S> Shared<S> {
             subs.retain_mut(|f| f(&snapshot));
         }
         self.notify.notify_waiters();
+    }
+
+    /// Records that a view has evaluated its upstream at `revision`.
+    pub(crate) fn set_evaluated(&self, revision: u64) {
+        let next = revision.saturating_add(1);
+        if self.evaluated.swap(next, Ordering::AcqRel) != next {
+            self.notify.notify_waiters();
+        }
     }
 
     pub(crate) fn applied_revision(&self) -> Option<u64> {

@@ -6,6 +6,11 @@
 //! [`connector`] builds one [`SetAuthority`] per endpoint over a single
 //! shared hyper-util client, so every endpoint shares one connection pool;
 //! [`get`] sends one request through a balancer and reads the body.
+//!
+//! For failover tests, a backend also answers `GET /healthz` with a status
+//! that can be switched ([`Backend::set_health`]); a [`HungBackend`]
+//! accepts connections and never answers; [`timeout_connector`] bounds
+//! each endpoint's requests with `tower::timeout::Timeout`.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -29,6 +34,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tower::timeout::Timeout;
 use tower::{Layer, Service, ServiceExt};
 use tower_lb::balance::{Balance, BalanceLayer, Strategy};
 use tower_lb::discover::Source;
@@ -53,6 +59,10 @@ struct Behaviour {
     hits: Arc<AtomicU64>,
     delay_ns: AtomicU64,
     status: AtomicU16,
+    /// What `GET /healthz` answers.
+    health: AtomicU16,
+    /// `GET /healthz` requests received (not counted in `hits`).
+    health_checks: AtomicU64,
 }
 
 /// A real HTTP server on loopback that answers `GET /` with its name.
@@ -74,9 +84,12 @@ impl Backend {
             hits: Arc::new(AtomicU64::new(0)),
             delay_ns: AtomicU64::new(0),
             status: AtomicU16::new(StatusCode::OK.as_u16()),
+            health: AtomicU16::new(StatusCode::OK.as_u16()),
+            health_checks: AtomicU64::new(0),
         });
         let app = Router::new()
             .route("/", get_route(answer))
+            .route("/healthz", get_route(healthz))
             .with_state(behaviour.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         // Dropping the sender (with the `Backend`) also stops the server.
@@ -144,6 +157,21 @@ impl Backend {
             .store(status.as_u16(), Ordering::SeqCst);
     }
 
+    /// Answers every later `GET /healthz` with `status` (the default is
+    /// 200).
+    #[allow(dead_code)]
+    pub fn set_health(&self, status: StatusCode) {
+        self.behaviour
+            .health
+            .store(status.as_u16(), Ordering::SeqCst);
+    }
+
+    /// `GET /healthz` requests received so far.
+    #[allow(dead_code)]
+    pub fn health_checks(&self) -> u64 {
+        self.behaviour.health_checks.load(Ordering::SeqCst)
+    }
+
     /// Stops accepting, lets open connections finish (idle keep-alive
     /// connections are closed at once) and waits for the server to end.
     /// Returns the final hit count, or an error if the server failed or did
@@ -178,6 +206,63 @@ async fn answer(State(b): State<Arc<Behaviour>>) -> (StatusCode, String) {
     let status = StatusCode::from_u16(b.status.load(Ordering::SeqCst))
         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, b.name.to_string())
+}
+
+async fn healthz(State(b): State<Arc<Behaviour>>) -> StatusCode {
+    b.health_checks.fetch_add(1, Ordering::SeqCst);
+    StatusCode::from_u16(b.health.load(Ordering::SeqCst))
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// A TCP server on loopback that accepts connections, reads nothing and
+/// never answers: a hung process. Stops (closing its connections) when
+/// dropped.
+#[allow(dead_code)]
+#[derive(Debug)]
+pub struct HungBackend {
+    addr: SocketAddr,
+    accepted: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+#[allow(dead_code)]
+impl HungBackend {
+    /// Starts one on an ephemeral loopback port.
+    pub async fn start() -> std::io::Result<HungBackend> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let accepted = Arc::new(AtomicU64::new(0));
+        let count = accepted.clone();
+        let task = tokio::spawn(async move {
+            // Held, never read or written, until the task is aborted.
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                open.push(stream);
+            }
+        });
+        Ok(HungBackend {
+            addr,
+            accepted,
+            task,
+        })
+    }
+
+    /// An endpoint for it, with weight 1.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::new(self.addr)
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for HungBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// A plain-HTTP/1 client with its own connection pool.
@@ -215,10 +300,51 @@ impl Service<Endpoint> for Connector {
     }
 }
 
+/// What [`timeout_connector`] builds for one endpoint: the shared client,
+/// pointed at the endpoint, each request bounded in time.
+#[allow(dead_code)]
+pub type TimedEndpointService = Timeout<EndpointService>;
+
+/// A connector like [`Connector`] whose endpoint services give up on a
+/// request after `limit` (failing with `tower::timeout::error::Elapsed`).
+#[allow(dead_code)]
+#[derive(Debug, Clone)]
+pub struct TimeoutConnector {
+    inner: Connector,
+    limit: Duration,
+}
+
+/// A [`TimeoutConnector`] over `client`.
+#[allow(dead_code)]
+pub fn timeout_connector(client: HttpClient, limit: Duration) -> TimeoutConnector {
+    TimeoutConnector {
+        inner: connector(client),
+        limit,
+    }
+}
+
+impl Service<Endpoint> for TimeoutConnector {
+    type Response = TimedEndpointService;
+    type Error = InvalidEndpoint;
+    type Future = Ready<Result<TimedEndpointService, InvalidEndpoint>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, endpoint: Endpoint) -> Self::Future {
+        ready(
+            SetAuthority::new(self.inner.client.clone(), &endpoint)
+                .map(|s| Timeout::new(s, self.limit)),
+        )
+    }
+}
+
 /// The whole stack over real HTTP: a balancer with `strategy` (seeded, so
 /// runs repeat) over a pool fed by `source` through [`connector`].
 ///
 /// Must be called inside a tokio runtime (the pool spawns its driver).
+#[allow(dead_code)]
 pub fn balancer<Src, St>(source: Src, strategy: St) -> Balance<EndpointService, St>
 where
     Src: Source + Clone,

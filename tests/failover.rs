@@ -1,0 +1,794 @@
+//! Failover decisions through the whole stack, with mock backends on a
+//! paused tokio clock: the ejection cap, panic mode (open and closed),
+//! slow start, and the fail-back delay against a flapping primary.
+//!
+//! The stack is `Balance → FailoverLayer → DiscoverLayer(registry) →
+//! mock connector`; a mock backend fails when told to
+//! ([`Backends::set`]), which the default classifier counts against it.
+//! Time only moves when the test sleeps, so intervals of a second and
+//! ejections of many seconds cost nothing. Every request is bounded by
+//! [`REQUEST_LIMIT`] of tokio time and must end in an answer or a typed
+//! `tower_lb::Error`. Shares come from a fixed seed ([`SEED`]); each
+//! assertion states its tolerance.
+
+#[path = "support/mock.rs"]
+mod mock;
+
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep, timeout};
+use tokio_test::{assert_ready_err, task};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_lb::balance::{Balance, BalanceLayer, RoundRobin, Strategy, WeightedRoundRobin};
+use tower_lb::discover::{Registration, Registry};
+use tower_lb::failover::{
+    EndpointHealth, FailoverConfig, FailoverLayer, HealthReport, OutlierDetection, PanicMode,
+    SlowStart,
+};
+use tower_lb::pool::{DiscoverLayer, Pool};
+use tower_lb::{Endpoint, Error};
+
+use mock::{Backend, Backends, Behaviour, ep, key};
+
+const SERVICE: &str = "svc";
+/// The seed of every balancer in this suite.
+const SEED: u64 = 42;
+/// No request may take longer than this (tokio time).
+const REQUEST_LIMIT: Duration = Duration::from_secs(5);
+/// The default evaluation interval, which these tests keep.
+const INTERVAL: Duration = Duration::from_secs(1);
+/// Traffic is sent in steps this far apart.
+const STEP: Duration = Duration::from_millis(100);
+
+type Client<St> = Balance<Backend, St>;
+
+/// `Balance(strategy, seeded) → Failover(config) → Pool(registry watch) →
+/// mock connector`.
+fn client<St: Strategy + Clone>(
+    registry: &Registry,
+    backends: &Backends,
+    strategy: St,
+    config: FailoverConfig,
+) -> Client<St> {
+    ServiceBuilder::new()
+        .layer(BalanceLayer::new(strategy).seed(SEED))
+        .layer(FailoverLayer::new(config))
+        .layer(DiscoverLayer::new(registry.watch(SERVICE).expect("watch")))
+        .service(backends.connector())
+}
+
+fn register(registry: &Registry, endpoint: Endpoint) -> Registration {
+    registry.register(SERVICE, endpoint).expect("register")
+}
+
+/// Registers ports `1..=n` at priority 0, weight 1.
+fn register_ports(registry: &Registry, n: u16) -> Vec<Registration> {
+    (1..=n).map(|p| register(registry, ep(p))).collect()
+}
+
+/// How a batch of requests ended.
+#[derive(Debug, Default)]
+struct Outcomes {
+    answered: u64,
+    /// `Error::Inner`: the endpoint's own failure.
+    inner: u64,
+    /// `Error::NoneEligible`.
+    none_eligible: u64,
+    /// Any other error, rendered.
+    other: Vec<String>,
+}
+
+impl Outcomes {
+    fn total(&self) -> u64 {
+        self.answered + self.inner + self.none_eligible + self.other.len() as u64
+    }
+}
+
+/// Sends `n` requests one after another; each must end within
+/// [`REQUEST_LIMIT`].
+async fn burst<St: Strategy>(lb: &Client<St>, n: usize) -> Outcomes {
+    let mut out = Outcomes::default();
+    for _ in 0..n {
+        let reply = timeout(REQUEST_LIMIT, lb.clone().oneshot(Behaviour::Answer))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("a request neither answered nor failed within {REQUEST_LIMIT:?}")
+            });
+        match reply {
+            Ok(_) => out.answered += 1,
+            Err(Error::Inner(_)) => out.inner += 1,
+            Err(Error::NoneEligible { .. }) => out.none_eligible += 1,
+            Err(e) => out.other.push(e.to_string()),
+        }
+    }
+    assert_eq!(out.total(), n as u64);
+    out
+}
+
+/// Calls each port's backend has received so far.
+fn calls(backends: &Backends, ports: &[u16]) -> Vec<u64> {
+    ports.iter().map(|&p| backends.calls(&key(p))).collect()
+}
+
+fn delta(before: &[u64], after: &[u64]) -> Vec<u64> {
+    before.iter().zip(after).map(|(b, a)| a - b).collect()
+}
+
+fn report<S>(pool: &Pool<S>) -> HealthReport {
+    pool.snapshot()
+        .health()
+        .cloned()
+        .expect("a failover view carries a health report")
+}
+
+/// Polls the view's report every millisecond of tokio time until `done`
+/// holds; panics with `what` and the last report after `limit`.
+async fn wait_report<S>(
+    pool: &Pool<S>,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&HealthReport) -> bool,
+) -> HealthReport {
+    let start = Instant::now();
+    loop {
+        if let Some(r) = pool.snapshot().health() {
+            if done(r) {
+                return r.clone();
+            }
+        }
+        assert!(
+            start.elapsed() <= limit,
+            "{what}: not seen within {limit:?}; last report: {:#?}",
+            pool.snapshot().health()
+        );
+        sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn health(r: &HealthReport, port: u16) -> &EndpointHealth {
+    let k = key(port);
+    r.endpoints
+        .iter()
+        .find(|e| *e.key == *k)
+        .unwrap_or_else(|| panic!("{k} is not in the report: {r:#?}"))
+}
+
+fn ejected(r: &HealthReport) -> usize {
+    r.endpoints
+        .iter()
+        .filter(|e| e.ejected_until.is_some())
+        .count()
+}
+
+fn load_of(r: &HealthReport, priority: u8) -> f64 {
+    r.tiers
+        .iter()
+        .find(|t| t.priority == priority)
+        .map_or(0.0, |t| t.load_percent)
+}
+
+/// Ten endpoints all fail at once; over 70 s (two rounds of 30 s
+/// ejections) no more than `cap` are ever ejected at the same time, and
+/// the cap is reached.
+async fn ejection_cap(outliers: OutlierDetection, cap: usize) {
+    let registry = Registry::new();
+    let _regs = register_ports(&registry, 10);
+    let backends = Backends::new();
+    for p in 1..=10 {
+        backends.set(&key(p), Behaviour::Fail);
+    }
+    let config = FailoverConfig::new().outlier_detection(outliers);
+    let lb = client(&registry, &backends, RoundRobin, config);
+    wait_report(lb.pool(), "ten endpoints in the view", INTERVAL, |r| {
+        r.endpoints.len() == 10
+    })
+    .await;
+
+    let mut most = 0;
+    for second in 0..70 {
+        // Two requests per endpoint per second: five in a row each within
+        // three seconds.
+        let out = burst(&lb, 20).await;
+        assert_eq!(
+            out.inner, 20,
+            "every request fails with the endpoint's own error: {out:?}"
+        );
+        sleep(INTERVAL).await;
+        let r = report(lb.pool());
+        let now_out = ejected(&r);
+        assert!(
+            now_out <= cap,
+            "{now_out} of 10 ejected at once after {second} s; the cap is {cap}: {r:#?}"
+        );
+        assert!(
+            !r.panic,
+            "{} of 10 healthy is not panic: {r:#?}",
+            10 - now_out
+        );
+        most = most.max(now_out);
+    }
+    let r = report(lb.pool());
+    assert_eq!(most, cap, "all ten failing: the cap ({cap}) is reached");
+    assert!(
+        r.ejections > cap as u64,
+        "after the first ejections end (30 s) others are ejected in turn: {} ejections in 70 s",
+        r.ejections
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_most_ten_percent_of_a_tier_is_ejected_by_default() {
+    // 10 % of 10 is 1.
+    ejection_cap(OutlierDetection::new(), 1).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_most_max_ejection_percent_of_a_tier_is_ejected() {
+    // 30 % of 10 is 3.
+    ejection_cap(OutlierDetection::new().max_ejection_percent(30), 3).await;
+}
+
+/// One endpoint that fails is ejected (one may always be), which leaves
+/// the pool with nothing healthy: panic, fail open. Requests keep reaching
+/// the endpoint rather than failing with nothing to pick.
+#[tokio::test(start_paused = true)]
+async fn a_lone_failing_endpoint_is_ejected_but_still_gets_requests() {
+    let registry = Registry::new();
+    let _regs = register_ports(&registry, 1);
+    let backends = Backends::new();
+    backends.set(&key(1), Behaviour::Fail);
+    let lb = client(&registry, &backends, RoundRobin, FailoverConfig::new());
+    wait_report(lb.pool(), "the endpoint in the view", INTERVAL, |r| {
+        r.endpoints.len() == 1
+    })
+    .await;
+
+    let out = burst(&lb, 5).await;
+    assert_eq!(out.inner, 5);
+    let r = wait_report(
+        lb.pool(),
+        "the failing endpoint ejected within 2 s",
+        2 * INTERVAL,
+        |r| ejected(r) == 1,
+    )
+    .await;
+    assert!(r.panic, "nothing healthy: panic: {r:#?}");
+
+    let before = backends.calls(&key(1));
+    let out = burst(&lb, 10).await;
+    assert_eq!(
+        backends.calls(&key(1)) - before,
+        10,
+        "fail open: every request still reaches the ejected endpoint"
+    );
+    assert_eq!((out.inner, out.none_eligible), (10, 0), "{out:?}");
+
+    // It recovers before its ejection ends: requests are answered.
+    backends.unset(&key(1));
+    let out = burst(&lb, 10).await;
+    assert_eq!(out.answered, 10, "{out:?}");
+}
+
+/// Four endpoints, all failing, up to 100 % ejectable, ejected for 5 s.
+/// Returns the client once all four are out.
+async fn all_ejected(
+    registry: &Registry,
+    backends: &Backends,
+    mode: PanicMode,
+) -> Client<RoundRobin> {
+    for p in 1..=4 {
+        backends.set(&key(p), Behaviour::Fail);
+    }
+    let config = FailoverConfig::new().panic_mode(mode).outlier_detection(
+        OutlierDetection::new()
+            .max_ejection_percent(100)
+            .base_ejection(Duration::from_secs(5))
+            .max_ejection(Duration::from_secs(5)),
+    );
+    let lb = client(registry, backends, RoundRobin, config);
+    wait_report(lb.pool(), "four endpoints in the view", INTERVAL, |r| {
+        r.endpoints.len() == 4
+    })
+    .await;
+    let out = burst(&lb, 20).await;
+    assert_eq!(out.inner, 20, "{out:?}");
+    let r = wait_report(
+        lb.pool(),
+        "all four ejected within 2 s",
+        2 * INTERVAL,
+        |r| ejected(r) == 4,
+    )
+    .await;
+    assert!(r.panic, "no endpoint healthy: panic: {r:#?}");
+    lb
+}
+
+/// Every endpoint failing: fail open, balancing over all of them.
+#[tokio::test(start_paused = true)]
+async fn when_every_endpoint_fails_panic_fails_open() {
+    let registry = Registry::new();
+    let _regs = register_ports(&registry, 4);
+    let backends = Backends::new();
+    let lb = all_ejected(&registry, &backends, PanicMode::FailOpen).await;
+
+    let ports = [1, 2, 3, 4];
+    let before = calls(&backends, &ports);
+    let out = burst(&lb, 40).await;
+    let got = delta(&before, &calls(&backends, &ports));
+    assert_eq!(
+        got,
+        [10, 10, 10, 10],
+        "fail open: round robin over every endpoint"
+    );
+    assert_eq!((out.inner, out.none_eligible), (40, 0), "{out:?}");
+}
+
+/// Every endpoint failing with `PanicMode::FailClosed`: requests fail at
+/// once (on their first poll) with `NoneEligible`, and reach no backend.
+#[tokio::test(start_paused = true)]
+async fn when_every_endpoint_fails_panic_can_fail_closed() {
+    let registry = Registry::new();
+    let _regs = register_ports(&registry, 4);
+    let backends = Backends::new();
+    let lb = all_ejected(&registry, &backends, PanicMode::FailClosed).await;
+
+    let before = backends.total_calls();
+    for _ in 0..20 {
+        let mut request = task::spawn(lb.clone().oneshot(Behaviour::Answer));
+        let e = assert_ready_err!(request.poll(), "fail closed answers on the first poll");
+        assert!(matches!(e, Error::NoneEligible { total: 4 }), "{e:?}");
+    }
+    assert_eq!(backends.total_calls(), before, "fail closed sends nothing");
+}
+
+/// Panic ends when the endpoints are healthy again. Here all four were
+/// ejected and recovered meanwhile; when their ejections end (5 s) they
+/// are all re-admitted and panic must end with them, within two
+/// evaluation intervals. There is no lower tier to fail back from, so the
+/// fail-back delay (10 s by default) has nothing to protect.
+#[tokio::test(start_paused = true)]
+async fn panic_ends_when_the_ejections_end() {
+    let registry = Registry::new();
+    let _regs = register_ports(&registry, 4);
+    let backends = Backends::new();
+    let lb = all_ejected(&registry, &backends, PanicMode::FailClosed).await;
+    let r = report(lb.pool());
+    let until = r
+        .endpoints
+        .iter()
+        .filter_map(|e| e.ejected_until)
+        .max()
+        .expect("ejected");
+    for p in 1..=4 {
+        backends.unset(&key(p));
+    }
+    let limit = until.saturating_duration_since(Instant::now()) + 2 * INTERVAL;
+    let r = wait_report(
+        lb.pool(),
+        "panic left within 2 s of the ejections ending (all four re-admitted and healthy)",
+        limit,
+        |r| !r.panic,
+    )
+    .await;
+    assert_eq!(ejected(&r), 0, "{r:#?}");
+    let out = burst(&lb, 20).await;
+    assert_eq!(
+        out.answered, 20,
+        "out of panic, requests are served: {out:?}"
+    );
+}
+
+/// Slow start: a fourth endpoint (weight 100, like the others) joins a
+/// running pool and ramps linearly from 10 % of its weight to all of it
+/// over 10 s; the three present from the start are never ramped.
+#[tokio::test(start_paused = true)]
+async fn slow_start_ramps_a_new_endpoint_up_over_its_window() {
+    slow_start_ramp(100).await;
+}
+
+/// As [`slow_start_ramps_a_new_endpoint_up_over_its_window`], with the
+/// default weight (1) that `Endpoint::new` gives every endpoint.
+#[tokio::test(start_paused = true)]
+async fn slow_start_ramps_an_endpoint_of_the_default_weight() {
+    slow_start_ramp(1).await;
+}
+
+const WINDOW: Duration = Duration::from_secs(10);
+
+/// The new endpoint's expected share when its ramp factor is `f` and the
+/// others (three, at full weight `w`) are not ramping.
+fn ramp_share(f: f64) -> f64 {
+    let f = f.clamp(0.1, 1.0);
+    f / (3.0 + f)
+}
+
+async fn slow_start_ramp(weight: u32) {
+    let registry = Registry::new();
+    let _regs: Vec<_> = (1..=3)
+        .map(|p| register(&registry, ep(p).with_weight(weight)))
+        .collect();
+    let backends = Backends::new();
+    let config = FailoverConfig::new().slow_start(SlowStart::new(WINDOW));
+    let lb = client(&registry, &backends, WeightedRoundRobin, config);
+    let r = wait_report(lb.pool(), "three endpoints in the view", INTERVAL, |r| {
+        r.endpoints.len() == 3
+    })
+    .await;
+    assert!(
+        r.endpoints.iter().all(|e| e.weight_factor == 1.0),
+        "endpoints present at start are not ramped: {r:#?}"
+    );
+    let ports = [1, 2, 3, 4];
+
+    // Before: a third each (smooth WRR over equal weights; ±0.02).
+    let before = calls(&backends, &ports);
+    for _ in 0..10 {
+        burst(&lb, 30).await;
+        sleep(STEP).await;
+    }
+    let got = delta(&before, &calls(&backends, &ports));
+    for (i, &n) in got[..3].iter().enumerate() {
+        let share = n as f64 / 300.0;
+        assert!(
+            (share - 1.0 / 3.0).abs() <= 0.02,
+            "port {} share {share:.3} (1/3 ± 0.02)",
+            i + 1
+        );
+    }
+
+    let _new = register(&registry, ep(4).with_weight(weight));
+    let r = wait_report(lb.pool(), "the new endpoint in the view", INTERVAL, |r| {
+        r.endpoints.len() == 4
+    })
+    .await;
+    let joined = Instant::now();
+    assert!(
+        (health(&r, 4).weight_factor - 0.1).abs() < 1e-9,
+        "a new endpoint starts at 10 % of its weight: {r:#?}"
+    );
+
+    // Twelve 1-second windows of 400 requests each.
+    let mut shares = Vec::new();
+    let mut factors = Vec::new();
+    for _ in 0..12 {
+        let before = calls(&backends, &ports);
+        for _ in 0..10 {
+            let out = burst(&lb, 40).await;
+            assert_eq!(out.answered, 40, "{out:?}");
+            sleep(STEP).await;
+        }
+        let got = delta(&before, &calls(&backends, &ports));
+        shares.push(got[3] as f64 / got.iter().sum::<u64>() as f64);
+        let r = report(lb.pool());
+        for p in 1..=3 {
+            assert_eq!(
+                health(&r, p).weight_factor,
+                1.0,
+                "port {p} is never ramped: {r:#?}"
+            );
+        }
+        factors.push(health(&r, 4).weight_factor);
+    }
+    let elapsed = joined.elapsed();
+    let shown: Vec<String> = shares.iter().map(|s| format!("{s:.3}")).collect();
+
+    // The view is re-evaluated every 500 ms (window / 20), so window k
+    // (k..k+1 s after joining) sees ramp factors from (k - 0.5) / 10 to
+    // (k + 1) / 10; allow 0.02 more for the rotation's phase.
+    let fair = 0.25;
+    assert!(
+        shares[0] < fair / 2.0,
+        "in its first second the new endpoint gets {:.3}, expected well below its fair share {fair} (~{:.3}): {shown:?}",
+        shares[0],
+        ramp_share(0.1)
+    );
+    for (k, &share) in shares.iter().enumerate().take(10) {
+        let k = k as f64;
+        let (lo, hi) = (ramp_share((k - 0.5) / 10.0), ramp_share((k + 1.0) / 10.0));
+        assert!(
+            share >= lo - 0.02 && share <= hi + 0.02,
+            "window {k}: share {share:.3}, expected {lo:.3}..={hi:.3} ± 0.02 for a linear ramp: {shown:?}"
+        );
+    }
+    for w in shares.windows(2) {
+        assert!(
+            w[1] >= w[0] - 0.02,
+            "the share only rises (± 0.02): {shown:?}"
+        );
+    }
+    assert!(
+        (shares[11] - fair).abs() <= 0.02,
+        "after the ramp the new endpoint gets its fair share {fair} ± 0.02, got {:.3}: {shown:?}",
+        shares[11]
+    );
+    for w in factors.windows(2) {
+        assert!(w[1] >= w[0], "weight_factor only rises: {factors:?}");
+    }
+    assert!(elapsed > WINDOW + STEP);
+    assert_eq!(
+        factors[11], 1.0,
+        "weight_factor reaches 1.0 after the window: {factors:?}"
+    );
+    assert!(
+        factors[4] > 0.3 && factors[4] < 0.7,
+        "halfway through the ramp: {factors:?}"
+    );
+}
+
+/// Sends `per_step` requests every [`STEP`] for `steps` steps, calling
+/// `check` with the report after each; returns the calls per port and the
+/// outcomes.
+async fn drive<St: Strategy>(
+    lb: &Client<St>,
+    backends: &Backends,
+    ports: &[u16],
+    steps: usize,
+    per_step: usize,
+    mut check: impl FnMut(&HealthReport),
+) -> (Vec<u64>, Outcomes) {
+    let before = calls(backends, ports);
+    let mut all = Outcomes::default();
+    for _ in 0..steps {
+        let out = burst(lb, per_step).await;
+        all.answered += out.answered;
+        all.inner += out.inner;
+        all.none_eligible += out.none_eligible;
+        all.other.extend(out.other);
+        sleep(STEP).await;
+        check(&report(lb.pool()));
+    }
+    (delta(&before, &calls(backends, ports)), all)
+}
+
+/// Drives traffic until `done` holds for the report, at most `limit`.
+async fn drive_until<St: Strategy>(
+    lb: &Client<St>,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&HealthReport) -> bool,
+) -> HealthReport {
+    let start = Instant::now();
+    loop {
+        let out = burst(lb, 20).await;
+        assert!(out.other.is_empty() && out.none_eligible == 0, "{out:?}");
+        let r = report(lb.pool());
+        if done(&r) {
+            return r;
+        }
+        assert!(
+            start.elapsed() <= limit,
+            "{what}: not seen within {limit:?}: {r:#?}"
+        );
+        sleep(STEP).await;
+    }
+}
+
+/// Fail-back with a flapping primary. Primaries A and B, backup K;
+/// overprovisioning 1.4, so with B out the primaries' health is
+/// 1/2 × 1.4 = 70 % and K takes 30 %. B goes down and comes back three
+/// times, each time going down again within the 10 s fail-back delay. K
+/// keeps its 30 % throughout, and traffic moves back to the primaries only
+/// once B has stayed up for the whole delay after its last return.
+#[tokio::test(start_paused = true)]
+async fn a_flapping_primary_gets_traffic_back_only_after_staying_up_for_the_failback_delay() {
+    const FAILBACK: Duration = Duration::from_secs(10);
+    const EJECTION: Duration = Duration::from_secs(2);
+    let (a, b, k) = (1u16, 2u16, 3u16);
+    let registry = Registry::new();
+    let _regs = [
+        register(&registry, ep(a)),
+        register(&registry, ep(b)),
+        register(&registry, ep(k).with_priority(1)),
+    ];
+    let backends = Backends::new();
+    let config = FailoverConfig::new()
+        .failback_delay(FAILBACK)
+        .outlier_detection(
+            OutlierDetection::new()
+                .consecutive_failures(5)
+                .base_ejection(EJECTION)
+                .max_ejection(EJECTION),
+        );
+    let lb = client(&registry, &backends, RoundRobin, config);
+    wait_report(lb.pool(), "three endpoints in the view", INTERVAL, |r| {
+        r.endpoints.len() == 3
+    })
+    .await;
+    let ports = [a, b, k];
+    let seventy = |r: &HealthReport| {
+        (load_of(r, 0) - 70.0).abs() < 0.01 && (load_of(r, 1) - 30.0).abs() < 0.01
+    };
+
+    let (got, _) = drive(&lb, &backends, &ports, 10, 20, |r| {
+        assert!((load_of(r, 0) - 100.0).abs() < 0.01, "{r:#?}");
+    })
+    .await;
+    assert_eq!(
+        got[2], 0,
+        "all primaries up: the backup gets nothing: {got:?}"
+    );
+
+    let mut returns = Vec::new();
+    for cycle in 0..3 {
+        backends.set(&key(b), Behaviour::Fail);
+        let r = drive_until(&lb, "B ejected within 2 s of failing", 2 * INTERVAL, |r| {
+            health(r, b).ejected_until.is_some()
+        })
+        .await;
+        assert!(
+            seventy(&r),
+            "cycle {cycle}: B out: 70 % / 30 % (± 0.01): {r:#?}"
+        );
+        backends.unset(&key(b));
+        drive_until(
+            &lb,
+            "B re-admitted when its ejection ends",
+            EJECTION + STEP,
+            |r| health(r, b).ejected_until.is_none(),
+        )
+        .await;
+        returns.push(Instant::now());
+        // Up again, within the fail-back delay: the split stays.
+        let (got, out) = drive(&lb, &backends, &ports, 30, 40, |r| {
+            assert!(seventy(r), "cycle {cycle}: B back for less than the fail-back delay: 70 % / 30 % (± 0.01): {r:#?}");
+        })
+        .await;
+        assert_eq!(out.answered, 1200, "{out:?}");
+        let share = got[2] as f64 / got.iter().sum::<u64>() as f64;
+        assert!(
+            (share - 0.3).abs() <= 0.05,
+            "cycle {cycle}: the backup's share is {share:.3} while B is back within the delay (0.30 ± 0.05): {got:?}"
+        );
+    }
+    let first = returns[0];
+    let last = *returns.last().expect("three cycles");
+    assert!(
+        last - first > FAILBACK,
+        "the flapping lasts longer than the fail-back delay, so a timer that was not reset would have fired"
+    );
+
+    // B stays up. Until just before the delay has passed since its last
+    // return, the backup keeps its 30 %.
+    let until = last + FAILBACK - Duration::from_millis(500);
+    let steps_left = (until - Instant::now()).as_millis() / STEP.as_millis();
+    let (got, _) = drive(&lb, &backends, &ports, steps_left as usize, 40, |r| {
+        assert!(
+            seventy(r),
+            "B up for less than the fail-back delay: 70 % / 30 % (± 0.01): {r:#?}"
+        );
+    })
+    .await;
+    let share = got[2] as f64 / got.iter().sum::<u64>() as f64;
+    assert!(
+        (share - 0.3).abs() <= 0.05,
+        "just before the delay ends the backup still gets 0.30 ± 0.05, got {share:.3}"
+    );
+
+    let r = drive_until(
+        &lb,
+        "traffic back on the primaries",
+        Duration::from_secs(2),
+        |r| load_of(r, 0) > 99.99,
+    )
+    .await;
+    assert!(
+        Instant::now() >= last + FAILBACK,
+        "traffic moved back {:?} after B's last return; the fail-back delay is {FAILBACK:?}",
+        Instant::now() - last
+    );
+    assert!(load_of(&r, 1) < 0.01, "{r:#?}");
+    let (got, out) = drive(&lb, &backends, &ports, 10, 40, |_| {}).await;
+    assert_eq!(
+        got[2], 0,
+        "after the fail-back delay the backup gets nothing: {got:?}"
+    );
+    assert_eq!(out.answered, 400, "{out:?}");
+}
+
+/// Fail-back when the primary tier flaps in discovery rather than in
+/// health: its only endpoint deregisters (a restart, a lapsed TTL) and
+/// registers again. That is a tier recovering from zero, so traffic should
+/// stay on the backup for the fail-back delay, as it does when the same
+/// endpoint is ejected and re-admitted.
+#[tokio::test(start_paused = true)]
+async fn a_primary_that_leaves_discovery_and_returns_waits_for_the_failback_delay() {
+    const FAILBACK: Duration = Duration::from_secs(10);
+    let (a, k) = (1u16, 2u16);
+    let registry = Registry::new();
+    let primary = register(&registry, ep(a));
+    let _backup = register(&registry, ep(k).with_priority(1));
+    let backends = Backends::new();
+    let config = FailoverConfig::new().failback_delay(FAILBACK);
+    let lb = client(&registry, &backends, RoundRobin, config);
+    wait_report(lb.pool(), "both endpoints in the view", INTERVAL, |r| {
+        r.endpoints.len() == 2
+    })
+    .await;
+    let ports = [a, k];
+
+    let (got, _) = drive(&lb, &backends, &ports, 10, 20, |_| {}).await;
+    assert_eq!(got, [200, 0], "the primary takes everything");
+
+    drop(primary);
+    wait_report(lb.pool(), "the primary gone from the view", INTERVAL, |r| {
+        r.endpoints.len() == 1
+    })
+    .await;
+    let (got, _) = drive(&lb, &backends, &ports, 10, 20, |_| {}).await;
+    assert_eq!(got, [0, 200], "the backup takes everything");
+
+    let _primary = register(&registry, ep(a));
+    wait_report(lb.pool(), "the primary back in the view", INTERVAL, |r| {
+        r.endpoints.len() == 2
+    })
+    .await;
+    let (got, _) = drive(&lb, &backends, &ports, 50, 20, |r| {
+        assert!(
+            load_of(r, 1) > 99.99,
+            "within the fail-back delay of the primary's return the backup keeps 100 %: {r:#?}"
+        );
+    })
+    .await;
+    assert_eq!(
+        got[0], 0,
+        "the returning primary gets nothing for the first 5 s: {got:?}"
+    );
+}
+
+/// The client's pool is the failover view; waiting on it for discovery
+/// (as one does on a plain pool) must not hang.
+#[tokio::test(start_paused = true)]
+async fn the_view_reports_discovery_progress() {
+    let registry = Registry::new();
+    let _regs = register_ports(&registry, 2);
+    let backends = Backends::new();
+    let lb = client(&registry, &backends, RoundRobin, FailoverConfig::new());
+    let revision = registry.revision_of(SERVICE);
+    let applied = timeout(Duration::from_secs(5), lb.pool().applied(revision)).await;
+    assert_eq!(
+        applied.ok(),
+        Some(true),
+        "client.pool().applied({revision}) did not return within 5 s; discovery status of the view: {:?}",
+        lb.pool().discovery()
+    );
+    assert_eq!(lb.pool().discovery().applied_revision, Some(revision));
+}
+
+/// The balancer never hands out an ejected endpoint while others are
+/// healthy, whatever the strategy: checked on every pick across a run
+/// with a failing endpoint.
+#[tokio::test(start_paused = true)]
+async fn an_ejected_endpoint_is_never_picked_while_others_are_healthy() {
+    let registry = Registry::new();
+    let _regs = register_ports(&registry, 5);
+    let backends = Backends::new();
+    backends.set(&key(3), Behaviour::Fail);
+    let lb = client(
+        &registry,
+        &backends,
+        WeightedRoundRobin,
+        FailoverConfig::new(),
+    );
+    wait_report(lb.pool(), "five endpoints in the view", INTERVAL, |r| {
+        r.endpoints.len() == 5
+    })
+    .await;
+    drive_until(&lb, "port 3 ejected", 3 * INTERVAL, |r| {
+        health(r, 3).ejected_until.is_some()
+    })
+    .await;
+    for _ in 0..1_000 {
+        let i = lb.pick_index().expect("something to pick");
+        let snapshot = lb.snapshot();
+        let picked = snapshot.members()[i].endpoint().key().to_owned();
+        assert_ne!(picked, key(3), "an ejected endpoint was picked");
+    }
+    let before = backends.calls(&key(3));
+    let out = burst(&lb, 500).await;
+    assert_eq!(out.answered, 500, "{out:?}");
+    assert_eq!(
+        backends.calls(&key(3)),
+        before,
+        "the ejected endpoint gets no request"
+    );
+}
