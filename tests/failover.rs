@@ -792,3 +792,43 @@ async fn an_ejected_endpoint_is_never_picked_while_others_are_healthy() {
         "the ejected endpoint gets no request"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn active_checks_stop_when_the_client_is_dropped() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tower_lb::failover::HealthCheck;
+
+    let registry = Registry::new();
+    let backends = Backends::new();
+    let _regs = register_ports(&registry, 2);
+    let probes = Arc::new(AtomicU64::new(0));
+    let counted = probes.clone();
+    let check = HealthCheck::custom(move |_| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async { true }
+    })
+    .interval(Duration::from_secs(1));
+    let client = client(
+        &registry,
+        &backends,
+        RoundRobin,
+        FailoverConfig::new().health_check(check),
+    );
+    sleep(Duration::from_millis(5_500)).await;
+    let while_alive = probes.load(Ordering::SeqCst);
+    // Both endpoints, about once a second.
+    assert!(
+        (10..=14).contains(&while_alive),
+        "{while_alive} probes in 5.5 s"
+    );
+    drop(client);
+    sleep(Duration::from_millis(10)).await;
+    let at_drop = probes.load(Ordering::SeqCst);
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        probes.load(Ordering::SeqCst),
+        at_drop,
+        "no probe runs once the client is gone"
+    );
+}
