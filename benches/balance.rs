@@ -25,6 +25,7 @@ use tower_lb::discover::StaticSource;
 use tower_lb::failover::bench::Republish;
 use tower_lb::failover::{FailoverConfig, FailoverLayer};
 use tower_lb::pool::{DiscoverLayer, Pool};
+use tower_lb::retry::{RetryErrors, RetryLayer};
 
 const SIZES: [usize; 4] = [2, 10, 100, 1000];
 
@@ -108,6 +109,20 @@ fn bench_failover<St: Strategy + Clone>(
     bench_service(g, rt, name, n, lb);
 }
 
+/// `Retry` (nothing fails, so it never retries) over `Balance`.
+fn bench_retry<St: Strategy + Clone>(
+    g: &mut Group<'_>,
+    rt: &Runtime,
+    name: &str,
+    strategy: St,
+    n: usize,
+) {
+    let _guard = rt.enter();
+    let lb = BalanceLayer::new(strategy).layer(pool(rt, n));
+    let retry = RetryLayer::new(RetryErrors::new()).layer(lb);
+    bench_service(g, rt, name, n, retry);
+}
+
 fn bench_ours<St: Strategy + Clone>(
     g: &mut Group<'_>,
     rt: &Runtime,
@@ -151,6 +166,7 @@ fn round_trip_group(c: &mut Criterion) {
 
         bench_ours(&mut g, &rt, "lb_least_in_flight", LeastInFlight, n);
         bench_failover(&mut g, &rt, "lb_failover_least_in_flight", LeastInFlight, n);
+        bench_retry(&mut g, &rt, "lb_retry_least_in_flight", LeastInFlight, n);
         bench_ours(&mut g, &rt, "lb_peak_ewma", PeakEwma::new(), n);
         bench_ours(&mut g, &rt, "lb_round_robin", RoundRobin, n);
         bench_ours(&mut g, &rt, "lb_random", Random, n);

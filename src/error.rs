@@ -37,6 +37,66 @@ pub enum Error {
     /// The endpoint's service returned an error.
     #[error("endpoint service failed")]
     Inner(#[source] BoxError),
+    /// A retry was due but the retry budget was empty; the failure of the
+    /// last attempt is the source.
+    #[error("retry budget exhausted after {attempts} attempt(s)")]
+    BudgetExhausted {
+        /// Attempts made.
+        attempts: u32,
+        /// Why the last attempt failed.
+        #[source]
+        last: Box<Error>,
+    },
+    /// The request's overall deadline passed, across all attempts and
+    /// backoff; attempts still in flight were cancelled.
+    #[error("deadline of {deadline:?} exceeded after {attempts} attempt(s)")]
+    DeadlineExceeded {
+        /// The deadline.
+        deadline: std::time::Duration,
+        /// Attempts started.
+        attempts: u32,
+    },
+}
+
+impl Error {
+    /// Turns an inner service's error into this type: one of ours (from a
+    /// balancer below) is kept as it is, anything else becomes
+    /// [`Error::Inner`].
+    pub fn from_inner(error: impl Into<BoxError>) -> Error {
+        match error.into().downcast::<Error>() {
+            Ok(ours) => *ours,
+            Err(other) => Error::Inner(other),
+        }
+    }
+
+    /// Whether the request provably never reached an endpoint: there was no
+    /// endpoint to send it to, or the connection was refused. Such a
+    /// request is safe to retry whatever its method.
+    pub fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
+        let mut next = Some(error);
+        while let Some(e) = next {
+            if let Some(ours) = e.downcast_ref::<Error>() {
+                if matches!(
+                    ours,
+                    Error::NoEndpoints
+                        | Error::NoEndpointsWithin { .. }
+                        | Error::NoneEligible { .. }
+                ) {
+                    return true;
+                }
+            }
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable
+                ) {
+                    return true;
+                }
+            }
+            next = e.source();
+        }
+        false
+    }
 }
 
 impl From<InvalidEndpoint> for Error {

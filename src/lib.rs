@@ -86,6 +86,7 @@ pub mod failover;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod pool;
+pub mod retry;
 mod trace;
 
 pub use endpoint::Endpoint;

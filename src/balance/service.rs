@@ -11,7 +11,8 @@ use super::future::{Failure, InFlight, ResponseFuture};
 use super::p2c::nanos_since;
 use super::{BuildContext, Classify, ErrorsAreFailures, PickContext, PickRng, Picker, Strategy};
 use crate::error::{BoxError, Error};
-use crate::pool::{Pool, Snapshot};
+use crate::pool::{Member, Pool, Snapshot};
+use crate::retry::attempt;
 
 /// What a balancer does when its pool has no endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +140,10 @@ impl<S, P> Routing<S, P> {
             .unwrap_or(&lanes[lanes.len() - 1])
     }
 }
+
+/// How many more picks a retry gets to find an endpoint it has not tried,
+/// before falling back to a scan of the group.
+const AVOID_TRIES: usize = 3;
 
 /// The outcome of one pick attempt.
 pub(super) enum Pick<S> {
@@ -277,7 +282,31 @@ impl<S, St: Strategy, C> Balance<S, St, C> {
             .members()
             .get(lane.members.clone())
             .unwrap_or_default();
-        match lane.picker.pick(members, &ctx).and_then(|i| members.get(i)) {
+        let mut chosen = lane.picker.pick(members, &ctx).and_then(|i| members.get(i));
+        // A retry above asks to avoid endpoints this request already tried:
+        // pick again a few times, then accept a tried one rather than fail.
+        if let (Some(attempts), Some(first)) = (attempt::current(), chosen) {
+            let tried =
+                |m: &Member<S>| attempts.tried(attempt::endpoint_id(m.endpoint().key_arc()));
+            if tried(first) {
+                for _ in 0..AVOID_TRIES {
+                    match lane.picker.pick(members, &ctx).and_then(|i| members.get(i)) {
+                        Some(m) if !tried(m) => {
+                            chosen = Some(m);
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+                if chosen.is_some_and(tried) {
+                    chosen = members.iter().find(|m| !tried(m)).or(chosen);
+                }
+            }
+            if let Some(m) = chosen {
+                attempt::picked(attempt::endpoint_id(m.endpoint().key_arc()));
+            }
+        }
+        match chosen {
             Some(member) => {
                 let in_flight = InFlight::start(member.stats().start_request(), timing);
                 Pick::Picked(member.service().clone(), in_flight)

@@ -1,0 +1,373 @@
+//! The retry layer's response future.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep, sleep, sleep_until};
+use tower_service::Service;
+
+use super::attempt::{self, Attempts, EndpointId};
+use super::layer::Config;
+use super::service::Shared;
+use super::{Decision, Policy};
+use crate::error::{BoxError, Error};
+use crate::trace::event;
+
+/// What the timer is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    None,
+    /// Pausing before the next attempt.
+    Backoff,
+    /// Waiting to send a hedged copy.
+    Hedge,
+}
+
+pin_project! {
+    /// The future returned by [`Retry`](super::Retry)'s `call`.
+    pub struct ResponseFuture<S, P, Req>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        primary: Option<S::Future>,
+        shared: Arc<Shared<S, P>>,
+        // The request as first sent: what the policy judges, and where
+        // further attempts are copied from.
+        template: Option<Req>,
+        attempts: u32,
+        // The endpoint the first attempt went to, as the balancer said.
+        first: Option<EndpointId>,
+        // Timers, a hedge and a service to retry with: boxed, and only
+        // when a deadline, a hedge or a retry needs them, so a request
+        // that succeeds first time allocates nothing and stays small.
+        cold: Option<Pin<Box<Cold<S, Req>>>>,
+    }
+}
+
+pin_project! {
+    struct Cold<S, Req>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        hedge: Option<S::Future>,
+        #[pin]
+        timer: Option<Sleep>,
+        #[pin]
+        deadline: Option<Sleep>,
+        timer_kind: Timer,
+        // A clone of the wrapped service, for attempts after the first.
+        service: Option<S>,
+        // The outcome of a finished attempt while another still runs.
+        last: Option<Result<S::Response, S::Error>>,
+        tried: Attempts,
+        started: Option<Instant>,
+    }
+}
+
+impl<S: Service<Req>, Req> Cold<S, Req> {
+    fn new(first: Option<EndpointId>) -> Self {
+        let mut tried = Attempts::default();
+        if let Some(id) = first {
+            tried.remember(id);
+        }
+        Cold {
+            hedge: None,
+            timer: None,
+            deadline: None,
+            timer_kind: Timer::None,
+            service: None,
+            last: None,
+            tried,
+            started: None,
+        }
+    }
+}
+
+impl<S, P, Req> fmt::Debug for ResponseFuture<S, P, Req>
+where
+    S: Service<Req>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("attempts", &self.attempts)
+            .field("in_flight", &self.primary.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, P, Req> ResponseFuture<S, P, Req>
+where
+    S: Service<Req>,
+{
+    pub(super) fn new(
+        shared: Arc<Shared<S, P>>,
+        template: Option<Req>,
+        first: S::Future,
+        seen: Attempts,
+        started: Option<Instant>,
+        hedge_delay: Option<Duration>,
+    ) -> Self {
+        let deadline = shared.config.deadline.zip(started).map(|(d, s)| s + d);
+        let cold = (deadline.is_some() || hedge_delay.is_some()).then(|| {
+            let mut cold = Cold::new(seen.picked);
+            cold.started = started;
+            cold.deadline = deadline.map(sleep_until);
+            if let Some(d) = hedge_delay {
+                cold.timer = Some(sleep(d));
+                cold.timer_kind = Timer::Hedge;
+            }
+            Box::pin(cold)
+        });
+        ResponseFuture {
+            primary: Some(first),
+            shared,
+            template,
+            attempts: 1,
+            first: seen.picked,
+            cold,
+        }
+    }
+}
+
+/// Whether another attempt follows an outcome the policy would retry.
+enum Plan {
+    Retry,
+    /// The outcome goes back to the caller; `exhausted` when only the
+    /// budget stood in the way.
+    GiveUp {
+        exhausted: bool,
+    },
+}
+
+impl<S, P, Req> Future for ResponseFuture<S, P, Req>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    P: Policy<Req, S::Response, S::Error>,
+{
+    type Output = Result<S::Response, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let shared = &**this.shared;
+        let config = &shared.config;
+        loop {
+            // The deadline beats everything; dropping attempts cancels them.
+            if let Some(cold) = this.cold.as_mut() {
+                let c = cold.as_mut().project();
+                if let Some(deadline) = c.deadline.as_pin_mut() {
+                    if deadline.poll(cx).is_ready() {
+                        this.primary.set(None);
+                        this.cold.take();
+                        config.stats.deadlines.fetch_add(1, Relaxed);
+                        let limit = config.deadline.unwrap_or_default();
+                        event!(
+                            warn,
+                            attempts = *this.attempts,
+                            deadline_ms = limit.as_millis() as u64,
+                            "request deadline exceeded"
+                        );
+                        return Poll::Ready(Err(Error::DeadlineExceeded {
+                            deadline: limit,
+                            attempts: *this.attempts,
+                        }));
+                    }
+                }
+            }
+
+            // Whichever attempt finishes first and is accepted wins; the
+            // other is dropped, which cancels it.
+            let mut finished = None;
+            if let Some(f) = this.primary.as_mut().as_pin_mut() {
+                if let Poll::Ready(out) = f.poll(cx) {
+                    this.primary.set(None);
+                    finished = Some(out);
+                }
+            }
+            if finished.is_none() {
+                if let Some(cold) = this.cold.as_mut() {
+                    let mut c = cold.as_mut().project();
+                    if let Some(f) = c.hedge.as_mut().as_pin_mut() {
+                        if let Poll::Ready(out) = f.poll(cx) {
+                            c.hedge.set(None);
+                            finished = Some(out);
+                        }
+                    }
+                }
+            }
+            if let Some(out) = finished {
+                let hedge_running = this.cold.as_ref().is_some_and(|c| c.hedge.is_some());
+                let still_running = this.primary.is_some() || hedge_running;
+                let decision = match this.template.as_ref() {
+                    Some(req) => shared.policy.decide(req, out.as_ref()),
+                    None => Decision::Accept,
+                };
+                let after = match decision {
+                    Decision::Accept => {
+                        this.primary.set(None);
+                        let started = this.cold.take().and_then(|c| c.started);
+                        if let (Some(start), Some(h)) = (started, &config.hedge) {
+                            if h.learns() && out.is_ok() {
+                                config.latencies.record(start.elapsed());
+                            }
+                        }
+                        return Poll::Ready(out.map_err(Error::from_inner));
+                    }
+                    Decision::Retry { after } => after,
+                };
+                let first = *this.first;
+                let cold = this.cold.get_or_insert_with(|| Box::pin(Cold::new(first)));
+                let mut c = cold.as_mut().project();
+                if still_running {
+                    // The other attempt may still succeed.
+                    *c.last = Some(out);
+                    continue;
+                }
+                let deadline = c.deadline.as_ref().as_pin_ref().map(|d| d.deadline());
+                match plan(
+                    config,
+                    this.template.is_some(),
+                    *this.attempts,
+                    after,
+                    deadline,
+                ) {
+                    Plan::Retry => {}
+                    Plan::GiveUp { exhausted } => {
+                        return Poll::Ready(match out {
+                            Err(e) if exhausted => Err(Error::BudgetExhausted {
+                                attempts: *this.attempts,
+                                last: Box::new(Error::from_inner(e)),
+                            }),
+                            out => out.map_err(Error::from_inner),
+                        });
+                    }
+                }
+                let jitter = config.backoff.delay(*this.attempts, &config.rng);
+                let delay = after.map_or(jitter, |a| a.max(jitter));
+                event!(
+                    debug,
+                    attempt = *this.attempts + 1,
+                    delay_ms = delay.as_millis() as u64,
+                    "retrying"
+                );
+                c.timer.set(Some(sleep(delay)));
+                *c.timer_kind = Timer::Backoff;
+                *c.last = Some(out);
+                continue;
+            }
+
+            let Some(cold) = this.cold.as_mut() else {
+                return Poll::Pending;
+            };
+            let mut c = cold.as_mut().project();
+            let Some(timer) = c.timer.as_mut().as_pin_mut() else {
+                if this.primary.is_none() && c.hedge.is_none() {
+                    // Nothing runs and nothing is due (a policy that asked
+                    // for a retry it could not copy): report what we have.
+                    let out = c.last.take();
+                    return Poll::Ready(match out {
+                        Some(out) => out.map_err(Error::from_inner),
+                        None => Err(Error::NoneEligible { total: 0 }),
+                    });
+                }
+                return Poll::Pending;
+            };
+            if timer.poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let kind = *c.timer_kind;
+            let wanted = match kind {
+                Timer::Backoff => true,
+                // Hedge only while the first attempt still runs, and only
+                // if the budget allows.
+                Timer::Hedge => {
+                    this.primary.is_some()
+                        && c.hedge.is_none()
+                        && if config.budget.withdraw() {
+                            true
+                        } else {
+                            config.stats.budget_exhausted.fetch_add(1, Relaxed);
+                            event!(debug, "hedge skipped: retry budget exhausted");
+                            false
+                        }
+                }
+                Timer::None => false,
+            };
+            if !wanted {
+                c.timer.set(None);
+                *c.timer_kind = Timer::None;
+                continue;
+            }
+            // The timer stays armed (and ready) until the service is.
+            let service = c.service.get_or_insert_with(|| shared.proto.clone());
+            if let Err(e) = ready!(service.poll_ready(cx)) {
+                this.primary.set(None);
+                this.cold.take();
+                return Poll::Ready(Err(Error::from_inner(e)));
+            }
+            c.timer.set(None);
+            *c.timer_kind = Timer::None;
+            let Some(req) = this
+                .template
+                .as_ref()
+                .and_then(|t| shared.policy.clone_request(t))
+            else {
+                continue;
+            };
+            let (future, seen) = attempt::scope(*c.tried, || service.call(req));
+            if let Some(id) = seen.picked {
+                c.tried.remember(id);
+            }
+            *this.attempts += 1;
+            match kind {
+                Timer::Hedge => {
+                    config.stats.hedges.fetch_add(1, Relaxed);
+                    event!(debug, attempt = *this.attempts, "hedged request sent");
+                    c.hedge.set(Some(future));
+                }
+                _ => {
+                    config.stats.retries.fetch_add(1, Relaxed);
+                    this.primary.set(Some(future));
+                }
+            }
+        }
+    }
+}
+
+/// Attempts left, a request to repeat, a pause that fits the deadline, and
+/// the budget (asked last, so a refusal for other reasons costs nothing).
+fn plan(
+    config: &Config,
+    repeatable: bool,
+    attempts: u32,
+    after: Option<Duration>,
+    deadline: Option<Instant>,
+) -> Plan {
+    if !repeatable || attempts >= config.max_attempts {
+        return Plan::GiveUp { exhausted: false };
+    }
+    if let (Some(deadline), Some(after)) = (deadline, after) {
+        // The server asks for a longer pause than the request has left.
+        if Instant::now() + after >= deadline {
+            return Plan::GiveUp { exhausted: false };
+        }
+    }
+    if !config.budget.withdraw() {
+        config.stats.budget_exhausted.fetch_add(1, Relaxed);
+        event!(
+            warn,
+            attempts,
+            "retry budget exhausted; returning the last outcome"
+        );
+        return Plan::GiveUp { exhausted: true };
+    }
+    Plan::Retry
+}

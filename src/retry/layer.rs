@@ -1,0 +1,171 @@
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::backoff::Backoff;
+use super::budget::RetryBudget;
+use super::hedge::{Hedge, LatencyHistogram};
+use super::service::Retry;
+use crate::balance::PickRng;
+
+/// Settings shared by every clone of a retrying client.
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub(crate) budget: RetryBudget,
+    pub(crate) backoff: Backoff,
+    pub(crate) max_attempts: u32,
+    pub(crate) deadline: Option<Duration>,
+    pub(crate) hedge: Option<Hedge>,
+    pub(crate) latencies: LatencyHistogram,
+    pub(crate) rng: PickRng,
+    pub(crate) stats: Counters,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) retries: AtomicU64,
+    pub(crate) hedges: AtomicU64,
+    pub(crate) budget_exhausted: AtomicU64,
+    pub(crate) deadlines: AtomicU64,
+}
+
+/// Counters of a retry layer (shared by all its clones).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetryStats {
+    /// Requests (first attempts).
+    pub requests: u64,
+    /// Retries sent.
+    pub retries: u64,
+    /// Hedged copies sent.
+    pub hedges: u64,
+    /// Retries or hedges refused because the budget was empty.
+    pub budget_exhausted: u64,
+    /// Requests that ran out of time.
+    pub deadlines_exceeded: u64,
+}
+
+/// Retries requests through any service, within a budget: the layer for
+/// [`Retry`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_lb::retry::{RetryBudget, RetryErrors, RetryLayer};
+///
+/// let layer = RetryLayer::new(RetryErrors::new())
+///     .max_attempts(3)
+///     .budget(RetryBudget::new(Duration::from_secs(10), 0.2, 10))
+///     .deadline(Duration::from_secs(2));
+/// # let _ = layer;
+/// ```
+#[derive(Debug, Clone)]
+pub struct RetryLayer<P> {
+    policy: P,
+    budget: RetryBudget,
+    backoff: Backoff,
+    max_attempts: u32,
+    deadline: Option<Duration>,
+    hedge: Option<Hedge>,
+    seed: Option<u64>,
+}
+
+impl<P> RetryLayer<P> {
+    /// Retries what `policy` says, with the default budget (20 % of recent
+    /// requests plus 10 per second), backoff (exponential with full
+    /// jitter) and at most 3 attempts, no deadline and no hedging.
+    pub fn new(policy: P) -> Self {
+        RetryLayer {
+            policy,
+            budget: RetryBudget::default(),
+            backoff: Backoff::default(),
+            max_attempts: 3,
+            deadline: None,
+            hedge: None,
+            seed: None,
+        }
+    }
+
+    /// The budget retries and hedges spend from. Clones of a budget share
+    /// it, so several layers (or clients) can draw on one.
+    #[must_use]
+    pub fn budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// The pause between attempts.
+    #[must_use]
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Attempts per request, the first included (at least 1).
+    #[must_use]
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n.max(1);
+        self
+    }
+
+    /// An overall deadline per request, covering every attempt and pause;
+    /// when it passes, attempts in flight are cancelled and the request
+    /// fails with [`Error::DeadlineExceeded`](crate::Error::DeadlineExceeded).
+    #[must_use]
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Sends a second copy of requests the policy calls hedgeable when the
+    /// first has not answered in time; the first answer wins and the other
+    /// attempt is cancelled. Hedges spend from the budget.
+    #[must_use]
+    pub fn hedge(mut self, hedge: Hedge) -> Self {
+        self.hedge = Some(hedge);
+        self
+    }
+
+    /// Makes backoff jitter repeatable.
+    #[must_use]
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+}
+
+impl<S: Clone, P: Clone> Layer<S> for RetryLayer<P> {
+    type Service = Retry<S, P>;
+
+    fn layer(&self, inner: S) -> Retry<S, P> {
+        Retry::from_parts(
+            inner,
+            self.policy.clone(),
+            Config {
+                budget: self.budget.clone(),
+                backoff: self.backoff.clone(),
+                max_attempts: self.max_attempts,
+                deadline: self.deadline,
+                hedge: self.hedge.clone(),
+                latencies: LatencyHistogram::default(),
+                rng: self
+                    .seed
+                    .map_or_else(PickRng::from_entropy, PickRng::seeded),
+                stats: Counters::default(),
+            },
+        )
+    }
+}
+
+impl Config {
+    pub(crate) fn stats(&self) -> RetryStats {
+        let budget = self.budget.stats();
+        RetryStats {
+            requests: budget.requests,
+            retries: self.stats.retries.load(Relaxed),
+            hedges: self.stats.hedges.load(Relaxed),
+            budget_exhausted: self.stats.budget_exhausted.load(Relaxed),
+            deadlines_exceeded: self.stats.deadlines.load(Relaxed),
+        }
+    }
+}
