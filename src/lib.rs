@@ -17,6 +17,8 @@
 //! - [`failover`]: the eligible view — priority tiers with gradual spill
 //!   to backups and fail-back, outlier ejection, panic mode, slow start
 //!   and active health checks.
+//! - [`retry`]: retries within a budget, with backoff, another endpoint
+//!   per attempt, replayable bodies, hedging and a deadline.
 //! - [`balance`]: the [`Balance`](balance::Balance) service and its
 //!   strategies: round robin, random, smooth weighted round robin, weighted
 //!   random, and power of two choices over in-flight requests or Peak-EWMA
@@ -59,7 +61,7 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `http` | yes | HTTP helpers ([`http`] module) |
+//! | `http` | yes | HTTP helpers ([`http`] module), `HttpPolicy` and `ReplayBody` for [`retry`] |
 //! | `tracing` | yes | `tracing` events for discovery and balancing decisions |
 //! | `dns` | no | reserved for DNS discovery |
 //! | `etcd` | no | reserved for etcd discovery and registration |

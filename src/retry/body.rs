@@ -1,92 +1,4 @@
-//! Request bodies that can be sent more than once.
-//!
-//! A retry needs the request again, but an HTTP request body is a stream:
-//! `http_body::Body` is polled frame by frame, usually from a socket, a
-//! channel or a file, and it is not `Clone`. Once the first attempt has
-//! pulled a frame out of it, that frame is gone. Buffering every body up
-//! front would make retries possible but would delay the first byte and
-//! hold large uploads in memory for nothing.
-//!
-//! [`ReplayBody`] records the frames as the first attempt streams them, up
-//! to a byte cap. A clone starts again from the beginning: it replays the
-//! recording, then carries on reading the original body where the earlier
-//! attempt left it (an attempt refused before it sent everything loses
-//! nothing), recording as it goes. A body that grows past the cap stops
-//! being recorded and is no longer replayable; the attempt streaming it is
-//! not affected. This is the design of linkerd2-proxy's `ReplayBody`
-//! (`linkerd-http-retry`), with one difference: the handles share the
-//! state behind a mutex instead of passing it from one to the next, and
-//! every handle waiting on the original is woken, so two attempts alive
-//! at once (a slow first attempt still being dropped by the client while
-//! the retry starts) cannot lose a wake-up.
-//!
-//! # What each handle yields
-//!
-//! Data frames read from the original are numbered in the order they were
-//! read. Each handle (the first one and every clone) yields frames `0, 1,
-//! 2, …`, each as [`Bytes`] (a non-`Bytes` [`Buf`] is copied into one; a
-//! `Bytes` chunk is not copied). When a handle needs frame `i`:
-//!
-//! - if `i` was read already and the recording is kept, it yields a copy
-//!   of that frame, byte for byte;
-//! - if `i` was read already but the recording was dropped, it yields a
-//!   [`ReplayError`] instead, on this poll and every later one — never
-//!   the frames after the gap;
-//! - if `i` has not been read yet, it reads it from the original and, when
-//!   the recording is kept and the total stays within the cap, records it.
-//!
-//! Once the original has ended, a handle that has yielded every data frame
-//! yields the original's trailers, if it had any (trailers are always
-//! kept and do not count against the cap), then the end of the stream.
-//!
-//! The recording is dropped, its memory freed and
-//! [`is_replayable`](ReplayBody::is_replayable) turns false for good when:
-//!
-//! - a frame would take the recorded total past the cap: the handle that
-//!   read that frame still yields it and goes on reading the original
-//!   normally, so that attempt is complete; every other handle — clones
-//!   made earlier and not finished, and clones made later — fails with
-//!   [`ReplayError::CapExceeded`] as soon as it needs a frame it missed;
-//! - the original's size hint says, before anything is read, that it is
-//!   larger than the cap (its lower bound exceeds the cap): nothing is
-//!   recorded, and the first handle to read a frame is the one that
-//!   streams it;
-//! - the original fails: its error goes to the handle that read it, and
-//!   every handle (that one included) fails with
-//!   [`ReplayError::BodyFailed`] from then on.
-//!
-//! A retry layer checks `is_replayable()` after an attempt failed and
-//! sends a clone only if it is still true.
-//!
-//! # Example
-//!
-//! ```
-//! use bytes::Bytes;
-//! use http_body_util::{BodyExt, Full};
-//! use tower_lb::retry::ReplayBody;
-//!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let body = ReplayBody::new(Full::new(Bytes::from_static(b"hello")), 64 * 1024);
-//! let retry = body.clone();
-//!
-//! // The first attempt streams the body...
-//! let sent = body.collect().await.unwrap().to_bytes();
-//! assert_eq!(sent, "hello");
-//!
-//! // ...and the retry sends it again.
-//! assert!(retry.is_replayable());
-//! let resent = retry.collect().await.unwrap().to_bytes();
-//! assert_eq!(resent, "hello");
-//!
-//! // A body over the cap is streamed once, and only once.
-//! let big = ReplayBody::new(Full::new(Bytes::from(vec![7u8; 100])), 10);
-//! let retry = big.clone();
-//! assert!(!big.is_replayable());
-//! assert_eq!(big.collect().await.unwrap().to_bytes().len(), 100);
-//! assert!(retry.collect().await.is_err());
-//! # }
-//! ```
-
+//! Replayable request bodies: see [`ReplayBody`].
 use std::fmt;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -125,10 +37,94 @@ pub enum ReplayError {
     Poisoned,
 }
 
-/// An `http_body::Body` that records what it streams, up to a cap, so that
-/// its clones can send it again.
+/// Request bodies that can be sent more than once.
 ///
-/// See the [module docs](self) for what each handle yields.
+/// A retry needs the request again, but an HTTP request body is a stream:
+/// `http_body::Body` is polled frame by frame, usually from a socket, a
+/// channel or a file, and it is not `Clone`. Once the first attempt has
+/// pulled a frame out of it, that frame is gone. Buffering every body up
+/// front would make retries possible but would delay the first byte and
+/// hold large uploads in memory for nothing.
+///
+/// [`ReplayBody`] records the frames as the first attempt streams them, up
+/// to a byte cap. A clone starts again from the beginning: it replays the
+/// recording, then carries on reading the original body where the earlier
+/// attempt left it (an attempt refused before it sent everything loses
+/// nothing), recording as it goes. A body that grows past the cap stops
+/// being recorded and is no longer replayable; the attempt streaming it is
+/// not affected. This is the design of linkerd2-proxy's `ReplayBody`
+/// (`linkerd-http-retry`), with one difference: the handles share the
+/// state behind a mutex instead of passing it from one to the next, and
+/// every handle waiting on the original is woken, so two attempts alive
+/// at once (a slow first attempt still being dropped by the client while
+/// the retry starts) cannot lose a wake-up.
+///
+/// # What each handle yields
+///
+/// Data frames read from the original are numbered in the order they were
+/// read. Each handle (the first one and every clone) yields frames `0, 1,
+/// 2, …`, each as [`Bytes`] (a non-`Bytes` [`Buf`] is copied into one; a
+/// `Bytes` chunk is not copied). When a handle needs frame `i`:
+///
+/// - if `i` was read already and the recording is kept, it yields a copy
+///   of that frame, byte for byte;
+/// - if `i` was read already but the recording was dropped, it yields a
+///   [`ReplayError`] instead, on this poll and every later one — never
+///   the frames after the gap;
+/// - if `i` has not been read yet, it reads it from the original and, when
+///   the recording is kept and the total stays within the cap, records it.
+///
+/// Once the original has ended, a handle that has yielded every data frame
+/// yields the original's trailers, if it had any (trailers are always
+/// kept and do not count against the cap), then the end of the stream.
+///
+/// The recording is dropped, its memory freed and
+/// [`is_replayable`](ReplayBody::is_replayable) turns false for good when:
+///
+/// - a frame would take the recorded total past the cap: the handle that
+///   read that frame still yields it and goes on reading the original
+///   normally, so that attempt is complete; every other handle — clones
+///   made earlier and not finished, and clones made later — fails with
+///   [`ReplayError::CapExceeded`] as soon as it needs a frame it missed;
+/// - the original's size hint says, before anything is read, that it is
+///   larger than the cap (its lower bound exceeds the cap): nothing is
+///   recorded, and the first handle to read a frame is the one that
+///   streams it;
+/// - the original fails: its error goes to the handle that read it, and
+///   every handle (that one included) fails with
+///   [`ReplayError::BodyFailed`] from then on.
+///
+/// A retry layer checks `is_replayable()` after an attempt failed and
+/// sends a clone only if it is still true.
+///
+/// # Example
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::{BodyExt, Full};
+/// use tower_lb::retry::ReplayBody;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let body = ReplayBody::new(Full::new(Bytes::from_static(b"hello")), 64 * 1024);
+/// let retry = body.clone();
+///
+/// // The first attempt streams the body...
+/// let sent = body.collect().await.unwrap().to_bytes();
+/// assert_eq!(sent, "hello");
+///
+/// // ...and the retry sends it again.
+/// assert!(retry.is_replayable());
+/// let resent = retry.collect().await.unwrap().to_bytes();
+/// assert_eq!(resent, "hello");
+///
+/// // A body over the cap is streamed once, and only once.
+/// let big = ReplayBody::new(Full::new(Bytes::from(vec![7u8; 100])), 10);
+/// let retry = big.clone();
+/// assert!(!big.is_replayable());
+/// assert_eq!(big.collect().await.unwrap().to_bytes().len(), 100);
+/// assert!(retry.collect().await.is_err());
+/// # }
+/// ```
 pub struct ReplayBody<B> {
     shared: Arc<Mutex<Shared<B>>>,
     /// Index of the next data frame this handle yields.

@@ -140,7 +140,8 @@ pub struct BudgetStats {
     /// Withdrawals refused since the budget was created.
     pub exhausted: u64,
     /// Retries available now (never negative): a withdrawal succeeds while
-    /// this is at least 1. An estimate, as described in the module docs.
+    /// this is at least 1. An estimate, measured as the
+    /// [`RetryBudget`] docs describe.
     pub available: f64,
 }
 
