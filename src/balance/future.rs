@@ -16,6 +16,7 @@ use super::service::{Balance, Pick};
 use super::{Classify, ErrorsAreFailures, Strategy};
 use crate::error::{BoxError, Error};
 use crate::pool::EndpointStats;
+use crate::retry::attempt::{self, EndpointId};
 
 /// Counts a request against its endpoint from pick to completion; it stops
 /// counting as in flight when the request finishes or its future is
@@ -127,6 +128,9 @@ pin_project! {
         #[pin]
         state: State<S, St, Req, C>,
         in_flight: Option<InFlight>,
+        // The endpoint picked, reported to a retry layer above when the
+        // request ends.
+        endpoint: EndpointId,
         classify: C,
     }
 }
@@ -155,13 +159,20 @@ where
     St: Strategy,
     C: Clone,
 {
-    pub(super) fn ready(service: S, req: Req, in_flight: InFlight, classify: C) -> Self {
+    pub(super) fn ready(
+        service: S,
+        req: Req,
+        in_flight: InFlight,
+        endpoint: EndpointId,
+        classify: C,
+    ) -> Self {
         ResponseFuture {
             state: State::Ready {
                 service,
                 req: Some(req),
             },
             in_flight: Some(in_flight),
+            endpoint,
             classify,
         }
     }
@@ -170,6 +181,7 @@ where
         ResponseFuture {
             state: State::Failed { failure },
             in_flight: None,
+            endpoint: 0,
             classify,
         }
     }
@@ -191,6 +203,7 @@ where
                 req: Some(req),
             },
             in_flight: None,
+            endpoint: 0,
             classify,
         }
     }
@@ -212,8 +225,9 @@ where
                 StateProj::Waiting { wait, req } => {
                     let mut w = wait.as_mut().project();
                     match w.balance.try_pick() {
-                        Pick::Picked(service, in_flight) => {
+                        Pick::Picked(service, in_flight, id) => {
                             *this.in_flight = Some(in_flight);
+                            *this.endpoint = id;
                             State::Ready {
                                 service,
                                 req: req.take(),
@@ -246,6 +260,7 @@ where
                         if let Some(f) = this.in_flight {
                             f.finish(false);
                         }
+                        attempt::completed(*this.endpoint);
                         return Poll::Ready(Err(Error::Inner(e.into())));
                     }
                     match req.take() {
@@ -260,6 +275,7 @@ where
                     if let Some(f) = this.in_flight {
                         f.finish(!this.classify.is_failure(out.as_ref()));
                     }
+                    attempt::completed(*this.endpoint);
                     return Poll::Ready(out.map_err(|e| Error::Inner(e.into())));
                 }
                 StateProj::Failed { failure } => return Poll::Ready(Err(failure.into_error())),

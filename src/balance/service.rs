@@ -147,7 +147,7 @@ const AVOID_TRIES: usize = 3;
 
 /// The outcome of one pick attempt.
 pub(super) enum Pick<S> {
-    Picked(S, InFlight),
+    Picked(S, InFlight, attempt::EndpointId),
     Empty,
     NoneEligible(usize),
 }
@@ -302,14 +302,12 @@ impl<S, St: Strategy, C> Balance<S, St, C> {
                     chosen = members.iter().find(|m| !tried(m)).or(chosen);
                 }
             }
-            if let Some(m) = chosen {
-                attempt::picked(attempt::endpoint_id(m.endpoint().key_arc()));
-            }
         }
         match chosen {
             Some(member) => {
                 let in_flight = InFlight::start(member.stats().start_request(), timing);
-                Pick::Picked(member.service().clone(), in_flight)
+                let id = attempt::endpoint_id(member.endpoint().key_arc());
+                Pick::Picked(member.service().clone(), in_flight, id)
             }
             None if routing.snapshot.is_empty() && routing.snapshot.upstream_len() == 0 => {
                 Pick::Empty
@@ -340,8 +338,8 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         match self.try_pick() {
-            Pick::Picked(service, in_flight) => {
-                ResponseFuture::ready(service, req, in_flight, self.classify.clone())
+            Pick::Picked(service, in_flight, id) => {
+                ResponseFuture::ready(service, req, in_flight, id, self.classify.clone())
             }
             Pick::NoneEligible(total) => {
                 ResponseFuture::failed(Failure::NoneEligible(total), self.classify.clone())

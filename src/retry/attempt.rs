@@ -32,13 +32,11 @@ pub(crate) fn endpoint_id(key: &Arc<str>) -> EndpointId {
 /// forgotten first.
 const REMEMBERED: usize = 4;
 
-/// One request's attempts so far.
+/// The endpoints one request has tried so far.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Attempts {
     tried: [EndpointId; REMEMBERED],
     len: u32,
-    /// What the balancer picked during the last `call`, if it saw this.
-    pub(crate) picked: Option<EndpointId>,
 }
 
 impl Attempts {
@@ -62,34 +60,36 @@ impl Attempts {
 
 thread_local! {
     static CURRENT: Cell<Option<Attempts>> = const { Cell::new(None) };
+    static COMPLETED: Cell<Option<EndpointId>> = const { Cell::new(None) };
 }
 
-/// Runs `call` with `attempts` visible to a balancer below; returns what
-/// it returned and the attempts as the balancer left them.
-pub(crate) fn scope<R>(attempts: Attempts, call: impl FnOnce() -> R) -> (R, Attempts) {
-    let outer = CURRENT.replace(Some(Attempts {
-        picked: None,
-        ..attempts
-    }));
+/// Runs `call` with `attempts` visible to a balancer below.
+pub(crate) fn scope<R>(attempts: Attempts, call: impl FnOnce() -> R) -> R {
+    let outer = CURRENT.replace(Some(attempts));
     let out = call();
-    let seen = CURRENT.replace(outer).unwrap_or(attempts);
-    (out, seen)
+    CURRENT.set(outer);
+    out
 }
 
-/// For the balancer: the current request's attempts, if a retry layer set
-/// them.
+/// For the balancer: the endpoints to avoid, if a retry layer set them.
 #[inline]
 pub(crate) fn current() -> Option<Attempts> {
     CURRENT.get()
 }
 
-/// For the balancer: records the endpoint it picked.
+/// For the balancer's response future: the request it carried has just
+/// finished at endpoint `id`. Read back by the retry layer polling it, on
+/// the same thread, in the same poll.
 #[inline]
-pub(crate) fn picked(id: EndpointId) {
-    if let Some(mut a) = CURRENT.get() {
-        a.picked = Some(id);
-        CURRENT.set(Some(a));
-    }
+pub(crate) fn completed(id: EndpointId) {
+    COMPLETED.set(Some(id));
+}
+
+/// For the retry layer: the endpoint of the attempt that just finished,
+/// if a balancer below reported it (and clears it).
+#[inline]
+pub(crate) fn take_completed() -> Option<EndpointId> {
+    COMPLETED.take()
 }
 
 #[cfg(test)]
@@ -105,11 +105,12 @@ mod tests {
         assert!(!a.tried(1) && !a.tried(2));
         assert!((3..=6).all(|id| a.tried(id)));
         assert_eq!(current().map(|_| ()), None);
-        let ((), seen) = scope(a, || {
+        scope(a, || {
             assert!(current().is_some_and(|c| c.tried(6)));
-            picked(42);
+            completed(42);
         });
-        assert_eq!(seen.picked, Some(42));
         assert!(current().is_none(), "restored");
+        assert_eq!(take_completed(), Some(42));
+        assert_eq!(take_completed(), None);
     }
 }

@@ -12,7 +12,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep, sleep_until};
 use tower_service::Service;
 
-use super::attempt::{self, Attempts, EndpointId};
+use super::attempt::{self, Attempts};
 use super::layer::Config;
 use super::service::Shared;
 use super::{Decision, Policy};
@@ -42,8 +42,6 @@ pin_project! {
         // further attempts are copied from.
         template: Option<Req>,
         attempts: u32,
-        // The endpoint the first attempt went to, as the balancer said.
-        first: Option<EndpointId>,
         // Timers, a hedge and a service to retry with: boxed, and only
         // when a deadline, a hedge or a retry needs them, so a request
         // that succeeds first time allocates nothing and stays small.
@@ -67,17 +65,15 @@ pin_project! {
         service: Option<S>,
         // The outcome of a finished attempt while another still runs.
         last: Option<Result<S::Response, S::Error>>,
+        // The copy the next retry sends, made before the budget is asked.
+        next: Option<Req>,
         tried: Attempts,
         started: Option<Instant>,
     }
 }
 
 impl<S: Service<Req>, Req> Cold<S, Req> {
-    fn new(first: Option<EndpointId>) -> Self {
-        let mut tried = Attempts::default();
-        if let Some(id) = first {
-            tried.remember(id);
-        }
+    fn new() -> Self {
         Cold {
             hedge: None,
             timer: None,
@@ -85,7 +81,8 @@ impl<S: Service<Req>, Req> Cold<S, Req> {
             timer_kind: Timer::None,
             service: None,
             last: None,
-            tried,
+            next: None,
+            tried: Attempts::default(),
             started: None,
         }
     }
@@ -111,13 +108,12 @@ where
         shared: Arc<Shared<S, P>>,
         template: Option<Req>,
         first: S::Future,
-        seen: Attempts,
         started: Option<Instant>,
         hedge_delay: Option<Duration>,
     ) -> Self {
         let deadline = shared.config.deadline.zip(started).map(|(d, s)| s + d);
         let cold = (deadline.is_some() || hedge_delay.is_some()).then(|| {
-            let mut cold = Cold::new(seen.picked);
+            let mut cold = Cold::new();
             cold.started = started;
             cold.deadline = deadline.map(sleep_until);
             if let Some(d) = hedge_delay {
@@ -131,7 +127,6 @@ where
             shared,
             template,
             attempts: 1,
-            first: seen.picked,
             cold,
         }
     }
@@ -185,25 +180,29 @@ where
 
             // Whichever attempt finishes first and is accepted wins; the
             // other is dropped, which cancels it.
+            // A balancer below reports, as an attempt ends, which endpoint
+            // it went to.
             let mut finished = None;
             if let Some(f) = this.primary.as_mut().as_pin_mut() {
+                attempt::take_completed();
                 if let Poll::Ready(out) = f.poll(cx) {
                     this.primary.set(None);
-                    finished = Some(out);
+                    finished = Some((out, attempt::take_completed()));
                 }
             }
             if finished.is_none() {
                 if let Some(cold) = this.cold.as_mut() {
                     let mut c = cold.as_mut().project();
                     if let Some(f) = c.hedge.as_mut().as_pin_mut() {
+                        attempt::take_completed();
                         if let Poll::Ready(out) = f.poll(cx) {
                             c.hedge.set(None);
-                            finished = Some(out);
+                            finished = Some((out, attempt::take_completed()));
                         }
                     }
                 }
             }
-            if let Some(out) = finished {
+            if let Some((out, endpoint)) = finished {
                 let hedge_running = this.cold.as_ref().is_some_and(|c| c.hedge.is_some());
                 let still_running = this.primary.is_some() || hedge_running;
                 let decision = match this.template.as_ref() {
@@ -223,22 +222,26 @@ where
                     }
                     Decision::Retry { after } => after,
                 };
-                let first = *this.first;
-                let cold = this.cold.get_or_insert_with(|| Box::pin(Cold::new(first)));
+                let cold = this.cold.get_or_insert_with(|| Box::pin(Cold::new()));
                 let mut c = cold.as_mut().project();
+                if let Some(id) = endpoint {
+                    c.tried.remember(id);
+                }
                 if still_running {
                     // The other attempt may still succeed.
                     *c.last = Some(out);
                     continue;
                 }
                 let deadline = c.deadline.as_ref().as_pin_ref().map(|d| d.deadline());
-                match plan(
-                    config,
-                    this.template.is_some(),
-                    *this.attempts,
-                    after,
-                    deadline,
-                ) {
+                // The copy first: a request that cannot be repeated costs
+                // no budget and no pause.
+                if *this.attempts < config.max_attempts {
+                    *c.next = this
+                        .template
+                        .as_ref()
+                        .and_then(|t| shared.policy.clone_request(t));
+                }
+                match plan(config, c.next.is_some(), *this.attempts, after, deadline) {
                     Plan::Retry => {}
                     Plan::GiveUp { exhausted } => {
                         return Poll::Ready(match out {
@@ -291,6 +294,14 @@ where
                 Timer::Hedge => {
                     this.primary.is_some()
                         && c.hedge.is_none()
+                        && *this.attempts < config.max_attempts
+                        && {
+                            *c.next = this
+                                .template
+                                .as_ref()
+                                .and_then(|t| shared.policy.clone_request(t));
+                            c.next.is_some()
+                        }
                         && if config.budget.withdraw() {
                             true
                         } else {
@@ -315,17 +326,10 @@ where
             }
             c.timer.set(None);
             *c.timer_kind = Timer::None;
-            let Some(req) = this
-                .template
-                .as_ref()
-                .and_then(|t| shared.policy.clone_request(t))
-            else {
+            let Some(req) = c.next.take() else {
                 continue;
             };
-            let (future, seen) = attempt::scope(*c.tried, || service.call(req));
-            if let Some(id) = seen.picked {
-                c.tried.remember(id);
-            }
+            let future = attempt::scope(*c.tried, || service.call(req));
             *this.attempts += 1;
             match kind {
                 Timer::Hedge => {

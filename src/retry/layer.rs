@@ -20,6 +20,9 @@ pub(crate) struct Config {
     pub(crate) latencies: LatencyHistogram,
     pub(crate) rng: PickRng,
     pub(crate) stats: Counters,
+    /// This layer's own request count, when its budget may be shared (the
+    /// budget counts every layer drawing on it).
+    pub(crate) requests: Option<AtomicU64>,
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +66,8 @@ pub struct RetryStats {
 pub struct RetryLayer<P> {
     policy: P,
     budget: RetryBudget,
+    /// Whether `budget` came from the user (and may be shared).
+    shared_budget: bool,
     backoff: Backoff,
     max_attempts: u32,
     deadline: Option<Duration>,
@@ -78,6 +83,7 @@ impl<P> RetryLayer<P> {
         RetryLayer {
             policy,
             budget: RetryBudget::default(),
+            shared_budget: false,
             backoff: Backoff::default(),
             max_attempts: 3,
             deadline: None,
@@ -91,6 +97,7 @@ impl<P> RetryLayer<P> {
     #[must_use]
     pub fn budget(mut self, budget: RetryBudget) -> Self {
         self.budget = budget;
+        self.shared_budget = true;
         self
     }
 
@@ -152,6 +159,7 @@ impl<S: Clone, P: Clone> Layer<S> for RetryLayer<P> {
                     .seed
                     .map_or_else(PickRng::from_entropy, PickRng::seeded),
                 stats: Counters::default(),
+                requests: self.shared_budget.then(|| AtomicU64::new(0)),
             },
         )
     }
@@ -159,9 +167,12 @@ impl<S: Clone, P: Clone> Layer<S> for RetryLayer<P> {
 
 impl Config {
     pub(crate) fn stats(&self) -> RetryStats {
-        let budget = self.budget.stats();
+        let requests = match &self.requests {
+            Some(own) => own.load(Relaxed),
+            None => self.budget.stats().requests,
+        };
         RetryStats {
-            requests: budget.requests,
+            requests,
             retries: self.stats.retries.load(Relaxed),
             hedges: self.stats.hedges.load(Relaxed),
             budget_exhausted: self.stats.budget_exhausted.load(Relaxed),

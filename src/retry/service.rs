@@ -1,11 +1,11 @@
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 
 use tokio::time::Instant;
 use tower_service::Service;
 
 use super::Policy;
-use super::attempt::{self, Attempts};
 use super::future::ResponseFuture;
 use super::layer::{Config, RetryStats};
 use crate::error::{BoxError, Error};
@@ -109,8 +109,12 @@ where
         let started =
             (config.deadline.is_some() || hedge.is_some_and(|h| h.learns())).then(Instant::now);
         let hedge_delay = hedge.map(|h| h.delay(&config.latencies));
-        let inner = &mut self.inner;
-        let (future, seen) = attempt::scope(Attempts::default(), || inner.call(req));
-        ResponseFuture::new(shared.clone(), template, future, seen, started, hedge_delay)
+        if let Some(own) = &config.requests {
+            own.fetch_add(1, Relaxed);
+        }
+        // A first attempt has nothing to avoid; the endpoint it reaches is
+        // reported back when it ends.
+        let future = self.inner.call(req);
+        ResponseFuture::new(shared.clone(), template, future, started, hedge_delay)
     }
 }

@@ -11,27 +11,42 @@
 //! that can be switched ([`Backend::set_health`]); a [`HungBackend`]
 //! accepts connections and never answers; [`timeout_connector`] bounds
 //! each endpoint's requests with `tower::timeout::Timeout`.
+//!
+//! For retry tests, a backend also answers `POST /` and `PUT /` as it
+//! answers `GET /`, can add a `Retry-After` header to its non-2xx answers
+//! ([`Backend::set_retry_after`]), echoes the length and [`checksum`] of a
+//! body sent to `/echo`, logs every arrival ([`Backend::arrivals`]) and
+//! counts handlers dropped before they finished ([`Backend::cancelled`]);
+//! a [`ClosingBackend`] reads each request and closes the connection
+//! without answering; [`closed_endpoint`] is a port nothing listens on;
+//! [`connector_with`] and [`retry_client`] send replayable bodies
+//! ([`ReqBody`]) so `RetryLayer` can repeat them, and [`send`] sends any
+//! request.
 
+use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::{Ready, ready};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
+use axum::response::IntoResponse;
 use axum::routing::get as get_route;
 use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::body::{Body, Incoming};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower::timeout::Timeout;
@@ -40,6 +55,7 @@ use tower_lb::balance::{Balance, BalanceLayer, Strategy};
 use tower_lb::discover::Source;
 use tower_lb::http::SetAuthority;
 use tower_lb::pool::DiscoverLayer;
+use tower_lb::retry::ReplayBody;
 use tower_lb::{Endpoint, InvalidEndpoint};
 
 /// The HTTP client every endpoint shares.
@@ -50,6 +66,7 @@ pub type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 pub type EndpointService = SetAuthority<HttpClient>;
 
 /// How long [`Backend::shutdown`] waits for open connections to finish.
+#[allow(dead_code)]
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(5);
 
 /// What a backend does with each request; changeable while it runs.
@@ -63,6 +80,43 @@ struct Behaviour {
     health: AtomicU16,
     /// `GET /healthz` requests received (not counted in `hits`).
     health_checks: AtomicU64,
+    /// `Retry-After` value added to non-2xx answers, if any.
+    retry_after: Mutex<Option<String>>,
+    /// The next this many requests are answered 503, whatever `status`.
+    fail_next: AtomicU64,
+    /// Handlers dropped before they answered (the client went away).
+    cancelled: AtomicU64,
+    /// Every request counted in `hits`, in order of arrival.
+    log: Mutex<Vec<Arrival>>,
+}
+
+/// One request as a [`Backend`] saw it arrive.
+#[allow(dead_code)]
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    /// When it arrived (tokio time).
+    pub at: tokio::time::Instant,
+    /// Its method.
+    pub method: Method,
+    /// Its `x-request-id` header, if any.
+    pub id: Option<String>,
+    /// For `/echo`: the body's length and [`checksum`].
+    pub body: Option<(usize, u64)>,
+}
+
+/// FNV-1a over `bytes`: what `/echo` answers (with the length), so a test
+/// can tell a body arrived byte for byte.
+#[allow(dead_code)]
+pub fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// What `/echo` answers for a body: its length and checksum.
+#[allow(dead_code)]
+pub fn echo_of(bytes: &[u8]) -> String {
+    format!("{} {:016x}", bytes.len(), checksum(bytes))
 }
 
 /// A real HTTP server on loopback that answers `GET /` with its name.
@@ -86,9 +140,14 @@ impl Backend {
             status: AtomicU16::new(StatusCode::OK.as_u16()),
             health: AtomicU16::new(StatusCode::OK.as_u16()),
             health_checks: AtomicU64::new(0),
+            retry_after: Mutex::new(None),
+            fail_next: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            log: Mutex::new(Vec::new()),
         });
         let app = Router::new()
-            .route("/", get_route(answer))
+            .route("/", get_route(answer).post(answer).put(answer))
+            .route("/echo", axum::routing::post(echo).put(echo))
             .route("/healthz", get_route(healthz))
             .with_state(behaviour.clone());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -115,6 +174,7 @@ impl Backend {
     }
 
     /// The backend's name, which is also what it answers.
+    #[allow(dead_code)]
     pub fn name(&self) -> &str {
         &self.behaviour.name
     }
@@ -172,10 +232,38 @@ impl Backend {
         self.behaviour.health_checks.load(Ordering::SeqCst)
     }
 
+    /// Adds `Retry-After: value` to every later non-2xx answer (`None`
+    /// stops it).
+    #[allow(dead_code)]
+    pub fn set_retry_after(&self, value: Option<&str>) {
+        *lock(&self.behaviour.retry_after) = value.map(str::to_owned);
+    }
+
+    /// Answers the next `n` requests with 503, then goes back to the
+    /// status set by [`set_status`](Backend::set_status).
+    #[allow(dead_code)]
+    pub fn fail_next(&self, n: u64) {
+        self.behaviour.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Handlers dropped before they answered: requests the client gave up
+    /// on (its connection closed) while this backend was still working.
+    #[allow(dead_code)]
+    pub fn cancelled(&self) -> u64 {
+        self.behaviour.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Every request counted in [`hits`](Backend::hits), in arrival order.
+    #[allow(dead_code)]
+    pub fn arrivals(&self) -> Vec<Arrival> {
+        lock(&self.behaviour.log).clone()
+    }
+
     /// Stops accepting, lets open connections finish (idle keep-alive
     /// connections are closed at once) and waits for the server to end.
     /// Returns the final hit count, or an error if the server failed or did
     /// not stop within five seconds.
+    #[allow(dead_code)]
     pub async fn shutdown(mut self) -> std::io::Result<u64> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -197,15 +285,98 @@ impl Backend {
     }
 }
 
-async fn answer(State(b): State<Arc<Behaviour>>) -> (StatusCode, String) {
-    b.hits.fetch_add(1, Ordering::SeqCst);
-    let delay = b.delay_ns.load(Ordering::SeqCst);
-    if delay > 0 {
-        tokio::time::sleep(Duration::from_nanos(delay)).await;
+/// Counts a handler as cancelled if it is dropped before `finish`.
+struct CancelGuard<'a> {
+    cancelled: &'a AtomicU64,
+    finished: bool,
+}
+
+impl CancelGuard<'_> {
+    fn finish(mut self) {
+        self.finished = true;
     }
-    let status = StatusCode::from_u16(b.status.load(Ordering::SeqCst))
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, b.name.to_string())
+}
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Behaviour {
+    /// Counts and logs an arrival.
+    fn arrive(&self, method: Method, headers: &HeaderMap, body: Option<(usize, u64)>) {
+        self.hits.fetch_add(1, Ordering::SeqCst);
+        let id = headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        lock(&self.log).push(Arrival {
+            at: tokio::time::Instant::now(),
+            method,
+            id,
+            body,
+        });
+    }
+
+    /// Waits out the delay (counting a drop meanwhile as a cancellation),
+    /// then answers `body` with the current status.
+    async fn respond(&self, body: String) -> Response<axum::body::Body> {
+        let guard = CancelGuard {
+            cancelled: &self.cancelled,
+            finished: false,
+        };
+        let delay = self.delay_ns.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_nanos(delay)).await;
+        }
+        guard.finish();
+        let failing = self
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        let status = if failing {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::from_u16(self.status.load(Ordering::SeqCst))
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        };
+        let mut res = (status, body).into_response();
+        if !status.is_success() {
+            if let Some(value) = lock(&self.retry_after).as_deref() {
+                if let Ok(value) = value.parse() {
+                    res.headers_mut().insert(hyper::header::RETRY_AFTER, value);
+                }
+            }
+        }
+        res
+    }
+}
+
+async fn answer(
+    State(b): State<Arc<Behaviour>>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response<axum::body::Body> {
+    b.arrive(method, &headers, None);
+    b.respond(b.name.to_string()).await
+}
+
+/// Answers the length and checksum of the body it received.
+async fn echo(
+    State(b): State<Arc<Behaviour>>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response<axum::body::Body> {
+    b.arrive(method, &headers, Some((body.len(), checksum(&body))));
+    b.respond(echo_of(&body)).await
 }
 
 async fn healthz(State(b): State<Arc<Behaviour>>) -> StatusCode {
@@ -270,15 +441,66 @@ pub fn http_client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// A request body `RetryLayer` can send again: any infallible body,
+/// recorded by a [`ReplayBody`] up to its cap. (The error type is concrete:
+/// a boxed `dyn Error` here trips rustc's higher-ranked lifetime checks
+/// when the client's futures are spawned.)
+#[allow(dead_code)]
+pub type ReqBody = ReplayBody<UnsyncBoxBody<Bytes, Infallible>>;
+
+/// The replay cap of [`empty_body`] and [`full_body`].
+#[allow(dead_code)]
+pub const REPLAY_CAP: usize = 64 * 1024;
+
+/// A plain-HTTP/1 client for [`ReqBody`] requests, with its own pool.
+#[allow(dead_code)]
+pub fn retry_client() -> Client<HttpConnector, ReqBody> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// `body` made replayable up to `cap` bytes.
+#[allow(dead_code)]
+pub fn replay<B>(body: B, cap: usize) -> ReqBody
+where
+    B: Body<Data = Bytes, Error = Infallible> + Send + 'static,
+{
+    ReplayBody::new(body.boxed_unsync(), cap)
+}
+
+/// An empty replayable body.
+#[allow(dead_code)]
+pub fn empty_body() -> ReqBody {
+    replay(Empty::<Bytes>::new(), REPLAY_CAP)
+}
+
+/// A replayable body holding `bytes` (its size is known up front).
+#[allow(dead_code)]
+pub fn full_body(bytes: impl Into<Bytes>) -> ReqBody {
+    replay(http_body_util::Full::new(bytes.into()), REPLAY_CAP)
+}
+
 /// A connector (`Service<Endpoint>`) that points one shared client at each
 /// endpoint it is given.
 ///
 /// Every endpoint service shares the client's connection pool (hyper-util
 /// keys it by authority). An endpoint without a usable address fails with
 /// a typed [`InvalidEndpoint`], which the pool records and leaves out.
-#[derive(Debug, Clone)]
-pub struct Connector {
-    client: HttpClient,
+pub struct Connector<B = Empty<Bytes>> {
+    client: Client<HttpConnector, B>,
+}
+
+impl<B> Clone for Connector<B> {
+    fn clone(&self) -> Self {
+        Connector {
+            client: self.client.clone(),
+        }
+    }
+}
+
+impl<B> fmt::Debug for Connector<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connector").finish_non_exhaustive()
+    }
 }
 
 /// A [`Connector`] over `client`.
@@ -286,10 +508,16 @@ pub fn connector(client: HttpClient) -> Connector {
     Connector { client }
 }
 
-impl Service<Endpoint> for Connector {
-    type Response = EndpointService;
+/// A [`Connector`] over a client for any body type, e.g. [`retry_client`].
+#[allow(dead_code)]
+pub fn connector_with<B>(client: Client<HttpConnector, B>) -> Connector<B> {
+    Connector { client }
+}
+
+impl<B> Service<Endpoint> for Connector<B> {
+    type Response = SetAuthority<Client<HttpConnector, B>>;
     type Error = InvalidEndpoint;
-    type Future = Ready<Result<EndpointService, InvalidEndpoint>>;
+    type Future = Ready<Result<Self::Response, InvalidEndpoint>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -298,6 +526,101 @@ impl Service<Endpoint> for Connector {
     fn call(&mut self, endpoint: Endpoint) -> Self::Future {
         ready(SetAuthority::new(self.client.clone(), &endpoint))
     }
+}
+
+/// A TCP server on loopback that reads each HTTP/1 request (head and a
+/// `content-length` body), counts it, and closes the connection without
+/// answering: a request that reached the server and got no answer. Stops
+/// when dropped.
+#[allow(dead_code)]
+#[derive(Debug)]
+pub struct ClosingBackend {
+    addr: SocketAddr,
+    requests: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+#[allow(dead_code)]
+impl ClosingBackend {
+    /// Starts one on an ephemeral loopback port.
+    pub async fn start() -> std::io::Result<ClosingBackend> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let requests = Arc::new(AtomicU64::new(0));
+        let count = requests.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    if read_request(stream).await.is_ok() {
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        Ok(ClosingBackend {
+            addr,
+            requests,
+            task,
+        })
+    }
+
+    /// An endpoint for it, with weight 1.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::new(self.addr)
+    }
+
+    /// Whole requests read so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for ClosingBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads one request's head and `content-length` body, then shuts the
+/// connection down (dropping `stream` closes it).
+async fn read_request(mut stream: TcpStream) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    stream.shutdown().await
+}
+
+/// An endpoint on a loopback port nothing listens on (it was bound, then
+/// released), so connecting to it is refused.
+#[allow(dead_code)]
+pub async fn closed_endpoint() -> std::io::Result<Endpoint> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    drop(listener);
+    Ok(Endpoint::new(addr))
 }
 
 /// What [`timeout_connector`] builds for one endpoint: the shared client,
@@ -393,6 +716,7 @@ impl StdError for GetError {}
 
 /// Sends one `GET /` through `lb` (a clone of it, so many tasks can share
 /// one balancer) and reads the whole body as a string.
+#[allow(dead_code)]
 pub async fn get<S>(lb: &S) -> Result<Reply, GetError>
 where
     S: Service<Request<Empty<Bytes>>, Response = Response<Incoming>, Error = tower_lb::Error>
@@ -401,6 +725,27 @@ where
     let req = Request::get("/")
         .body(Empty::new())
         .expect("a GET / request is always valid");
+    let res = lb.clone().oneshot(req).await.map_err(GetError::Balance)?;
+    let status = res.status();
+    let bytes = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(GetError::Body)?
+        .to_bytes();
+    Ok(Reply {
+        status,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    })
+}
+
+/// Sends `req` through `lb` (a clone of it) and reads the whole body as a
+/// string: [`get`] for any request.
+#[allow(dead_code)]
+pub async fn send<S, B>(lb: &S, req: Request<B>) -> Result<Reply, GetError>
+where
+    S: Service<Request<B>, Response = Response<Incoming>, Error = tower_lb::Error> + Clone,
+{
     let res = lb.clone().oneshot(req).await.map_err(GetError::Balance)?;
     let status = res.status();
     let bytes = res
