@@ -1,6 +1,7 @@
 //! The request path makes no heap allocation of its own: after warm-up, a
 //! request through `Balance` — `ready().await`, `call().await` — allocates
-//! nothing, for every strategy. Counted with a global allocator, so this
+//! nothing, for every strategy, nor through `Retry` over it when nothing
+//! fails. Counted with a global allocator, so this
 //! file holds one test (a second would race on the counter).
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -16,6 +17,7 @@ use tower_lb::balance::{
 };
 use tower_lb::discover::StaticSource;
 use tower_lb::pool::DiscoverLayer;
+use tower_lb::retry::{RetryErrors, RetryLayer};
 
 struct Counting;
 
@@ -49,6 +51,12 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 async fn allocations_per_1000<St: Strategy + Clone>(strategy: St) -> u64 {
+    allocations_per_1000_with(strategy, false).await
+}
+
+/// The same, optionally behind a `Retry` (nothing fails, so nothing is
+/// retried).
+async fn allocations_per_1000_with<St: Strategy + Clone>(strategy: St, retry: bool) -> u64 {
     let endpoints = (0..50).map(|i| {
         Endpoint::new(format!("127.0.0.1:{}", 20_000 + i).parse().unwrap()).with_weight(1 + i % 3)
     });
@@ -59,14 +67,26 @@ async fn allocations_per_1000<St: Strategy + Clone>(strategy: St) -> u64 {
     });
     let pool = DiscoverLayer::new(StaticSource::new(endpoints)).layer(connector);
     assert!(pool.applied(1).await);
-    let mut lb = BalanceLayer::new(strategy).layer(pool);
+    let lb = BalanceLayer::new(strategy).layer(pool);
+    if retry {
+        count(RetryLayer::new(RetryErrors::new()).layer(lb)).await
+    } else {
+        count(lb).await
+    }
+}
+
+async fn count<S>(mut svc: S) -> u64
+where
+    S: Service<u64, Response = u64>,
+    S::Error: std::fmt::Debug,
+{
     for i in 0..1000 {
-        assert_eq!(lb.ready().await.unwrap().call(i).await.unwrap(), i);
+        assert_eq!(svc.ready().await.unwrap().call(i).await.unwrap(), i);
     }
     ALLOCATIONS.store(0, SeqCst);
     COUNTING.store(true, SeqCst);
     for i in 0..1000 {
-        let out = lb.ready().await.unwrap().call(i).await;
+        let out = svc.ready().await.unwrap().call(i).await;
         assert!(matches!(out, Ok(x) if x == i));
     }
     COUNTING.store(false, SeqCst);
@@ -100,6 +120,10 @@ fn steady_state_requests_do_not_allocate() {
             ),
             ("least_in_flight", allocations_per_1000(LeastInFlight).await),
             ("peak_ewma", allocations_per_1000(PeakEwma::new()).await),
+            (
+                "retry over least_in_flight",
+                allocations_per_1000_with(LeastInFlight, true).await,
+            ),
         ];
         for (name, n) in counts {
             assert_eq!(n, 0, "{name}: {n} allocations in 1000 requests");
