@@ -16,7 +16,7 @@ use super::service::{Balance, Pick};
 use super::{Classify, ErrorsAreFailures, Strategy};
 use crate::error::{BoxError, Error};
 use crate::pool::EndpointStats;
-use crate::retry::attempt::{self, EndpointId};
+use crate::retry::attempt;
 
 /// Counts a request against its endpoint from pick to completion; it stops
 /// counting as in flight when the request finishes or its future is
@@ -45,11 +45,14 @@ impl InFlight {
         }
     }
 
+    /// Records the outcome, and tells a retry layer above (polling this
+    /// future on this thread) which endpoint the request went to.
     #[inline]
     fn finish(&mut self, ok: bool) {
         let Some(stats) = self.stats.take() else {
             return;
         };
+        attempt::completed(attempt::endpoint_id(&stats));
         if self.tau_ns > 0.0 {
             let now = stats.now_ns();
             stats.record_rtt(now.saturating_sub(self.start_ns) as f64, now, self.tau_ns);
@@ -128,9 +131,6 @@ pin_project! {
         #[pin]
         state: State<S, St, Req, C>,
         in_flight: Option<InFlight>,
-        // The endpoint picked, reported to a retry layer above when the
-        // request ends.
-        endpoint: EndpointId,
         classify: C,
     }
 }
@@ -159,20 +159,13 @@ where
     St: Strategy,
     C: Clone,
 {
-    pub(super) fn ready(
-        service: S,
-        req: Req,
-        in_flight: InFlight,
-        endpoint: EndpointId,
-        classify: C,
-    ) -> Self {
+    pub(super) fn ready(service: S, req: Req, in_flight: InFlight, classify: C) -> Self {
         ResponseFuture {
             state: State::Ready {
                 service,
                 req: Some(req),
             },
             in_flight: Some(in_flight),
-            endpoint,
             classify,
         }
     }
@@ -181,7 +174,6 @@ where
         ResponseFuture {
             state: State::Failed { failure },
             in_flight: None,
-            endpoint: 0,
             classify,
         }
     }
@@ -203,7 +195,6 @@ where
                 req: Some(req),
             },
             in_flight: None,
-            endpoint: 0,
             classify,
         }
     }
@@ -225,9 +216,8 @@ where
                 StateProj::Waiting { wait, req } => {
                     let mut w = wait.as_mut().project();
                     match w.balance.try_pick() {
-                        Pick::Picked(service, in_flight, id) => {
+                        Pick::Picked(service, in_flight) => {
                             *this.in_flight = Some(in_flight);
-                            *this.endpoint = id;
                             State::Ready {
                                 service,
                                 req: req.take(),
@@ -260,7 +250,6 @@ where
                         if let Some(f) = this.in_flight {
                             f.finish(false);
                         }
-                        attempt::completed(*this.endpoint);
                         return Poll::Ready(Err(Error::Inner(e.into())));
                     }
                     match req.take() {
@@ -275,7 +264,6 @@ where
                     if let Some(f) = this.in_flight {
                         f.finish(!this.classify.is_failure(out.as_ref()));
                     }
-                    attempt::completed(*this.endpoint);
                     return Poll::Ready(out.map_err(|e| Error::Inner(e.into())));
                 }
                 StateProj::Failed { failure } => return Poll::Ready(Err(failure.into_error())),

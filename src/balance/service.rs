@@ -147,7 +147,7 @@ const AVOID_TRIES: usize = 3;
 
 /// The outcome of one pick attempt.
 pub(super) enum Pick<S> {
-    Picked(S, InFlight, attempt::EndpointId),
+    Picked(S, InFlight),
     Empty,
     NoneEligible(usize),
 }
@@ -286,8 +286,7 @@ impl<S, St: Strategy, C> Balance<S, St, C> {
         // A retry above asks to avoid endpoints this request already tried:
         // pick again a few times, then accept a tried one rather than fail.
         if let (Some(attempts), Some(first)) = (attempt::current(), chosen) {
-            let tried =
-                |m: &Member<S>| attempts.tried(attempt::endpoint_id(m.endpoint().key_arc()));
+            let tried = |m: &Member<S>| attempts.tried(m.stats().id());
             if tried(first) {
                 for _ in 0..AVOID_TRIES {
                     match lane.picker.pick(members, &ctx).and_then(|i| members.get(i)) {
@@ -306,8 +305,7 @@ impl<S, St: Strategy, C> Balance<S, St, C> {
         match chosen {
             Some(member) => {
                 let in_flight = InFlight::start(member.stats().start_request(), timing);
-                let id = attempt::endpoint_id(member.endpoint().key_arc());
-                Pick::Picked(member.service().clone(), in_flight, id)
+                Pick::Picked(member.service().clone(), in_flight)
             }
             None if routing.snapshot.is_empty() && routing.snapshot.upstream_len() == 0 => {
                 Pick::Empty
@@ -338,8 +336,8 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         match self.try_pick() {
-            Pick::Picked(service, in_flight, id) => {
-                ResponseFuture::ready(service, req, in_flight, id, self.classify.clone())
+            Pick::Picked(service, in_flight) => {
+                ResponseFuture::ready(service, req, in_flight, self.classify.clone())
             }
             Pick::NoneEligible(total) => {
                 ResponseFuture::failed(Failure::NoneEligible(total), self.classify.clone())

@@ -75,6 +75,12 @@ impl StatsHandle {
         Arc::ptr_eq(&a.stats, &b.stats)
     }
 
+    /// The endpoint's identity for a retry layer's "already tried" set.
+    #[inline]
+    pub(crate) fn id(&self) -> crate::retry::attempt::EndpointId {
+        crate::retry::attempt::endpoint_id(&self.stats)
+    }
+
     /// Starts a request: the returned reference counts it as in flight
     /// until it is dropped.
     #[inline]

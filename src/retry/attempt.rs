@@ -15,15 +15,16 @@
 use std::cell::Cell;
 use std::sync::Arc;
 
-/// Endpoints are told apart by (a hash of) the address of their key's
-/// allocation: no reference count to take, small enough to copy freely;
-/// a collision, or an endpoint that is gone, can only cause a needless
-/// avoidance, never a wrong answer.
+/// Endpoints are told apart by (a hash of) the address of their stats,
+/// which an endpoint keeps for as long as it stays in the pool: no
+/// reference count to take, small enough to copy freely; a collision, or
+/// an endpoint that is gone, can only cause a needless avoidance, never a
+/// wrong answer.
 pub(crate) type EndpointId = u32;
 
 #[inline]
-pub(crate) fn endpoint_id(key: &Arc<str>) -> EndpointId {
-    let addr = Arc::as_ptr(key) as *const u8 as usize as u64;
+pub(crate) fn endpoint_id<T>(stats: &Arc<T>) -> EndpointId {
+    let addr = Arc::as_ptr(stats) as *const u8 as usize as u64;
     // Allocations are aligned, so the low bits carry little; mix them up.
     (addr.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32
 }
