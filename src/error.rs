@@ -150,6 +150,12 @@ pub enum InvalidEndpoint {
         /// The rejected priority.
         priority: u64,
     },
+    /// An address that does not parse as `ip:port`.
+    #[error("address {address:?} is not an ip:port socket address")]
+    BadAddress {
+        /// The rejected text.
+        address: String,
+    },
     /// The zone is present but empty.
     #[error("zone is empty")]
     EmptyZone,

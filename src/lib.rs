@@ -63,6 +63,7 @@
 //! |---|---|---|
 //! | `http` | yes | HTTP helpers ([`http`] module), `HttpPolicy` and `ReplayBody` for [`retry`] |
 //! | `tracing` | yes | `tracing` events for discovery and balancing decisions |
+//! | `file` | no | `discover::FileSource`, a JSON file of endpoints reloaded on change |
 //! | `dns` | no | reserved for DNS discovery |
 //! | `etcd` | no | reserved for etcd discovery and registration |
 //! | `metrics` | no | reserved for metrics export |

@@ -12,6 +12,8 @@
 //! - [`StaticSource`]: a fixed list.
 //! - [`Registry`]: an in-process registry with register/deregister guards,
 //!   TTL heartbeats and watches; the embedded default.
+//! - `FileSource` (feature `file`): a JSON file of endpoints, reloaded
+//!   when it changes.
 //! - [`channel`]: push updates from your own code (or tests); with the
 //!   `test-util` feature, `ManualSource` numbers the revisions for you.
 //!
@@ -34,14 +36,20 @@
 //! ```
 
 mod channel;
+#[cfg(feature = "file")]
+mod file;
 #[cfg(feature = "test-util")]
 mod manual;
+#[cfg(feature = "file")]
+mod record;
 mod registry;
 mod source;
 mod static_list;
 mod tower_adapter;
 
 pub use channel::{ChannelSource, UpdateSender, channel};
+#[cfg(feature = "file")]
+pub use file::FileSource;
 #[cfg(feature = "test-util")]
 pub use manual::ManualSource;
 pub use registry::{Registration, Registry, RegistrySource};

@@ -1,0 +1,172 @@
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+use super::record;
+use super::{Source, Update};
+use crate::error::DiscoveryError;
+
+type Reading = Pin<Box<dyn Future<Output = std::io::Result<Vec<u8>>> + Send>>;
+
+/// Endpoints listed in a JSON file, reloaded when the file changes
+/// (feature `file`).
+///
+/// The file holds `{"endpoints": [...]}` or a bare array of records:
+///
+/// ```json
+/// {"endpoints": [
+///   {"address": "10.0.0.1:8080", "weight": 3},
+///   {"address": "10.0.0.2:8080", "weight": 1, "priority": 1, "zone": "b",
+///    "tags": {"version": "7"}}
+/// ]}
+/// ```
+///
+/// The file is read (off the runtime's worker threads) once at start and
+/// then every [`interval`](FileSource::interval), and a new snapshot is
+/// sent only when its contents changed — editors that replace the file
+/// and editors that rewrite it in place both work, and no file-system
+/// watcher is needed. A file that is missing or not valid JSON is
+/// reported as a discovery error and the pool keeps its last good set; a
+/// record that does not validate is reported and left out, the others
+/// apply.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tower_lb::discover::FileSource;
+///
+/// let source = FileSource::new("/etc/myapp/backends.json").interval(Duration::from_secs(2));
+/// # let _ = source;
+/// ```
+pub struct FileSource {
+    path: PathBuf,
+    interval: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    reading: Option<Reading>,
+    /// Hash of the contents last turned into an update (or error).
+    last: Option<u64>,
+    revision: u64,
+    /// Updates and errors decoded but not yet yielded.
+    pending: VecDeque<Result<Update, DiscoveryError>>,
+}
+
+impl fmt::Debug for FileSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileSource")
+            .field("path", &self.path)
+            .field("interval", &self.interval)
+            .field("revision", &self.revision)
+            .finish()
+    }
+}
+
+impl Clone for FileSource {
+    /// Another watch of the same file, starting afresh.
+    fn clone(&self) -> Self {
+        FileSource::new(&self.path).interval(self.interval)
+    }
+}
+
+impl FileSource {
+    /// Watches `path`, checking it every second.
+    pub fn new(path: impl AsRef<Path>) -> Self {
+        FileSource {
+            path: path.as_ref().to_path_buf(),
+            interval: Duration::from_secs(1),
+            timer: None,
+            reading: None,
+            last: None,
+            revision: 0,
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// How often the file is checked (at least every millisecond).
+    #[must_use]
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The watched path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Turns what was read into updates and errors, if it changed.
+    fn decode(&mut self, read: std::io::Result<Vec<u8>>) {
+        let origin = self.path.display().to_string();
+        let text = match read {
+            Ok(text) => text,
+            Err(e) => {
+                // Report a failure once, not every interval.
+                let mut h = DefaultHasher::new();
+                e.kind().hash(&mut h);
+                let key = h.finish() ^ 1;
+                if self.last != Some(key) {
+                    self.last = Some(key);
+                    self.pending.push_back(Err(DiscoveryError::Source(
+                        format!("reading {origin}: {e}").into(),
+                    )));
+                }
+                return;
+            }
+        };
+        let mut h = DefaultHasher::new();
+        text.hash(&mut h);
+        let key = h.finish();
+        if self.last == Some(key) {
+            return;
+        }
+        self.last = Some(key);
+        match record::parse(&text, &origin) {
+            Ok((endpoints, bad)) => {
+                self.pending.extend(bad.into_iter().map(Err));
+                self.revision += 1;
+                self.pending
+                    .push_back(Ok(Update::snapshot(self.revision, endpoints)));
+            }
+            Err(e) => self.pending.push_back(Err(e)),
+        }
+    }
+}
+
+impl Source for FileSource {
+    fn poll_update(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Update, DiscoveryError>>> {
+        loop {
+            if let Some(next) = self.pending.pop_front() {
+                return Poll::Ready(Some(next));
+            }
+            if let Some(reading) = &mut self.reading {
+                let read = match reading.as_mut().poll(cx) {
+                    Poll::Ready(read) => read,
+                    Poll::Pending => return Poll::Pending,
+                };
+                self.reading = None;
+                self.decode(read);
+                let next = Instant::now() + self.interval;
+                match &mut self.timer {
+                    Some(t) => t.as_mut().reset(next),
+                    None => self.timer = Some(Box::pin(tokio::time::sleep_until(next))),
+                }
+                continue;
+            }
+            if let Some(timer) = &mut self.timer {
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+            let path = self.path.clone();
+            self.reading = Some(Box::pin(tokio::fs::read(path)));
+        }
+    }
+}
