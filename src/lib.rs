@@ -64,7 +64,7 @@
 //! | `http` | yes | HTTP helpers ([`http`] module), `HttpPolicy` and `ReplayBody` for [`retry`] |
 //! | `tracing` | yes | `tracing` events for discovery and balancing decisions |
 //! | `file` | no | `discover::FileSource`, a JSON file of endpoints reloaded on change |
-//! | `dns` | no | reserved for DNS discovery |
+//! | `dns` | no | `discover::DnsSource`: A/AAAA and SRV discovery (hickory-resolver; needs Rust 1.88) |
 //! | `etcd` | no | reserved for etcd discovery and registration |
 //! | `metrics` | no | reserved for metrics export |
 //! | `test-util` | no | `discover::ManualSource`, a controllable source for testing your own stacks |

@@ -14,6 +14,9 @@
 //!   TTL heartbeats and watches; the embedded default.
 //! - `FileSource` (feature `file`): a JSON file of endpoints, reloaded
 //!   when it changes.
+//! - `DnsSource` (feature `dns`): A/AAAA names and SRV records, whose
+//!   priorities become failover tiers and whose weights become weights;
+//!   re-resolved as TTLs expire.
 //! - [`channel`]: push updates from your own code (or tests); with the
 //!   `test-util` feature, `ManualSource` numbers the revisions for you.
 //!
@@ -36,6 +39,8 @@
 //! ```
 
 mod channel;
+#[cfg(feature = "dns")]
+mod dns;
 #[cfg(feature = "file")]
 mod file;
 #[cfg(feature = "test-util")]
@@ -48,6 +53,8 @@ mod static_list;
 mod tower_adapter;
 
 pub use channel::{ChannelSource, UpdateSender, channel};
+#[cfg(feature = "dns")]
+pub use dns::DnsSource;
 #[cfg(feature = "file")]
 pub use file::FileSource;
 #[cfg(feature = "test-util")]

@@ -1,0 +1,755 @@
+//! DNS discovery: A/AAAA names and SRV records (feature `dns`).
+//!
+//! Why DNS: it is already there. Every platform — Kubernetes headless
+//! services, Consul's DNS interface, cloud private zones, a zone file —
+//! publishes instances in DNS, so a client can discover them with no
+//! control plane and no agent. SRV records (RFC 2782) carry a *priority*
+//! and a *weight* per instance, which are exactly this crate's priority
+//! tiers and weights: an operator who edits a zone moves traffic between
+//! tiers and shifts shares without touching the client.
+//!
+//! How: a [`DnsSource`] resolves its name with
+//! [`hickory-resolver`](https://docs.rs/hickory-resolver), sends the set
+//! as a snapshot, and resolves again when the answer's TTL expires.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::rr::RData;
+use tokio::time::{Instant, Sleep};
+
+use super::{Source, Update};
+use crate::endpoint::Endpoint;
+use crate::error::{BoxError, DiscoveryError};
+use crate::trace::event;
+
+/// The tag an SRV-discovered endpoint carries: the record's target name.
+const TARGET_TAG: &str = "dns.srv.target";
+
+type Round = Pin<Box<dyn Future<Output = Result<Resolved, BoxError>> + Send>>;
+
+/// What to look up.
+#[derive(Clone, Debug)]
+enum Query {
+    /// Every address of `name`, at `port`.
+    Ip { name: String, port: u16 },
+    /// The SRV records of `name`.
+    Srv { name: String },
+}
+
+impl Query {
+    fn name(&self) -> &str {
+        match self {
+            Query::Ip { name, .. } | Query::Srv { name } => name,
+        }
+    }
+}
+
+/// Endpoints from DNS: the addresses of a name (A/AAAA) or the records of
+/// an SRV name, re-resolved when their TTL expires (feature `dns`).
+///
+/// # A/AAAA ([`DnsSource::a`])
+///
+/// Every IPv4 and IPv6 address of the name becomes an endpoint at the
+/// given port, keyed `ip:port`, weight 1, priority 0.
+///
+/// # SRV ([`DnsSource::srv`])
+///
+/// One endpoint per address of each record's target, keyed `ip:port` (the
+/// same key [`Endpoint::new`] and [`DnsSource::a`] give, so stats carry
+/// over when a name moves from one record type to the other, and a target
+/// with several addresses gets one distinct endpoint per address). Each
+/// endpoint is tagged `dns.srv.target` with the record's target name.
+///
+/// - **priority → tier**: the distinct SRV priorities of the usable records
+///   are ranked, lowest first; rank 0 is tier 0 (primary), the next tier 1,
+///   and so on, saturating at 255. Priorities 10, 20, 20, 50 become tiers
+///   0, 1, 1, 2.
+/// - **weight → weight**, unchanged. A weight-0 record is drained while a
+///   non-zero one in its tier is eligible (RFC 2782 gives weight 0 "a very
+///   small chance"); when every weight is 0 they stay 0, and the balancer
+///   then serves them uniformly.
+/// - A single record whose target is `.` means "service not available"
+///   (RFC 2782): an empty set. Among other records, a `.` target is left
+///   out and reported.
+/// - A record with port 0, and a target with no address, are left out and
+///   reported (as a [`DiscoveryError::Source`]) each time the set of such
+///   problems changes.
+/// - Two records that lead to the same `ip:port` make one endpoint, the one
+///   with the lower tier.
+///
+/// # Refresh and failures
+///
+/// The name is resolved again when the shortest TTL in the answer expires,
+/// clamped to [`min_ttl`](DnsSource::min_ttl) (default 1 s) and
+/// [`max_ttl`](DnsSource::max_ttl) (default 5 min); a snapshot is sent only
+/// when the sorted endpoint list changed (the first one always). A name
+/// that does not exist (NXDOMAIN) or has no records of the type is a
+/// definite answer: an empty set, not an error. Revisions count up from 1.
+///
+/// A lookup that fails (no answer within [`timeout`](DnsSource::timeout),
+/// default 2 s, or a server failure) is reported once per streak of
+/// failures as a [`DiscoveryError::Source`]; the pool keeps the last good
+/// set and the lookup is retried every `min_ttl`. With
+/// [`max_staleness`](DnsSource::max_staleness) set, a streak that has
+/// lasted that long since the last success sends an empty snapshot. By
+/// default there is no limit: when DNS is down, the addresses it last gave
+/// are usually still serving, and an empty set would fail every request.
+/// (A pool built with `keep_last_on_empty` ignores empty snapshots, both
+/// these and NXDOMAIN's.)
+///
+/// The resolver is built on the first poll, inside the pool's runtime: it
+/// uses the system configuration (`/etc/resolv.conf` on Unix), or one
+/// server given with [`nameserver`](DnsSource::nameserver). A name with a
+/// trailing dot is absolute; without one, the system's search list may
+/// apply. A name that is not a valid DNS name is reported as a failure.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tower::service_fn;
+/// use tower::ServiceBuilder;
+/// use tower_lb::balance::{BalanceLayer, WeightedRoundRobin};
+/// use tower_lb::discover::DnsSource;
+/// use tower_lb::pool::DiscoverLayer;
+/// use tower_lb::Endpoint;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // Tiers and weights straight from the zone:
+/// //   _api._tcp.example.com. 30 IN SRV 10 3 8080 a.example.com.
+/// //   _api._tcp.example.com. 30 IN SRV 10 1 8080 b.example.com.
+/// //   _api._tcp.example.com. 30 IN SRV 20 1 8080 backup.example.com.
+/// let source = DnsSource::srv("_api._tcp.example.com.")
+///     .max_ttl(Duration::from_secs(60))
+///     .max_staleness(Duration::from_secs(3600));
+///
+/// let connector = service_fn(|ep: Endpoint| async move {
+///     Ok::<_, std::convert::Infallible>(service_fn(move |req: String| {
+///         let ep = ep.clone();
+///         async move { Ok::<_, std::convert::Infallible>(format!("{ep} got {req}")) }
+///     }))
+/// });
+/// let client = ServiceBuilder::new()
+///     .layer(BalanceLayer::new(WeightedRoundRobin))
+///     .layer(DiscoverLayer::new(source))
+///     .service(connector);
+/// # let _ = client;
+/// # }
+/// ```
+pub struct DnsSource {
+    query: Query,
+    nameserver: Option<SocketAddr>,
+    min_ttl: Duration,
+    max_ttl: Duration,
+    max_staleness: Option<Duration>,
+    timeout: Duration,
+    resolver: Option<TokioResolver>,
+    round: Option<Round>,
+    timer: Option<Pin<Box<Sleep>>>,
+    revision: u64,
+    /// The set last sent, sorted by key.
+    last: Option<Vec<Endpoint>>,
+    /// When a round last succeeded.
+    last_success: Option<Instant>,
+    /// Whether the current failure streak was reported.
+    failing: bool,
+    /// Record problems last reported.
+    problems: Vec<String>,
+    pending: VecDeque<Result<Update, DiscoveryError>>,
+}
+
+impl fmt::Debug for DnsSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DnsSource")
+            .field("query", &self.query)
+            .field("nameserver", &self.nameserver)
+            .field("min_ttl", &self.min_ttl)
+            .field("max_ttl", &self.max_ttl)
+            .field("max_staleness", &self.max_staleness)
+            .field("timeout", &self.timeout)
+            .field("revision", &self.revision)
+            .field("failing", &self.failing)
+            .finish()
+    }
+}
+
+impl Clone for DnsSource {
+    /// Another watch of the same name with the same settings, starting
+    /// afresh (revision 1 is its first snapshot).
+    fn clone(&self) -> Self {
+        DnsSource {
+            nameserver: self.nameserver,
+            min_ttl: self.min_ttl,
+            max_ttl: self.max_ttl,
+            max_staleness: self.max_staleness,
+            timeout: self.timeout,
+            ..DnsSource::new(self.query.clone())
+        }
+    }
+}
+
+impl DnsSource {
+    fn new(query: Query) -> Self {
+        DnsSource {
+            query,
+            nameserver: None,
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(300),
+            max_staleness: None,
+            timeout: Duration::from_secs(2),
+            resolver: None,
+            round: None,
+            timer: None,
+            revision: 0,
+            last: None,
+            last_success: None,
+            failing: false,
+            problems: Vec::new(),
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// Every A and AAAA address of `name`, each an endpoint at `port` with
+    /// weight 1, keyed `ip:port`.
+    pub fn a(name: &str, port: u16) -> Self {
+        DnsSource::new(Query::Ip {
+            name: name.to_owned(),
+            port,
+        })
+    }
+
+    /// One endpoint per address of each SRV record of `name` (such as
+    /// `_api._tcp.example.com.`): SRV priorities become tiers, SRV weights
+    /// become weights; see the [type docs](DnsSource#srv-dnssourcesrv).
+    pub fn srv(name: &str) -> Self {
+        DnsSource::new(Query::Srv {
+            name: name.to_owned(),
+        })
+    }
+
+    /// Asks this server (over UDP, falling back to TCP) instead of the
+    /// system's configured ones.
+    #[must_use]
+    pub fn nameserver(mut self, addr: SocketAddr) -> Self {
+        self.nameserver = Some(addr);
+        self
+    }
+
+    /// The shortest time between lookups (default 1 s): a shorter TTL is
+    /// raised to it, and failed lookups are retried this often. At least
+    /// 1 ms.
+    #[must_use]
+    pub fn min_ttl(mut self, ttl: Duration) -> Self {
+        self.min_ttl = ttl.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The longest time between lookups (default 5 min): a longer TTL is
+    /// lowered to it. Never below [`min_ttl`](DnsSource::min_ttl).
+    #[must_use]
+    pub fn max_ttl(mut self, ttl: Duration) -> Self {
+        self.max_ttl = ttl;
+        self
+    }
+
+    /// How long the last good set is kept while lookups fail; after that an
+    /// empty snapshot is sent. Default: no limit.
+    #[must_use]
+    pub fn max_staleness(mut self, staleness: Duration) -> Self {
+        self.max_staleness = Some(staleness);
+        self
+    }
+
+    /// How long one lookup (with an SRV name, the SRV query and its
+    /// targets' address queries together) may take before it counts as a
+    /// failure (default 2 s).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The name being watched.
+    pub fn name(&self) -> &str {
+        self.query.name()
+    }
+
+    fn resolver(&mut self) -> Result<TokioResolver, BoxError> {
+        if let Some(r) = &self.resolver {
+            return Ok(r.clone());
+        }
+        let mut builder = match self.nameserver {
+            Some(addr) => {
+                let mut server = NameServerConfig::udp_and_tcp(addr.ip());
+                for c in &mut server.connections {
+                    c.port = addr.port();
+                }
+                TokioResolver::builder_with_config(
+                    ResolverConfig::from_name_servers(vec![server]),
+                    TokioRuntimeProvider::default(),
+                )
+            }
+            None => TokioResolver::builder_tokio()
+                .map_err(|e| format!("reading the system DNS configuration: {e}"))?,
+        };
+        let opts = builder.options_mut();
+        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        opts.timeout = self.timeout;
+        if self.nameserver.is_some() {
+            opts.use_hosts_file = ResolveHosts::Never;
+        }
+        let resolver = builder.build()?;
+        self.resolver = Some(resolver.clone());
+        Ok(resolver)
+    }
+
+    fn start(&mut self) {
+        let resolver = match self.resolver() {
+            Ok(r) => r,
+            Err(e) => {
+                let wait = self.failed(e);
+                self.wait(wait);
+                return;
+            }
+        };
+        // Without this the resolver's cache would answer until the record's
+        // own TTL, whatever `max_ttl` says.
+        resolver.clear_cache();
+        let query = self.query.clone();
+        let timeout = self.timeout;
+        self.round = Some(Box::pin(async move {
+            let name = query.name().to_owned();
+            match tokio::time::timeout(timeout, resolve(resolver, query)).await {
+                Ok(r) => r.map_err(|e| format!("resolving {name}: {e}").into()),
+                Err(_) => Err(format!("resolving {name}: no answer within {timeout:?}").into()),
+            }
+        }));
+    }
+
+    fn wait(&mut self, wait: Duration) {
+        let next = Instant::now() + wait;
+        match &mut self.timer {
+            Some(t) => t.as_mut().reset(next),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(next))),
+        }
+    }
+
+    /// Records a successful round; returns how long to wait for the next.
+    fn succeeded(&mut self, resolved: Resolved) -> Duration {
+        self.failing = false;
+        self.last_success = Some(Instant::now());
+        let name = self.query.name();
+        if resolved.problems != self.problems {
+            for p in &resolved.problems {
+                self.pending
+                    .push_back(Err(DiscoveryError::Source(format!("{name}: {p}").into())));
+            }
+            self.problems = resolved.problems;
+        }
+        let endpoints = resolved.endpoints;
+        if self.last.as_ref() != Some(&endpoints) {
+            self.revision += 1;
+            event!(
+                debug,
+                name,
+                revision = self.revision,
+                endpoints = endpoints.len(),
+                "dns: new endpoint set"
+            );
+            self.pending
+                .push_back(Ok(Update::snapshot(self.revision, endpoints.clone())));
+            self.last = Some(endpoints);
+        }
+        clamp(resolved.ttl, self.min_ttl, self.max_ttl)
+    }
+
+    /// Records a failed round; returns how long to wait for the retry.
+    fn failed(&mut self, error: BoxError) -> Duration {
+        if !self.failing {
+            self.failing = true;
+            event!(warn, name = self.query.name(), error = %error, "dns: lookup failed");
+            self.pending.push_back(Err(DiscoveryError::Source(error)));
+        }
+        if let (Some(max), Some(since)) = (self.max_staleness, self.last_success) {
+            let nonempty = self.last.as_ref().is_some_and(|l| !l.is_empty());
+            if nonempty && since.elapsed() >= max {
+                self.revision += 1;
+                event!(
+                    warn,
+                    name = self.query.name(),
+                    revision = self.revision,
+                    "dns: last good set too old, sending an empty set"
+                );
+                self.pending
+                    .push_back(Ok(Update::snapshot(self.revision, Vec::new())));
+                self.last = Some(Vec::new());
+            }
+        }
+        self.min_ttl
+    }
+}
+
+impl Source for DnsSource {
+    fn poll_update(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Update, DiscoveryError>>> {
+        loop {
+            if let Some(next) = self.pending.pop_front() {
+                return Poll::Ready(Some(next));
+            }
+            if let Some(round) = &mut self.round {
+                let result = match round.as_mut().poll(cx) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => return Poll::Pending,
+                };
+                self.round = None;
+                let wait = match result {
+                    Ok(resolved) => self.succeeded(resolved),
+                    Err(e) => self.failed(e),
+                };
+                self.wait(wait);
+                continue;
+            }
+            if let Some(timer) = &mut self.timer {
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+            self.start();
+        }
+    }
+}
+
+/// The outcome of one successful round.
+#[derive(Debug)]
+struct Resolved {
+    /// Sorted by key, one per key.
+    endpoints: Vec<Endpoint>,
+    /// Records left out, and why.
+    problems: Vec<String>,
+    /// The shortest TTL seen, if any record was.
+    ttl: Option<Duration>,
+}
+
+fn clamp(ttl: Option<Duration>, min: Duration, max: Duration) -> Duration {
+    ttl.unwrap_or(min).min(max).max(min)
+}
+
+/// A "no such name" or "no such record" answer, with its negative TTL.
+fn no_records(e: &NetError) -> Option<Option<u32>> {
+    match e {
+        NetError::Dns(DnsError::NoRecordsFound(nr)) => Some(nr.negative_ttl),
+        _ => None,
+    }
+}
+
+fn min_ttl(a: Option<u32>, b: u32) -> Option<u32> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
+fn secs(ttl: Option<u32>) -> Option<Duration> {
+    ttl.map(|s| Duration::from_secs(u64::from(s)))
+}
+
+/// The addresses of `name` and the shortest TTL among them; an empty list
+/// for a name with none.
+async fn addresses(
+    resolver: &TokioResolver,
+    name: &str,
+) -> Result<(Vec<IpAddr>, Option<u32>), NetError> {
+    match resolver.lookup_ip(name).await {
+        Ok(lookup) => {
+            let mut ttl = None;
+            for r in lookup.as_lookup().answers() {
+                ttl = min_ttl(ttl, r.ttl);
+            }
+            Ok((lookup.iter().collect(), ttl))
+        }
+        Err(e) => match no_records(&e) {
+            Some(negative) => Ok((Vec::new(), negative)),
+            None => Err(e),
+        },
+    }
+}
+
+async fn resolve(resolver: TokioResolver, query: Query) -> Result<Resolved, NetError> {
+    match query {
+        Query::Ip { name, port } => {
+            let (ips, ttl) = addresses(&resolver, &name).await?;
+            let endpoints = ips
+                .into_iter()
+                .map(|ip| Endpoint::new(SocketAddr::new(ip, port)))
+                .collect();
+            Ok(Resolved {
+                endpoints: sorted(endpoints),
+                problems: Vec::new(),
+                ttl: secs(ttl),
+            })
+        }
+        Query::Srv { name } => {
+            let (records, mut ttl) = match resolver.srv_lookup(name.as_str()).await {
+                Ok(lookup) => {
+                    let mut ttl = None;
+                    let mut records = Vec::new();
+                    for r in lookup.answers() {
+                        ttl = min_ttl(ttl, r.ttl);
+                        if let RData::SRV(srv) = &r.data {
+                            records.push(SrvRecord {
+                                priority: srv.priority,
+                                weight: srv.weight,
+                                port: srv.port,
+                                target: srv.target.to_string(),
+                            });
+                        }
+                    }
+                    (records, ttl)
+                }
+                Err(e) => match no_records(&e) {
+                    Some(negative) => (Vec::new(), negative),
+                    None => return Err(e),
+                },
+            };
+            let plan = plan(&records);
+            let mut problems = plan.problems;
+            let mut endpoints = Vec::new();
+            // Each target once, whatever the number of records naming it.
+            let targets: BTreeSet<&str> = plan.usable.iter().map(|(r, _)| &*r.target).collect();
+            let mut resolved = Vec::with_capacity(targets.len());
+            for target in targets {
+                let (ips, t) = addresses(&resolver, target).await?;
+                if let Some(t) = t {
+                    ttl = min_ttl(ttl, t);
+                }
+                if ips.is_empty() {
+                    problems.push(format!("SRV target {target} has no address; left out"));
+                }
+                resolved.push((target, ips));
+            }
+            for (record, tier) in &plan.usable {
+                let Some((_, ips)) = resolved.iter().find(|(t, _)| *t == record.target) else {
+                    continue;
+                };
+                for ip in ips {
+                    match srv_endpoint(record, *tier, *ip) {
+                        Ok(e) => endpoints.push(e),
+                        Err(e) => problems.push(format!("{record}: {e}")),
+                    }
+                }
+            }
+            Ok(Resolved {
+                endpoints: sorted(endpoints),
+                problems,
+                ttl: secs(ttl),
+            })
+        }
+    }
+}
+
+/// Sorts by key and keeps one endpoint per key: the one with the lowest
+/// tier (then the first found).
+fn sorted(mut endpoints: Vec<Endpoint>) -> Vec<Endpoint> {
+    endpoints.sort_by(|a, b| a.key().cmp(b.key()).then(a.priority().cmp(&b.priority())));
+    endpoints.dedup_by(|later, earlier| later.key() == earlier.key());
+    endpoints
+}
+
+/// One SRV record's fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SrvRecord {
+    priority: u16,
+    weight: u16,
+    port: u16,
+    /// As DNS prints it, with the trailing dot.
+    target: String,
+}
+
+impl fmt::Display for SrvRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "SRV record `{} {} {} {}`",
+            self.priority, self.weight, self.port, self.target
+        )
+    }
+}
+
+/// Which records to use, at which tier, and which were left out and why.
+#[derive(Debug, PartialEq, Eq)]
+struct Plan {
+    usable: Vec<(SrvRecord, u8)>,
+    problems: Vec<String>,
+}
+
+fn is_root(target: &str) -> bool {
+    target == "." || target.is_empty()
+}
+
+/// Applies RFC 2782's rules to a record set and ranks the priorities of
+/// the usable records into tiers.
+fn plan(records: &[SrvRecord]) -> Plan {
+    let mut problems = Vec::new();
+    // A lone "." target: the service is decidedly not available here.
+    if let [only] = records {
+        if is_root(&only.target) {
+            return Plan {
+                usable: Vec::new(),
+                problems,
+            };
+        }
+    }
+    let mut usable = Vec::new();
+    for r in records {
+        if r.port == 0 {
+            problems.push(format!("{r}: port 0 is invalid; left out"));
+        } else if is_root(&r.target) {
+            problems.push(format!(
+                "{r}: target \".\" (service not available) among other records; left out"
+            ));
+        } else {
+            usable.push(r.clone());
+        }
+    }
+    let ranks: Vec<u16> = usable
+        .iter()
+        .map(|r| r.priority)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let usable = usable
+        .into_iter()
+        .map(|r| {
+            let tier = tier(&ranks, r.priority);
+            (r, tier)
+        })
+        .collect();
+    Plan { usable, problems }
+}
+
+/// The tier of `priority` among the distinct priorities `ranks` (sorted
+/// ascending): its rank, saturating at 255.
+fn tier(ranks: &[u16], priority: u16) -> u8 {
+    let rank = ranks.partition_point(|p| *p < priority);
+    u8::try_from(rank).unwrap_or(u8::MAX)
+}
+
+fn srv_endpoint(
+    record: &SrvRecord,
+    tier: u8,
+    ip: IpAddr,
+) -> Result<Endpoint, crate::InvalidEndpoint> {
+    let address = SocketAddr::new(ip, record.port);
+    Endpoint::builder(address.to_string())
+        .address(address)
+        .weight(u32::from(record.weight))
+        .priority(tier)
+        .tag(TARGET_TAG, record.target.clone())
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(priority: u16, weight: u16, port: u16, target: &str) -> SrvRecord {
+        SrvRecord {
+            priority,
+            weight,
+            port,
+            target: target.to_owned(),
+        }
+    }
+
+    #[test]
+    fn priorities_rank_into_tiers() {
+        let p = plan(&[
+            rec(50, 1, 80, "c."),
+            rec(10, 1, 80, "a."),
+            rec(20, 1, 80, "b."),
+            rec(20, 2, 81, "b."),
+        ]);
+        let tiers: Vec<(u16, u8)> = p.usable.iter().map(|(r, t)| (r.priority, *t)).collect();
+        assert_eq!(tiers, [(50, 2), (10, 0), (20, 1), (20, 1)]);
+        assert!(p.problems.is_empty());
+    }
+
+    #[test]
+    fn tiers_saturate_at_255() {
+        let ranks: Vec<u16> = (0..300).map(|p| p * 2).collect();
+        assert_eq!(tier(&ranks, 0), 0);
+        assert_eq!(tier(&ranks, 2), 1);
+        assert_eq!(tier(&ranks, 510), 255);
+        assert_eq!(tier(&ranks, 598), 255);
+    }
+
+    #[test]
+    fn port_zero_is_left_out_and_reported() {
+        let p = plan(&[rec(0, 1, 0, "a."), rec(5, 1, 80, "b.")]);
+        assert_eq!(
+            p.usable,
+            [(rec(5, 1, 80, "b."), 0)],
+            "tiers rank usable records only"
+        );
+        assert_eq!(p.problems.len(), 1);
+        assert!(p.problems[0].contains("port 0"), "{:?}", p.problems);
+    }
+
+    #[test]
+    fn a_lone_root_target_means_not_available() {
+        let p = plan(&[rec(0, 0, 0, ".")]);
+        assert!(p.usable.is_empty());
+        assert!(p.problems.is_empty(), "a definite answer, not a problem");
+
+        let p = plan(&[rec(0, 0, 80, "."), rec(0, 1, 80, "a.")]);
+        assert_eq!(p.usable.len(), 1);
+        assert_eq!(p.problems.len(), 1);
+    }
+
+    #[test]
+    fn records_become_endpoints_keyed_by_address() {
+        let e = srv_endpoint(&rec(10, 7, 8080, "a.test."), 1, "10.0.0.1".parse().unwrap()).unwrap();
+        assert_eq!(e.key(), "10.0.0.1:8080");
+        assert_eq!(e.address(), Some("10.0.0.1:8080".parse().unwrap()));
+        assert_eq!((e.weight(), e.priority()), (7, 1));
+        assert_eq!(e.tag(TARGET_TAG), Some("a.test."));
+
+        let e = srv_endpoint(&rec(0, 0, 443, "b."), 0, "::1".parse().unwrap()).unwrap();
+        assert_eq!(e.key(), "[::1]:443");
+        assert_eq!(e.weight(), 0, "weight 0 stays 0");
+    }
+
+    #[test]
+    fn one_endpoint_per_key_the_lowest_tier() {
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let backup = srv_endpoint(&rec(20, 1, 80, "a."), 1, ip).unwrap();
+        let primary = srv_endpoint(&rec(10, 5, 80, "a."), 0, ip).unwrap();
+        let other = Endpoint::new("10.0.0.0:80".parse().unwrap());
+        let s = sorted(vec![backup, primary.clone(), other.clone()]);
+        assert_eq!(s, [other, primary]);
+    }
+
+    #[test]
+    fn ttl_is_clamped() {
+        let (min, max) = (Duration::from_secs(1), Duration::from_secs(300));
+        assert_eq!(clamp(None, min, max), min);
+        assert_eq!(clamp(Some(Duration::ZERO), min, max), min);
+        assert_eq!(
+            clamp(Some(Duration::from_secs(30)), min, max),
+            Duration::from_secs(30)
+        );
+        assert_eq!(clamp(Some(Duration::from_secs(86400)), min, max), max);
+        // A max below the min yields to the min.
+        assert_eq!(
+            clamp(Some(Duration::from_secs(5)), min, Duration::ZERO),
+            min
+        );
+    }
+}
