@@ -2,7 +2,7 @@
 //! `dnsmasq` on a free loopback port, serving SRV and A/AAAA records for
 //! `test.lb`.
 //!
-//! These tests are `#[ignore]`d so a plain `cargo test` passes on machines
+//! These tests are ignored ("needs dnsmasq") so a plain `cargo test` passes on machines
 //! without dnsmasq; `.ci/run` installs it and runs them with
 //! `--include-ignored`. Run them locally with
 //! `cargo test --test dns_source -- --include-ignored`.
