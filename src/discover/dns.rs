@@ -335,11 +335,7 @@ impl DnsSource {
     }
 
     fn wait(&mut self, wait: Duration) {
-        let next = Instant::now() + wait;
-        match &mut self.timer {
-            Some(t) => t.as_mut().reset(next),
-            None => self.timer = Some(Box::pin(tokio::time::sleep_until(next))),
-        }
+        super::source::arm(&mut self.timer, Instant::now() + wait);
     }
 
     /// Records a successful round; returns how long to wait for the next.

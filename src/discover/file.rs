@@ -153,11 +153,7 @@ impl Source for FileSource {
                 };
                 self.reading = None;
                 self.decode(read);
-                let next = Instant::now() + self.interval;
-                match &mut self.timer {
-                    Some(t) => t.as_mut().reset(next),
-                    None => self.timer = Some(Box::pin(tokio::time::sleep_until(next))),
-                }
+                super::source::arm(&mut self.timer, Instant::now() + self.interval);
                 continue;
             }
             if let Some(timer) = &mut self.timer {

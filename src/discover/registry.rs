@@ -428,10 +428,7 @@ impl Source for RegistrySource {
             let Some(at) = next_expiry else {
                 return Poll::Pending;
             };
-            match &mut self.timer {
-                Some(t) => t.as_mut().reset(at),
-                None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
-            }
+            super::source::arm(&mut self.timer, at);
             if let Some(t) = &mut self.timer {
                 if t.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;

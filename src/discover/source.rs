@@ -1,5 +1,8 @@
 use std::future::poll_fn;
+use std::pin::Pin;
 use std::task::{Context, Poll};
+
+use tokio::time::{Instant, Sleep};
 
 use crate::endpoint::Endpoint;
 use crate::error::DiscoveryError;
@@ -31,6 +34,15 @@ impl<S: Source + ?Sized> Source for Box<S> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Update, DiscoveryError>>> {
         (**self).poll_update(cx)
+    }
+}
+
+/// Points a source's reusable timer at `at`, allocating it the first time
+/// only.
+pub(crate) fn arm(timer: &mut Option<Pin<Box<Sleep>>>, at: Instant) {
+    match timer {
+        Some(t) => t.as_mut().reset(at),
+        None => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
     }
 }
 
