@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::poll_fn;
 use std::sync::Arc;
@@ -132,17 +132,31 @@ where
         current: &Snapshot<S>,
         wanted: Vec<Endpoint>,
     ) -> Vec<Member<S>> {
-        let by_key: HashMap<&str, &Member<S>> = current
-            .members()
-            .iter()
-            .map(|m| (m.endpoint().key(), m))
-            .collect();
+        let old = current.members();
+        // The common update (weights or tags changed, same instances in the
+        // same order) needs no lookup at all.
+        let aligned = wanted.len() == old.len()
+            && wanted
+                .iter()
+                .zip(old)
+                .all(|(w, m)| w.key() == m.endpoint().key());
+        let by_key: HashMap<&str, &Member<S>> = if aligned {
+            HashMap::new()
+        } else {
+            let mut map = HashMap::with_capacity(old.len());
+            map.extend(old.iter().map(|m| (m.endpoint().key(), m)));
+            map
+        };
         let mut members = Vec::with_capacity(wanted.len());
-        for endpoint in wanted {
-            let old = by_key.get(endpoint.key()).copied();
+        for (i, endpoint) in wanted.into_iter().enumerate() {
+            let previous = if aligned {
+                old.get(i)
+            } else {
+                by_key.get(endpoint.key()).copied()
+            };
             let stats =
-                old.map_or_else(|| StatsHandle::new(current.epoch()), |m| m.stats().clone());
-            let service = match old {
+                previous.map_or_else(|| StatsHandle::new(current.epoch()), |m| m.stats().clone());
+            let service = match previous {
                 Some(m) if m.endpoint().address() == endpoint.address() => m.service().clone(),
                 _ => match self.connect(&endpoint).await {
                     Some(s) => s,
@@ -181,33 +195,65 @@ where
 /// The endpoint list an update asks for, deduplicated by key (the last
 /// occurrence wins, at the position of the first).
 fn desired_set<S>(current: &Snapshot<S>, change: Change) -> Vec<Endpoint> {
-    let mut out: Vec<Endpoint> = Vec::new();
-    let mut index: HashMap<Arc<str>, usize> = HashMap::new();
-    let mut upsert = |out: &mut Vec<Endpoint>, ep: Endpoint| match index.get(ep.key()) {
-        Some(&i) => out[i] = ep,
-        None => {
-            index.insert(ep.key_arc().clone(), out.len());
-            out.push(ep);
-        }
-    };
     match change {
+        // The current set has no duplicates, so a list with its keys in
+        // its order has none either: no need to hash a thousand keys.
+        Change::Snapshot(list)
+            if list.len() == current.len()
+                && list
+                    .iter()
+                    .zip(current.members())
+                    .all(|(e, m)| e.key() == m.endpoint().key()) =>
+        {
+            list
+        }
         Change::Snapshot(list) => {
+            let mut dedup = Dedup::with_capacity(list.len());
             for ep in list {
-                upsert(&mut out, ep);
+                dedup.upsert(ep);
             }
+            dedup.out
         }
         Change::Delta { upserts, removals } => {
+            let mut dedup = Dedup::with_capacity(current.len() + upserts.len());
             for m in current.members() {
-                upsert(&mut out, m.endpoint().clone());
+                dedup.upsert(m.endpoint().clone());
             }
             for ep in upserts {
-                upsert(&mut out, ep);
+                dedup.upsert(ep);
             }
+            let mut out = dedup.out;
             if !removals.is_empty() {
-                let removals: std::collections::HashSet<String> = removals.into_iter().collect();
+                let removals: HashSet<String> = removals.into_iter().collect();
                 out.retain(|ep| !removals.contains(ep.key()));
+            }
+            out
+        }
+    }
+}
+
+/// An endpoint list being deduplicated by key.
+struct Dedup {
+    out: Vec<Endpoint>,
+    index: HashMap<Arc<str>, usize>,
+}
+
+impl Dedup {
+    fn with_capacity(n: usize) -> Self {
+        Dedup {
+            out: Vec::with_capacity(n),
+            index: HashMap::with_capacity(n),
+        }
+    }
+
+    /// Adds `ep`, or replaces the endpoint with its key in place.
+    fn upsert(&mut self, ep: Endpoint) {
+        match self.index.get(ep.key()) {
+            Some(&i) => self.out[i] = ep,
+            None => {
+                self.index.insert(ep.key_arc().clone(), self.out.len());
+                self.out.push(ep);
             }
         }
     }
-    out
 }
