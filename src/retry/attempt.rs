@@ -87,7 +87,10 @@ pub(crate) fn completed(id: EndpointId) {
 }
 
 /// For the retry layer: the endpoint of the attempt that just finished,
-/// if a balancer below reported it (and clears it).
+/// if a balancer below reported it (and clears it). Read only when an
+/// attempt is to be retried, so a request that succeeds pays nothing; when
+/// no balancer sits below, the value may be left over from another request
+/// on this thread, which can only cause a needless avoidance.
 #[inline]
 pub(crate) fn take_completed() -> Option<EndpointId> {
     COMPLETED.take()

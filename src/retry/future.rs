@@ -31,6 +31,7 @@ enum Timer {
 
 pin_project! {
     /// The future returned by [`Retry`](super::Retry)'s `call`.
+    #[project = Proj]
     pub struct ResponseFuture<S, P, Req>
     where
         S: Service<Req>,
@@ -104,6 +105,7 @@ impl<S, P, Req> ResponseFuture<S, P, Req>
 where
     S: Service<Req>,
 {
+    #[inline]
     pub(super) fn new(
         shared: Arc<Shared<S, P>>,
         template: Option<Req>,
@@ -150,197 +152,234 @@ where
 {
     type Output = Result<S::Response, Error>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let shared = &**this.shared;
-        let config = &shared.config;
-        loop {
-            // The deadline beats everything; dropping attempts cancels them.
-            if let Some(cold) = this.cold.as_mut() {
-                let c = cold.as_mut().project();
-                if let Some(deadline) = c.deadline.as_pin_mut() {
-                    if deadline.poll(cx).is_ready() {
-                        this.primary.set(None);
-                        this.cold.take();
-                        config.stats.deadlines.fetch_add(1, Relaxed);
-                        let limit = config.deadline.unwrap_or_default();
-                        event!(
-                            warn,
-                            attempts = *this.attempts,
-                            deadline_ms = limit.as_millis() as u64,
-                            "request deadline exceeded"
-                        );
-                        return Poll::Ready(Err(Error::DeadlineExceeded {
-                            deadline: limit,
-                            attempts: *this.attempts,
-                        }));
-                    }
-                }
-            }
-
-            // Whichever attempt finishes first and is accepted wins; the
-            // other is dropped, which cancels it.
-            // A balancer below reports, as an attempt ends, which endpoint
-            // it went to.
-            let mut finished = None;
+        // The common case first, kept small: one attempt in flight and
+        // nothing else (no timer, no hedge, no deadline).
+        if this.cold.is_none() {
             if let Some(f) = this.primary.as_mut().as_pin_mut() {
-                attempt::take_completed();
-                if let Poll::Ready(out) = f.poll(cx) {
-                    this.primary.set(None);
-                    finished = Some((out, attempt::take_completed()));
-                }
-            }
-            if finished.is_none() {
-                if let Some(cold) = this.cold.as_mut() {
-                    let mut c = cold.as_mut().project();
-                    if let Some(f) = c.hedge.as_mut().as_pin_mut() {
-                        attempt::take_completed();
-                        if let Poll::Ready(out) = f.poll(cx) {
-                            c.hedge.set(None);
-                            finished = Some((out, attempt::take_completed()));
-                        }
-                    }
-                }
-            }
-            if let Some((out, endpoint)) = finished {
-                let hedge_running = this.cold.as_ref().is_some_and(|c| c.hedge.is_some());
-                let still_running = this.primary.is_some() || hedge_running;
+                let out = ready!(f.poll(cx));
+                this.primary.set(None);
                 let decision = match this.template.as_ref() {
-                    Some(req) => shared.policy.decide(req, out.as_ref()),
+                    Some(req) => this.shared.policy.decide(req, out.as_ref()),
                     None => Decision::Accept,
                 };
-                let after = match decision {
-                    Decision::Accept => {
-                        this.primary.set(None);
-                        let started = this.cold.take().and_then(|c| c.started);
-                        if let (Some(start), Some(h)) = (started, &config.hedge) {
-                            if h.learns() && out.is_ok() {
-                                config.latencies.record(start.elapsed());
-                            }
-                        }
-                        return Poll::Ready(out.map_err(Error::from_inner));
-                    }
-                    Decision::Retry { after } => after,
-                };
-                let cold = this.cold.get_or_insert_with(|| Box::pin(Cold::new()));
+                if let Decision::Accept = decision {
+                    return Poll::Ready(out.map_err(Error::from_inner));
+                }
+                return poll_slow(this, cx, Some((out, decision)));
+            }
+        }
+        poll_slow(this, cx, None)
+    }
+}
+
+/// Everything but a first attempt that is accepted: deadlines, hedges,
+/// backoff timers and further attempts. `landed` is an outcome the fast
+/// path already has, with the policy's decision on it.
+#[allow(clippy::type_complexity)]
+fn poll_slow<S, P, Req>(
+    mut this: Proj<'_, S, P, Req>,
+    cx: &mut Context<'_>,
+    mut landed: Option<(Result<S::Response, S::Error>, Decision)>,
+) -> Poll<Result<S::Response, Error>>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    P: Policy<Req, S::Response, S::Error>,
+{
+    let shared = &**this.shared;
+    let config = &shared.config;
+    loop {
+        // The deadline beats everything; dropping attempts cancels them.
+        if let Some(cold) = this.cold.as_mut() {
+            let c = cold.as_mut().project();
+            if let Some(deadline) = c.deadline.as_pin_mut() {
+                if deadline.poll(cx).is_ready() {
+                    this.primary.set(None);
+                    this.cold.take();
+                    config.stats.deadlines.fetch_add(1, Relaxed);
+                    let limit = config.deadline.unwrap_or_default();
+                    event!(
+                        warn,
+                        attempts = *this.attempts,
+                        deadline_ms = limit.as_millis() as u64,
+                        "request deadline exceeded"
+                    );
+                    return Poll::Ready(Err(Error::DeadlineExceeded {
+                        deadline: limit,
+                        attempts: *this.attempts,
+                    }));
+                }
+            }
+        }
+
+        // Whichever attempt finishes first and is accepted wins; the
+        // other is dropped, which cancels it.
+        let mut finished = landed.take().map(|(out, d)| (out, Some(d)));
+        if finished.is_none() {
+            if let Some(f) = this.primary.as_mut().as_pin_mut() {
+                if let Poll::Ready(out) = f.poll(cx) {
+                    this.primary.set(None);
+                    finished = Some((out, None));
+                }
+            }
+        }
+        if finished.is_none() {
+            if let Some(cold) = this.cold.as_mut() {
                 let mut c = cold.as_mut().project();
-                if let Some(id) = endpoint {
-                    c.tried.remember(id);
-                }
-                if still_running {
-                    // The other attempt may still succeed.
-                    *c.last = Some(out);
-                    continue;
-                }
-                let deadline = c.deadline.as_ref().as_pin_ref().map(|d| d.deadline());
-                // The copy first: a request that cannot be repeated costs
-                // no budget and no pause.
-                if *this.attempts < config.max_attempts {
-                    *c.next = this
-                        .template
-                        .as_ref()
-                        .and_then(|t| shared.policy.clone_request(t));
-                }
-                match plan(config, c.next.is_some(), *this.attempts, after, deadline) {
-                    Plan::Retry => {}
-                    Plan::GiveUp { exhausted } => {
-                        return Poll::Ready(match out {
-                            Err(e) if exhausted => Err(Error::BudgetExhausted {
-                                attempts: *this.attempts,
-                                last: Box::new(Error::from_inner(e)),
-                            }),
-                            out => out.map_err(Error::from_inner),
-                        });
+                if let Some(f) = c.hedge.as_mut().as_pin_mut() {
+                    if let Poll::Ready(out) = f.poll(cx) {
+                        c.hedge.set(None);
+                        finished = Some((out, None));
                     }
                 }
-                let jitter = config.backoff.delay(*this.attempts, &config.rng);
-                let delay = after.map_or(jitter, |a| a.max(jitter));
-                event!(
-                    debug,
-                    attempt = *this.attempts + 1,
-                    delay_ms = delay.as_millis() as u64,
-                    "retrying"
-                );
-                c.timer.set(Some(sleep(delay)));
-                *c.timer_kind = Timer::Backoff;
+            }
+        }
+        if let Some((out, decided)) = finished {
+            let hedge_running = this.cold.as_ref().is_some_and(|c| c.hedge.is_some());
+            let still_running = this.primary.is_some() || hedge_running;
+            let decision = match (decided, this.template.as_ref()) {
+                (Some(d), _) => d,
+                (None, Some(req)) => shared.policy.decide(req, out.as_ref()),
+                (None, None) => Decision::Accept,
+            };
+            let after = match decision {
+                Decision::Accept => {
+                    this.primary.set(None);
+                    let started = this.cold.take().and_then(|c| c.started);
+                    if let (Some(start), Some(h)) = (started, &config.hedge) {
+                        if h.learns() && out.is_ok() {
+                            config.latencies.record(start.elapsed());
+                        }
+                    }
+                    return Poll::Ready(out.map_err(Error::from_inner));
+                }
+                Decision::Retry { after } => after,
+            };
+            // A balancer below reported, as the attempt ended, which
+            // endpoint it went to: read it only when it matters, in the
+            // same poll, before anything else can complete.
+            let endpoint = attempt::take_completed();
+            let cold = this.cold.get_or_insert_with(|| Box::pin(Cold::new()));
+            let mut c = cold.as_mut().project();
+            if let Some(id) = endpoint {
+                c.tried.remember(id);
+            }
+            if still_running {
+                // The other attempt may still succeed.
                 *c.last = Some(out);
                 continue;
             }
-
-            let Some(cold) = this.cold.as_mut() else {
-                return Poll::Pending;
-            };
-            let mut c = cold.as_mut().project();
-            let Some(timer) = c.timer.as_mut().as_pin_mut() else {
-                if this.primary.is_none() && c.hedge.is_none() {
-                    // Nothing runs and nothing is due (a policy that asked
-                    // for a retry it could not copy): report what we have.
-                    let out = c.last.take();
+            let deadline = c.deadline.as_ref().as_pin_ref().map(|d| d.deadline());
+            // The copy first: a request that cannot be repeated costs
+            // no budget and no pause.
+            if *this.attempts < config.max_attempts {
+                *c.next = this
+                    .template
+                    .as_ref()
+                    .and_then(|t| shared.policy.clone_request(t));
+            }
+            match plan(config, c.next.is_some(), *this.attempts, after, deadline) {
+                Plan::Retry => {}
+                Plan::GiveUp { exhausted } => {
                     return Poll::Ready(match out {
-                        Some(out) => out.map_err(Error::from_inner),
-                        None => Err(Error::NoneEligible { total: 0 }),
+                        Err(e) if exhausted => Err(Error::BudgetExhausted {
+                            attempts: *this.attempts,
+                            last: Box::new(Error::from_inner(e)),
+                        }),
+                        out => out.map_err(Error::from_inner),
                     });
                 }
-                return Poll::Pending;
-            };
-            if timer.poll(cx).is_pending() {
-                return Poll::Pending;
             }
-            let kind = *c.timer_kind;
-            let wanted = match kind {
-                Timer::Backoff => true,
-                // Hedge only while the first attempt still runs, and only
-                // if the budget allows.
-                Timer::Hedge => {
-                    this.primary.is_some()
-                        && c.hedge.is_none()
-                        && *this.attempts < config.max_attempts
-                        && {
-                            *c.next = this
-                                .template
-                                .as_ref()
-                                .and_then(|t| shared.policy.clone_request(t));
-                            c.next.is_some()
-                        }
-                        && if config.budget.withdraw() {
-                            true
-                        } else {
-                            config.stats.budget_exhausted.fetch_add(1, Relaxed);
-                            event!(debug, "hedge skipped: retry budget exhausted");
-                            false
-                        }
-                }
-                Timer::None => false,
-            };
-            if !wanted {
-                c.timer.set(None);
-                *c.timer_kind = Timer::None;
-                continue;
+            let jitter = config.backoff.delay(*this.attempts, &config.rng);
+            let delay = after.map_or(jitter, |a| a.max(jitter));
+            event!(
+                debug,
+                attempt = *this.attempts + 1,
+                delay_ms = delay.as_millis() as u64,
+                "retrying"
+            );
+            c.timer.set(Some(sleep(delay)));
+            *c.timer_kind = Timer::Backoff;
+            *c.last = Some(out);
+            continue;
+        }
+
+        let Some(cold) = this.cold.as_mut() else {
+            return Poll::Pending;
+        };
+        let mut c = cold.as_mut().project();
+        let Some(timer) = c.timer.as_mut().as_pin_mut() else {
+            if this.primary.is_none() && c.hedge.is_none() {
+                // Nothing runs and nothing is due (a policy that asked
+                // for a retry it could not copy): report what we have.
+                let out = c.last.take();
+                return Poll::Ready(match out {
+                    Some(out) => out.map_err(Error::from_inner),
+                    None => Err(Error::NoneEligible { total: 0 }),
+                });
             }
-            // The timer stays armed (and ready) until the service is.
-            let service = c.service.get_or_insert_with(|| shared.proto.clone());
-            if let Err(e) = ready!(service.poll_ready(cx)) {
-                this.primary.set(None);
-                this.cold.take();
-                return Poll::Ready(Err(Error::from_inner(e)));
+            return Poll::Pending;
+        };
+        if timer.poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let kind = *c.timer_kind;
+        let wanted = match kind {
+            Timer::Backoff => true,
+            // Hedge only while the first attempt still runs, and only
+            // if the budget allows.
+            Timer::Hedge => {
+                this.primary.is_some()
+                    && c.hedge.is_none()
+                    && *this.attempts < config.max_attempts
+                    && {
+                        *c.next = this
+                            .template
+                            .as_ref()
+                            .and_then(|t| shared.policy.clone_request(t));
+                        c.next.is_some()
+                    }
+                    && if config.budget.withdraw() {
+                        true
+                    } else {
+                        config.stats.budget_exhausted.fetch_add(1, Relaxed);
+                        event!(debug, "hedge skipped: retry budget exhausted");
+                        false
+                    }
             }
+            Timer::None => false,
+        };
+        if !wanted {
             c.timer.set(None);
             *c.timer_kind = Timer::None;
-            let Some(req) = c.next.take() else {
-                continue;
-            };
-            let future = attempt::scope(*c.tried, || service.call(req));
-            *this.attempts += 1;
-            match kind {
-                Timer::Hedge => {
-                    config.stats.hedges.fetch_add(1, Relaxed);
-                    event!(debug, attempt = *this.attempts, "hedged request sent");
-                    c.hedge.set(Some(future));
-                }
-                _ => {
-                    config.stats.retries.fetch_add(1, Relaxed);
-                    this.primary.set(Some(future));
-                }
+            continue;
+        }
+        // The timer stays armed (and ready) until the service is.
+        let service = c.service.get_or_insert_with(|| shared.proto.clone());
+        if let Err(e) = ready!(service.poll_ready(cx)) {
+            this.primary.set(None);
+            this.cold.take();
+            return Poll::Ready(Err(Error::from_inner(e)));
+        }
+        c.timer.set(None);
+        *c.timer_kind = Timer::None;
+        let Some(req) = c.next.take() else {
+            continue;
+        };
+        let future = attempt::scope(*c.tried, || service.call(req));
+        *this.attempts += 1;
+        match kind {
+            Timer::Hedge => {
+                config.stats.hedges.fetch_add(1, Relaxed);
+                event!(debug, attempt = *this.attempts, "hedged request sent");
+                c.hedge.set(Some(future));
+            }
+            _ => {
+                config.stats.retries.fetch_add(1, Relaxed);
+                this.primary.set(Some(future));
             }
         }
     }
