@@ -68,6 +68,7 @@
 //! | `etcd` | no | reserved for etcd discovery and registration |
 //! | `metrics` | no | reserved for metrics export |
 //! | `test-util` | no | `discover::ManualSource`, a controllable source for testing your own stacks |
+//! | `sim` | no | the `sim` module: simulated backends (latency distributions, errors, faults on a schedule) under tokio's paused clock, an open-loop load driver and a latency recorder |
 #![warn(
     missing_docs,
     missing_debug_implementations,
@@ -90,6 +91,8 @@ pub mod failover;
 pub mod http;
 pub mod pool;
 pub mod retry;
+#[cfg(feature = "sim")]
+pub mod sim;
 mod trace;
 
 pub use endpoint::Endpoint;
