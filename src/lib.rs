@@ -65,7 +65,8 @@
 //! | `tracing` | yes | `tracing` events for discovery and balancing decisions |
 //! | `file` | no | `discover::FileSource`, a JSON file of endpoints reloaded on change |
 //! | `dns` | no | `discover::DnsSource`: A/AAAA and SRV discovery (hickory-resolver; needs Rust 1.88) |
-//! | `etcd` | no | reserved for etcd discovery and registration |
+//! | `etcd` | no | `discover::EtcdSource` (list + watch a key prefix, resuming after failures) and `discover::EtcdRegistrar` (lease-based registration with compare-and-swap updates), over `etcd-client`; building needs `protoc` |
+//! | `etcd-tls` | no | TLS connections to etcd (`EtcdConfig::tls`), on top of `etcd` |
 //! | `metrics` | no | reserved for metrics export |
 //! | `test-util` | no | `discover::ManualSource`, a controllable source for testing your own stacks |
 //! | `sim` | no | the `sim` module: simulated backends (latency distributions, errors, faults on a schedule) under tokio's paused clock, an open-loop load driver and a latency recorder |

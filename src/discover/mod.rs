@@ -17,6 +17,10 @@
 //! - `DnsSource` (feature `dns`): A/AAAA names and SRV records, whose
 //!   priorities become failover tiers and whose weights become weights;
 //!   re-resolved as TTLs expire.
+//! - `EtcdSource` (feature `etcd`): one JSON record per key under a
+//!   prefix, listed then watched, resuming where it left off after a
+//!   broken connection; `EtcdRegistrar` registers this process there
+//!   under a lease.
 //! - [`channel`]: push updates from your own code (or tests); with the
 //!   `test-util` feature, `ManualSource` numbers the revisions for you.
 //!
@@ -41,11 +45,13 @@
 mod channel;
 #[cfg(feature = "dns")]
 mod dns;
+#[cfg(feature = "etcd")]
+mod etcd;
 #[cfg(feature = "file")]
 mod file;
 #[cfg(feature = "test-util")]
 mod manual;
-#[cfg(feature = "file")]
+#[cfg(any(feature = "file", feature = "etcd"))]
 mod record;
 mod registry;
 mod source;
@@ -55,6 +61,12 @@ mod tower_adapter;
 pub use channel::{ChannelSource, UpdateSender, channel};
 #[cfg(feature = "dns")]
 pub use dns::DnsSource;
+#[cfg(feature = "etcd")]
+pub use etcd::{EtcdConfig, EtcdError, EtcdRegistrar, EtcdRegistration, EtcdSource, EtcdStatus};
+/// The etcd client crate the etcd source and registrar are built on, for
+/// its TLS types and its own `Client`.
+#[cfg(feature = "etcd")]
+pub use etcd_client;
 #[cfg(feature = "file")]
 pub use file::FileSource;
 #[cfg(feature = "test-util")]

@@ -1,10 +1,11 @@
 //! The JSON shape of an endpoint record, shared by sources that read
-//! endpoints from text (a file today; registries that store JSON values).
+//! endpoints from text: a file of records, and registries (etcd) that
+//! store one record per key.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::endpoint::Endpoint;
 use crate::error::{DiscoveryError, InvalidEndpoint};
@@ -32,9 +33,26 @@ pub(crate) struct Record {
     tags: BTreeMap<String, String>,
 }
 
+/// A record as written by [`encode`]: integers for weight and priority,
+/// absent fields left out.
+#[derive(Debug, Serialize)]
+struct RecordOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    address: Option<String>,
+    weight: u32,
+    priority: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    zone: Option<&'a str>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    tags: &'a BTreeMap<String, String>,
+}
+
 /// A whole document: either `{"endpoints": [...]}` or a bare array.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
+#[cfg_attr(not(feature = "file"), allow(dead_code))]
 pub(crate) enum Document {
     Wrapped { endpoints: Vec<serde_json::Value> },
     Bare(Vec<serde_json::Value>),
@@ -76,9 +94,42 @@ impl Record {
     }
 }
 
+/// Decodes one record stored on its own (a registry's value under one
+/// key); `name` (the key) is named in every error, whether the value is
+/// not JSON, not a record, or a record that does not validate.
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+pub(crate) fn decode(value: &[u8], name: &str) -> Result<Endpoint, DiscoveryError> {
+    let record: Record = serde_json::from_slice(value)
+        .map_err(|e| DiscoveryError::Source(format!("record `{name}`: {e}").into()))?;
+    record.into_endpoint(name)
+}
+
+/// Encodes an endpoint as one record that [`decode`] turns back into the
+/// same endpoint. The key is written only when it differs from the
+/// address.
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+pub(crate) fn encode(endpoint: &Endpoint) -> Vec<u8> {
+    let address = endpoint.address().map(|a| a.to_string());
+    let key = match &address {
+        Some(a) if a == endpoint.key() => None,
+        _ => Some(endpoint.key()),
+    };
+    let out = RecordOut {
+        key,
+        address,
+        weight: endpoint.weight(),
+        priority: endpoint.priority(),
+        zone: endpoint.zone(),
+        tags: endpoint.tags(),
+    };
+    // Strings, integers and a string map always serialize.
+    serde_json::to_vec(&out).unwrap_or_default()
+}
+
 /// Parses a document. A syntax error fails the whole document; a record
 /// that does not validate is returned as an error beside the good ones,
 /// so one bad record never empties the set.
+#[cfg_attr(not(feature = "file"), allow(dead_code))]
 pub(crate) fn parse(
     text: &[u8],
     origin: &str,
@@ -144,5 +195,60 @@ mod tests {
         assert_eq!((good.len(), bad.len()), (1, 0));
         assert!(parse(b"{not json", "broken").is_err());
         assert!(parse(br#"{"endpoints": 3}"#, "wrong").is_err());
+    }
+
+    #[test]
+    fn a_single_record_decodes_and_errors_name_its_key() {
+        let e = decode(
+            br#"{"address": "127.0.0.1:1", "weight": 2, "zone": "a"}"#,
+            "/svc/a",
+        )
+        .unwrap();
+        assert_eq!(
+            (e.key(), e.weight(), e.zone()),
+            ("127.0.0.1:1", 2, Some("a"))
+        );
+
+        for bad in [
+            &b"{not json"[..],
+            br#"{"address": "nowhere"}"#,
+            br#"{"address": "127.0.0.1:1", "weight": "heavy"}"#,
+            br#"{"address": "127.0.0.1:1", "extra": 1}"#,
+            br#"[]"#,
+            b"",
+        ] {
+            let err = decode(bad, "/svc/broken-7").unwrap_err();
+            let text = crate::error::render_chain(&err);
+            assert!(text.contains("/svc/broken-7"), "{text}");
+        }
+    }
+
+    #[test]
+    fn encode_round_trips_through_decode() {
+        let full = Endpoint::builder("api-1")
+            .address("10.0.0.1:8080".parse().unwrap())
+            .weight(7)
+            .priority(2)
+            .zone("eu-1a")
+            .tag("version", "7")
+            .build()
+            .unwrap();
+        let plain = Endpoint::new("[::1]:80".parse().unwrap()).with_weight(0);
+        let keyed = Endpoint::builder("no-address").build().unwrap();
+        for e in [full, plain, keyed] {
+            let bytes = encode(&e);
+            assert_eq!(
+                decode(&bytes, "k").unwrap(),
+                e,
+                "{}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        let plain = Endpoint::new("127.0.0.1:9".parse().unwrap());
+        let text = String::from_utf8(encode(&plain)).unwrap();
+        assert!(
+            !text.contains("\"key\""),
+            "key equal to the address is left out: {text}"
+        );
     }
 }
