@@ -6,13 +6,22 @@
 //! pool stays shared while every request goes where the balancer sent it.
 //! [`ServerErrorsAreFailures`] makes 5xx answers count against an
 //! endpoint's health.
+//!
+//! Key extractors for the hash strategies ([`BalanceLayer::key`]):
+//! [`HeaderKey`], [`CookieKey`], [`PathKey`] and [`AuthorityKey`]. Each
+//! hashes bytes borrowed from the request, without allocating; a request
+//! without the key goes to the strategy's fallback.
+//!
+//! [`BalanceLayer::key`]: crate::balance::BalanceLayer::key
 
 use std::task::{Context, Poll};
 
+use http::header::{COOKIE, HOST, HeaderName};
 use http::uri::{Authority, Scheme};
 use http::{Request, Uri};
 use tower_service::Service;
 
+use crate::balance::{KeyHash, KeyOf};
 use crate::endpoint::Endpoint;
 use crate::error::InvalidEndpoint;
 
@@ -117,10 +126,169 @@ impl<B, E> crate::balance::Classify<http::Response<B>, E> for ServerErrorsAreFai
     }
 }
 
+/// Keys requests by a header's value (the first, if it repeats), such as a
+/// user or session id.
+///
+/// ```
+/// use tower_lb::balance::{BalanceLayer, Maglev};
+/// use tower_lb::http::HeaderKey;
+///
+/// let layer = BalanceLayer::new(Maglev::new()).key(HeaderKey::parse("X-User-Id").unwrap());
+/// # let _ = layer;
+/// ```
+#[derive(Debug, Clone)]
+pub struct HeaderKey {
+    name: HeaderName,
+}
+
+impl HeaderKey {
+    /// Keys by header `name`.
+    pub fn new(name: HeaderName) -> Self {
+        HeaderKey { name }
+    }
+
+    /// Keys by the header called `name` (any case), or fails if that is
+    /// not a valid header name.
+    pub fn parse(name: &str) -> Result<Self, http::header::InvalidHeaderName> {
+        Ok(HeaderKey {
+            name: HeaderName::from_bytes(name.as_bytes())?,
+        })
+    }
+}
+
+impl<B> KeyOf<Request<B>> for HeaderKey {
+    #[inline]
+    fn key_of(&self, req: &Request<B>, hash: KeyHash) -> Option<u64> {
+        let value = req.headers().get(&self.name)?;
+        Some(hash.hash(value.as_bytes()))
+    }
+}
+
+/// Keys requests by a cookie's value (the first cookie of that name across
+/// the `Cookie` headers; surrounding double quotes are not part of it).
+#[derive(Debug, Clone)]
+pub struct CookieKey {
+    name: Box<str>,
+}
+
+impl CookieKey {
+    /// Keys by the cookie called `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        CookieKey {
+            name: name.into().into_boxed_str(),
+        }
+    }
+}
+
+impl<B> KeyOf<Request<B>> for CookieKey {
+    #[inline]
+    fn key_of(&self, req: &Request<B>, hash: KeyHash) -> Option<u64> {
+        let name = self.name.as_bytes();
+        req.headers()
+            .get_all(COOKIE)
+            .iter()
+            .find_map(|header| cookie_value(header.as_bytes(), name))
+            .map(|value| hash.hash(value))
+    }
+}
+
+/// The value of cookie `name` in one `Cookie` header (`a=1; b=2`).
+fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    header.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        if pair[..eq].trim_ascii() != name {
+            return None;
+        }
+        let value = pair[eq + 1..].trim_ascii();
+        Some(match value {
+            [b'"', inner @ .., b'"'] => inner,
+            v => v,
+        })
+    })
+}
+
+/// Keys requests by their URI path (without the query): each resource
+/// sticks to one endpoint, for cache affinity.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PathKey;
+
+impl<B> KeyOf<Request<B>> for PathKey {
+    #[inline]
+    fn key_of(&self, req: &Request<B>, hash: KeyHash) -> Option<u64> {
+        Some(hash.hash(req.uri().path().as_bytes()))
+    }
+}
+
+/// Keys requests by their authority: the URI's, else the `Host` header
+/// (virtual hosts sharing endpoints, each sticking to some).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuthorityKey;
+
+impl<B> KeyOf<Request<B>> for AuthorityKey {
+    #[inline]
+    fn key_of(&self, req: &Request<B>, hash: KeyHash) -> Option<u64> {
+        let bytes = match req.uri().authority() {
+            Some(a) => a.as_str().as_bytes(),
+            None => req.headers().get(HOST)?.as_bytes(),
+        };
+        Some(hash.hash(bytes))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tower::ServiceExt;
+
+    #[test]
+    fn key_extractors_read_without_allocating_copies() {
+        let h = |b: &[u8]| KeyHash::Xxh64.hash(b);
+        let req = Request::get("http://example.com:8080/a/b?q=1")
+            .header("x-user-id", "alice")
+            .header(COOKIE, "theme=dark; session=\"s-42\"")
+            .header(COOKIE, "session=later")
+            .body(())
+            .unwrap();
+        let user = HeaderKey::new(HeaderName::from_static("x-user-id"));
+        assert_eq!(user.key_of(&req, KeyHash::Xxh64), Some(h(b"alice")));
+        assert_eq!(
+            user.key_of(&req, KeyHash::Crc32),
+            Some(u64::from(crate::balance::hash::crc32(b"alice")))
+        );
+        assert_eq!(
+            HeaderKey::parse("X-Other")
+                .unwrap()
+                .key_of(&req, KeyHash::Xxh64),
+            None
+        );
+        assert_eq!(
+            CookieKey::new("session").key_of(&req, KeyHash::Xxh64),
+            Some(h(b"s-42"))
+        );
+        assert_eq!(
+            CookieKey::new("theme").key_of(&req, KeyHash::Xxh64),
+            Some(h(b"dark"))
+        );
+        assert_eq!(CookieKey::new("sess").key_of(&req, KeyHash::Xxh64), None);
+        assert_eq!(PathKey.key_of(&req, KeyHash::Xxh64), Some(h(b"/a/b")));
+        assert_eq!(
+            AuthorityKey.key_of(&req, KeyHash::Xxh64),
+            Some(h(b"example.com:8080"))
+        );
+        let relative = Request::get("/x")
+            .header(HOST, "svc.local")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            AuthorityKey.key_of(&relative, KeyHash::Xxh64),
+            Some(h(b"svc.local"))
+        );
+        assert_eq!(AuthorityKey.key_of(&Request::new(()), KeyHash::Xxh64), None);
+        assert_eq!(cookie_value(b"a=1;b", b"b"), None);
+        assert!(HeaderKey::parse("bad header").is_err());
+        assert_eq!(cookie_value(b" a = 1 ", b"a"), Some(&b"1"[..]));
+    }
 
     #[tokio::test]
     async fn rewrites_scheme_and_authority_keeping_path() {

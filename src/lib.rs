@@ -21,8 +21,9 @@
 //!   per attempt, replayable bodies, hedging and a deadline.
 //! - [`balance`]: the [`Balance`](balance::Balance) service and its
 //!   strategies: round robin, random, smooth weighted round robin, weighted
-//!   random, and power of two choices over in-flight requests or Peak-EWMA
-//!   latency.
+//!   random, power of two choices over in-flight requests or Peak-EWMA
+//!   latency, and consistent hashing by a request key (Maglev, a
+//!   nginx-compatible ketama ring, rendezvous; with bounded load).
 //!
 //! # Example
 //!

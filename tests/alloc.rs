@@ -1,8 +1,9 @@
 //! The request path makes no heap allocation of its own: after warm-up, a
 //! request through `Balance` — `ready().await`, `call().await` — allocates
-//! nothing, for every strategy, nor through `Retry` over it when nothing
-//! fails. Counted with a global allocator, so this
-//! file holds one test (a second would race on the counter).
+//! nothing, for every strategy, nor through `Balance` over a `Failover`
+//! view, nor through the full stack (`Retry` + `Failover` + `Balance`) when
+//! nothing fails, nor with a request key for a hash strategy. Counted with a global allocator, so this file holds one
+//! test (a second would race on the counter).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
@@ -12,10 +13,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_lb::Endpoint;
 use tower_lb::balance::{
-    BalanceLayer, LeastInFlight, PeakEwma, Random, RoundRobin, Strategy, WeightedRandom,
-    WeightedRoundRobin,
+    BalanceLayer, KeyHash, KeyOf, LeastInFlight, Maglev, PeakEwma, Random, Rendezvous, Ring,
+    RoundRobin, Strategy, WeightedRandom, WeightedRoundRobin,
 };
 use tower_lb::discover::StaticSource;
+use tower_lb::failover::{FailoverConfig, FailoverLayer};
 use tower_lb::pool::DiscoverLayer;
 use tower_lb::retry::{RetryErrors, RetryLayer};
 
@@ -50,13 +52,25 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-async fn allocations_per_1000<St: Strategy + Clone>(strategy: St) -> u64 {
-    allocations_per_1000_with(strategy, false).await
+/// Which layers sit over the pool.
+#[derive(Clone, Copy, Debug)]
+enum Stack {
+    /// `Balance` alone.
+    Balance,
+    /// `Retry` over `Balance` (nothing fails, so nothing is retried).
+    Retry,
+    /// `Balance` over a `Failover` view (nothing is ejected).
+    Failover,
+    /// `Retry` over `Balance` over a `Failover` view.
+    Full,
 }
 
-/// The same, optionally behind a `Retry` (nothing fails, so nothing is
-/// retried).
-async fn allocations_per_1000_with<St: Strategy + Clone>(strategy: St, retry: bool) -> u64 {
+async fn allocations_per_1000<St: Strategy + Clone>(strategy: St) -> u64 {
+    allocations_per_1000_with(strategy, Stack::Balance).await
+}
+
+/// Requests through `stack` over 50 endpoints of mixed weights.
+async fn allocations_per_1000_with<St: Strategy + Clone>(strategy: St, stack: Stack) -> u64 {
     let endpoints = (0..50).map(|i| {
         Endpoint::new(format!("127.0.0.1:{}", 20_000 + i).parse().unwrap()).with_weight(1 + i % 3)
     });
@@ -67,7 +81,46 @@ async fn allocations_per_1000_with<St: Strategy + Clone>(strategy: St, retry: bo
     });
     let pool = DiscoverLayer::new(StaticSource::new(endpoints)).layer(connector);
     assert!(pool.applied(1).await);
+    let pool = match stack {
+        Stack::Balance | Stack::Retry => pool,
+        Stack::Failover | Stack::Full => {
+            let view = FailoverLayer::new(FailoverConfig::new()).layer(pool);
+            assert!(view.applied(1).await);
+            assert_eq!(view.snapshot().len(), 50, "nothing is ejected");
+            view
+        }
+    };
     let lb = BalanceLayer::new(strategy).layer(pool);
+    match stack {
+        Stack::Balance | Stack::Failover => count(lb).await,
+        Stack::Retry | Stack::Full => count(RetryLayer::new(RetryErrors::new()).layer(lb)).await,
+    }
+}
+
+/// Keys each request by its value modulo 64, hashing its bytes in place.
+#[derive(Debug, Clone, Copy)]
+struct ByValue;
+
+impl KeyOf<u64> for ByValue {
+    fn key_of(&self, req: &u64, hash: KeyHash) -> Option<u64> {
+        Some(hash.hash(&(req % 64).to_le_bytes()))
+    }
+}
+
+/// Keyed requests through `Balance` with a hash strategy (and through
+/// `Retry` over it when `retry`).
+async fn keyed_allocations_per_1000<St: Strategy + Clone>(strategy: St, retry: bool) -> u64 {
+    let endpoints = (0..50).map(|i| {
+        Endpoint::new(format!("127.0.0.1:{}", 21_000 + i).parse().unwrap()).with_weight(1 + i % 3)
+    });
+    let connector = service_fn(|_: Endpoint| {
+        ready(Ok::<_, Infallible>(service_fn(|x: u64| {
+            ready(Ok::<_, Infallible>(x))
+        })))
+    });
+    let pool = DiscoverLayer::new(StaticSource::new(endpoints)).layer(connector);
+    assert!(pool.applied(1).await);
+    let lb = BalanceLayer::new(strategy).key(ByValue).layer(pool);
     if retry {
         count(RetryLayer::new(RetryErrors::new()).layer(lb)).await
     } else {
@@ -121,8 +174,56 @@ fn steady_state_requests_do_not_allocate() {
             ("least_in_flight", allocations_per_1000(LeastInFlight).await),
             ("peak_ewma", allocations_per_1000(PeakEwma::new()).await),
             (
+                "keyed maglev",
+                keyed_allocations_per_1000(Maglev::new(), false).await,
+            ),
+            (
+                "keyed maglev, bounded load",
+                keyed_allocations_per_1000(Maglev::new().bounded_load(1.25), false).await,
+            ),
+            (
+                "keyed ring",
+                keyed_allocations_per_1000(Ring::new(), false).await,
+            ),
+            (
+                "keyed rendezvous",
+                keyed_allocations_per_1000(Rendezvous::new(), false).await,
+            ),
+            (
+                "retry over keyed maglev",
+                keyed_allocations_per_1000(Maglev::new(), true).await,
+            ),
+            (
                 "retry over least_in_flight",
-                allocations_per_1000_with(LeastInFlight, true).await,
+                allocations_per_1000_with(LeastInFlight, Stack::Retry).await,
+            ),
+            (
+                "least_in_flight over failover",
+                allocations_per_1000_with(LeastInFlight, Stack::Failover).await,
+            ),
+            (
+                "full stack, least_in_flight",
+                allocations_per_1000_with(LeastInFlight, Stack::Full).await,
+            ),
+            (
+                "full stack, peak_ewma",
+                allocations_per_1000_with(PeakEwma::new(), Stack::Full).await,
+            ),
+            (
+                "full stack, round_robin",
+                allocations_per_1000_with(RoundRobin, Stack::Full).await,
+            ),
+            (
+                "full stack, weighted_round_robin",
+                allocations_per_1000_with(WeightedRoundRobin, Stack::Full).await,
+            ),
+            (
+                "full stack, weighted_random",
+                allocations_per_1000_with(WeightedRandom, Stack::Full).await,
+            ),
+            (
+                "full stack, random",
+                allocations_per_1000_with(Random, Stack::Full).await,
             ),
         ];
         for (name, n) in counts {

@@ -13,7 +13,7 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::service::{Balance, Pick};
-use super::{Classify, ErrorsAreFailures, Strategy};
+use super::{Classify, ErrorsAreFailures, NoKey, Strategy};
 use crate::error::{BoxError, Error};
 use crate::pool::EndpointStats;
 use crate::retry::attempt;
@@ -86,8 +86,10 @@ impl Failure {
 pin_project! {
     /// Waits for an endpoint to appear in an empty pool. Boxed, so the
     /// common path's future stays small.
-    struct Wait<S, St: Strategy, C> {
-        balance: Balance<S, St, C>,
+    struct Wait<S, St: Strategy, C, K> {
+        balance: Balance<S, St, C, K>,
+        // The request's hashed key, taken when it arrived.
+        key: Option<u64>,
         #[pin]
         notified: OwnedNotified,
         #[pin]
@@ -98,13 +100,13 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
-    enum State<S, St, Req, C>
+    enum State<S, St, Req, C, K>
     where
         S: Service<Req>,
         St: Strategy,
     {
         Waiting {
-            wait: Pin<Box<Wait<S, St, C>>>,
+            wait: Pin<Box<Wait<S, St, C, K>>>,
             req: Option<Req>,
         },
         Ready {
@@ -123,19 +125,19 @@ pin_project! {
 
 pin_project! {
     /// The future returned by [`Balance`]'s `call`.
-    pub struct ResponseFuture<S, St, Req, C = ErrorsAreFailures>
+    pub struct ResponseFuture<S, St, Req, C = ErrorsAreFailures, K = NoKey>
     where
         S: Service<Req>,
         St: Strategy,
     {
         #[pin]
-        state: State<S, St, Req, C>,
+        state: State<S, St, Req, C, K>,
         in_flight: Option<InFlight>,
         classify: C,
     }
 }
 
-impl<S, St, Req, C> fmt::Debug for ResponseFuture<S, St, Req, C>
+impl<S, St, Req, C, K> fmt::Debug for ResponseFuture<S, St, Req, C, K>
 where
     S: Service<Req>,
     St: Strategy,
@@ -153,7 +155,7 @@ where
     }
 }
 
-impl<S, St, Req, C> ResponseFuture<S, St, Req, C>
+impl<S, St, Req, C, K> ResponseFuture<S, St, Req, C, K>
 where
     S: Service<Req>,
     St: Strategy,
@@ -178,7 +180,12 @@ where
         }
     }
 
-    pub(super) fn waiting(balance: Balance<S, St, C>, req: Req, limit: Duration) -> Self {
+    pub(super) fn waiting(
+        balance: Balance<S, St, C, K>,
+        req: Req,
+        key: Option<u64>,
+        limit: Duration,
+    ) -> Self {
         let notified = balance.pool().notify().clone().notified_owned();
         let deadline = Instant::now()
             .checked_add(limit)
@@ -188,6 +195,7 @@ where
             state: State::Waiting {
                 wait: Box::pin(Wait {
                     balance,
+                    key,
                     notified,
                     deadline,
                     limit,
@@ -200,7 +208,7 @@ where
     }
 }
 
-impl<S, St, Req, C> Future for ResponseFuture<S, St, Req, C>
+impl<S, St, Req, C, K> Future for ResponseFuture<S, St, Req, C, K>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
@@ -215,7 +223,7 @@ where
             let next = match this.state.as_mut().project() {
                 StateProj::Waiting { wait, req } => {
                     let mut w = wait.as_mut().project();
-                    match w.balance.try_pick() {
+                    match w.balance.try_pick(*w.key) {
                         Pick::Picked(service, in_flight) => {
                             *this.in_flight = Some(in_flight);
                             State::Ready {

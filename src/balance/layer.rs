@@ -1,6 +1,6 @@
 use tower_layer::Layer;
 
-use super::{Balance, ErrorsAreFailures, PickRng, Strategy, WhenEmpty};
+use super::{Balance, ErrorsAreFailures, NoKey, PickRng, Strategy, WhenEmpty};
 use crate::pool::Pool;
 
 /// Wraps a [`Pool`] in a [`Balance`] with a strategy and options.
@@ -12,11 +12,12 @@ use crate::pool::Pool;
 /// # let _ = layer;
 /// ```
 #[derive(Debug, Clone)]
-pub struct BalanceLayer<St, C = ErrorsAreFailures> {
+pub struct BalanceLayer<St, C = ErrorsAreFailures, K = NoKey> {
     strategy: St,
     seed: Option<u64>,
     when_empty: WhenEmpty,
     classify: C,
+    key: K,
 }
 
 impl<St> BalanceLayer<St> {
@@ -28,11 +29,12 @@ impl<St> BalanceLayer<St> {
             seed: None,
             when_empty: WhenEmpty::default(),
             classify: ErrorsAreFailures,
+            key: NoKey,
         }
     }
 }
 
-impl<St, C> BalanceLayer<St, C> {
+impl<St, C, K> BalanceLayer<St, C, K> {
     /// Makes picks repeatable: all clones of a balancer share one generator
     /// starting at `seed`.
     #[must_use]
@@ -52,23 +54,48 @@ impl<St, C> BalanceLayer<St, C> {
     /// [`Classify`](super::Classify)); for HTTP,
     /// [`ServerErrorsAreFailures`](crate::http::ServerErrorsAreFailures)
     /// counts 5xx responses too.
-    pub fn classify<C2>(self, classify: C2) -> BalanceLayer<St, C2> {
+    pub fn classify<C2>(self, classify: C2) -> BalanceLayer<St, C2, K> {
         BalanceLayer {
             strategy: self.strategy,
             seed: self.seed,
             when_empty: self.when_empty,
             classify,
+            key: self.key,
+        }
+    }
+
+    /// Routes by a key taken from each request (see
+    /// [`KeyOf`](super::KeyOf)): a hash strategy ([`Maglev`](super::Maglev),
+    /// [`Ring`](super::Ring), [`Rendezvous`](super::Rendezvous)) sends
+    /// equal keys to the same endpoint, and requests without a key to its
+    /// fallback. Other strategies ignore the key.
+    ///
+    /// ```
+    /// use tower_lb::balance::{key_fn, BalanceLayer, Maglev};
+    ///
+    /// let layer = BalanceLayer::new(Maglev::new().bounded_load(1.25))
+    ///     .key(key_fn(|tenant: &String| Some(tenant.as_bytes())));
+    /// # let _ = layer;
+    /// ```
+    pub fn key<K2>(self, key: K2) -> BalanceLayer<St, C, K2> {
+        BalanceLayer {
+            strategy: self.strategy,
+            seed: self.seed,
+            when_empty: self.when_empty,
+            classify: self.classify,
+            key,
         }
     }
 }
 
-impl<S, St, C> Layer<Pool<S>> for BalanceLayer<St, C>
+impl<S, St, C, K> Layer<Pool<S>> for BalanceLayer<St, C, K>
 where
     S: Clone + Send + Sync + 'static,
     St: Strategy + Clone,
     C: Clone,
+    K: Clone,
 {
-    type Service = Balance<S, St, C>;
+    type Service = Balance<S, St, C, K>;
 
     fn layer(&self, pool: Pool<S>) -> Self::Service {
         let rng = self
@@ -80,6 +107,7 @@ where
             rng,
             self.when_empty,
             self.classify.clone(),
+            self.key.clone(),
         )
     }
 }

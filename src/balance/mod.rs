@@ -17,6 +17,13 @@
 //! | [`WeightedRandom`] | in proportion to weight (Walker/Vose alias table) | one random draw |
 //! | [`LeastInFlight`] | the less loaded of two (P2C), load = in-flight / weight | two draws, two loads |
 //! | [`PeakEwma`] | the cheaper of two (P2C), cost = Peak-EWMA latency × (in-flight + 1) / weight | two draws, a clock read |
+//! | [`Maglev`] | by the request's key: Maglev lookup table | one hash, one table read |
+//! | [`Ring`] | by the request's key: ketama ring (nginx/pingora-compatible) | one CRC-32, a binary search |
+//! | [`Rendezvous`] | by the request's key: highest random weight | one hash per endpoint |
+//!
+//! The hash strategies route by a key extracted from each request
+//! ([`BalanceLayer::key`]); see [`hash`] for the algorithms, bounded load
+//! and the key's fallback order.
 //!
 //! Randomness is injectable: [`BalanceLayer::seed`] makes picks repeatable.
 //!
@@ -51,6 +58,7 @@
 
 mod classify;
 pub mod future;
+pub mod hash;
 mod layer;
 mod p2c;
 mod random;
@@ -62,6 +70,10 @@ mod weighted_random;
 mod weighted_round_robin;
 
 pub use classify::{Classify, ClassifyFn, ErrorsAreFailures};
+pub use hash::{
+    KeyFn, KeyHash, KeyOf, Maglev, MaglevPicker, NoKey, Rendezvous, RendezvousPicker, Ring,
+    RingPicker, key_fn,
+};
 pub use layer::BalanceLayer;
 pub(crate) use p2c::nanos_since;
 pub use p2c::{LeastInFlight, LeastInFlightPicker, PeakEwma, PeakEwmaPicker};

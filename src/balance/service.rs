@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 use tower_service::Service;
 
 use super::future::{Failure, InFlight, ResponseFuture};
+use super::hash::{KeyOf, NoKey, mix};
 use super::p2c::nanos_since;
 use super::{BuildContext, Classify, ErrorsAreFailures, PickContext, PickRng, Picker, Strategy};
 use crate::error::{BoxError, Error};
@@ -48,11 +49,15 @@ impl Default for WhenEmpty {
 /// When the pool is a failover view split into groups (priority tiers),
 /// the balancer first draws a group by its share of traffic, then picks
 /// within it. The classifier `C` decides which outcomes count as the
-/// endpoint's failures in its stats.
-pub struct Balance<S, St: Strategy, C = ErrorsAreFailures> {
+/// endpoint's failures in its stats. The key extractor `K` gives each
+/// request the key a hash strategy routes by (see
+/// [`hash`](super::hash)); a keyed request also draws its group by its
+/// key, so it stays in one tier while the traffic split is unchanged.
+pub struct Balance<S, St: Strategy, C = ErrorsAreFailures, K = NoKey> {
     pool: Pool<S>,
     shared: Arc<Shared<S, St::Picker>>,
     classify: C,
+    key: K,
 }
 
 pub(super) struct Shared<S, P> {
@@ -126,14 +131,18 @@ impl<S, P: Picker> Routing<S, P> {
 }
 
 impl<S, P> Routing<S, P> {
-    /// The lane for this request: no draw when there is only one.
+    /// The lane for this request: no draw when there is only one, and a
+    /// draw from the key when there is one.
     #[inline]
-    fn lane(&self, rng: &PickRng) -> &Lane<P> {
+    fn lane(&self, rng: &PickRng, key: Option<u64>) -> &Lane<P> {
         let lanes = &*self.lanes;
         if lanes.len() == 1 {
             return &lanes[0];
         }
-        let draw = rng.next_u64() as u32;
+        let draw = match key {
+            Some(key) => (mix(key, 0x1A4E) >> 32) as u32,
+            None => rng.next_u64() as u32,
+        };
         lanes
             .iter()
             .find(|l| draw <= l.until)
@@ -141,8 +150,9 @@ impl<S, P> Routing<S, P> {
     }
 }
 
-/// How many more picks a retry gets to find an endpoint it has not tried,
-/// before falling back to a scan of the group.
+/// How many more picks (further along the request's fallback order) a
+/// retry gets to find an endpoint it has not tried, before falling back to
+/// a scan of the group.
 const AVOID_TRIES: usize = 3;
 
 /// The outcome of one pick attempt.
@@ -152,20 +162,22 @@ pub(super) enum Pick<S> {
     NoneEligible(usize),
 }
 
-impl<S, St: Strategy, C: Clone> Clone for Balance<S, St, C> {
+impl<S, St: Strategy, C: Clone, K: Clone> Clone for Balance<S, St, C, K> {
     fn clone(&self) -> Self {
         Balance {
             pool: self.pool.clone(),
             shared: self.shared.clone(),
             classify: self.classify.clone(),
+            key: self.key.clone(),
         }
     }
 }
 
-impl<S, St: Strategy, C> fmt::Debug for Balance<S, St, C> {
+impl<S, St: Strategy, C, K> fmt::Debug for Balance<S, St, C, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Balance")
             .field("strategy", &std::any::type_name::<St>())
+            .field("key", &std::any::type_name::<K>())
             .field("pool", &self.pool)
             .field("when_empty", &self.shared.when_empty)
             .finish()
@@ -186,11 +198,12 @@ where
             PickRng::from_entropy(),
             WhenEmpty::default(),
             ErrorsAreFailures,
+            NoKey,
         )
     }
 }
 
-impl<S, St, C> Balance<S, St, C>
+impl<S, St, C, K> Balance<S, St, C, K>
 where
     S: Clone + Send + Sync + 'static,
     St: Strategy,
@@ -201,6 +214,7 @@ where
         rng: PickRng,
         when_empty: WhenEmpty,
         classify: C,
+        key: K,
     ) -> Self {
         let rng = Arc::new(rng);
         let routing = Arc::new(ArcSwap::from_pointee(Routing::build(
@@ -228,11 +242,12 @@ where
                 when_empty,
             }),
             classify,
+            key,
         }
     }
 }
 
-impl<S, St: Strategy, C> Balance<S, St, C> {
+impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
     /// The pool this balancer picks from.
     pub fn pool(&self) -> &Pool<S> {
         &self.pool
@@ -253,29 +268,51 @@ impl<S, St: Strategy, C> Balance<S, St, C> {
         &self.classify
     }
 
+    /// The key extractor.
+    pub fn key(&self) -> &K {
+        &self.key
+    }
+
     /// Picks an endpoint without sending anything: its index in
     /// [`snapshot`](Balance::snapshot) order at the time of the pick. For
     /// tests and diagnostics; requests go through `call`.
     pub fn pick_index(&self) -> Option<usize> {
+        self.pick_index_keyed(None, 0)
+    }
+
+    /// As [`pick_index`](Balance::pick_index), for a request whose key
+    /// hashed (with the strategy's [`KeyHash`](super::KeyHash)) to `key`,
+    /// taking the `n`th choice of its fallback order (0: the first).
+    pub fn pick_index_keyed(&self, key: Option<u64>, n: usize) -> Option<usize> {
         let routing = self.shared.routing.load();
-        let lane = routing.lane(&self.shared.rng);
+        let lane = routing.lane(&self.shared.rng, key);
         let members = routing.snapshot.members().get(lane.members.clone())?;
+        let ctx = PickContext::new(&self.shared.rng).with_key(key);
         lane.picker
-            .pick(members, &PickContext::new(&self.shared.rng))
+            .pick_nth(members, &ctx, n)
             .map(|i| lane.members.start + i)
     }
 
-    pub(super) fn try_pick(&self) -> Pick<S>
+    /// The hash of `req`'s key for this balancer's strategy, if it has one.
+    #[inline]
+    pub(super) fn key_of<Req>(&self, req: &Req) -> Option<u64>
+    where
+        K: KeyOf<Req>,
+    {
+        self.key.key_of(req, <St::Picker as Picker>::KEY_HASH)
+    }
+
+    pub(super) fn try_pick(&self, key: Option<u64>) -> Pick<S>
     where
         S: Clone,
     {
         let routing = self.shared.routing.load();
-        let lane = routing.lane(&self.shared.rng);
+        let lane = routing.lane(&self.shared.rng, key);
         // One clock read serves both the picker and the request's timing.
         let timing = routing
             .ewma_tau_ns
             .map(|tau_ns| (nanos_since(routing.snapshot.epoch()), tau_ns));
-        let mut ctx = PickContext::new(&self.shared.rng);
+        let mut ctx = PickContext::new(&self.shared.rng).with_key(key);
         ctx.now_ns = timing.map(|(start_ns, _)| start_ns);
         let members = routing
             .snapshot
@@ -284,12 +321,18 @@ impl<S, St: Strategy, C> Balance<S, St, C> {
             .unwrap_or_default();
         let mut chosen = lane.picker.pick(members, &ctx).and_then(|i| members.get(i));
         // A retry above asks to avoid endpoints this request already tried:
-        // pick again a few times, then accept a tried one rather than fail.
+        // go on along the request's fallback order (the key's next
+        // endpoints, or fresh draws), then accept a tried one rather than
+        // fail.
         if let (Some(attempts), Some(first)) = (attempt::current(), chosen) {
             let tried = |m: &Member<S>| attempts.tried(m.stats().id());
             if tried(first) {
-                for _ in 0..AVOID_TRIES {
-                    match lane.picker.pick(members, &ctx).and_then(|i| members.get(i)) {
+                for n in 1..=AVOID_TRIES {
+                    match lane
+                        .picker
+                        .pick_nth(members, &ctx, n)
+                        .and_then(|i| members.get(i))
+                    {
                         Some(m) if !tried(m) => {
                             chosen = Some(m);
                             break;
@@ -317,16 +360,17 @@ impl<S, St: Strategy, C> Balance<S, St, C> {
     }
 }
 
-impl<S, St, C, Req> Service<Req> for Balance<S, St, C>
+impl<S, St, C, K, Req> Service<Req> for Balance<S, St, C, K>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     St: Strategy,
     C: Classify<S::Response, S::Error>,
+    K: KeyOf<Req>,
 {
     type Response = S::Response;
     type Error = Error;
-    type Future = ResponseFuture<S, St, Req, C>;
+    type Future = ResponseFuture<S, St, Req, C, K>;
 
     /// Always ready: the endpoint is chosen, and its readiness awaited, per
     /// request.
@@ -335,7 +379,8 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        match self.try_pick() {
+        let key = self.key_of(&req);
+        match self.try_pick(key) {
             Pick::Picked(service, in_flight) => {
                 ResponseFuture::ready(service, req, in_flight, self.classify.clone())
             }
@@ -346,7 +391,7 @@ where
                 WhenEmpty::FailFast => {
                     ResponseFuture::failed(Failure::NoEndpoints, self.classify.clone())
                 }
-                WhenEmpty::Wait(limit) => ResponseFuture::waiting(self.clone(), req, limit),
+                WhenEmpty::Wait(limit) => ResponseFuture::waiting(self.clone(), req, key, limit),
             },
         }
     }

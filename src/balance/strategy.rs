@@ -3,6 +3,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::PickRng;
+use super::hash::KeyHash;
 use crate::pool::Member;
 
 /// How a balancer chooses an endpoint: builds one immutable [`Picker`] per
@@ -31,6 +32,14 @@ pub struct BuildContext<'a> {
     pub epoch: Instant,
 }
 
+impl<'a> BuildContext<'a> {
+    /// A context for building pickers outside a balancer (tests,
+    /// benchmarks, a balancer of your own).
+    pub fn new(rng: &'a PickRng, epoch: Instant) -> Self {
+        BuildContext { rng, epoch }
+    }
+}
+
 /// Picks one of the members it was built for.
 pub trait Picker: Send + Sync + 'static {
     /// The index into `members` (the same members, in the same order, as
@@ -38,6 +47,21 @@ pub trait Picker: Send + Sync + 'static {
     /// `None` when there is none to pick. Pickers hold indices, not
     /// endpoints: load and latency are read from `members`' stats.
     fn pick<S>(&self, members: &[Member<S>], ctx: &PickContext<'_>) -> Option<usize>;
+
+    /// The `n`th choice (`n = 0` is [`pick`](Picker::pick)) in this
+    /// request's fallback order: where a retry goes when the first `n`
+    /// choices were tried. Hash pickers yield the key's own order (distinct
+    /// endpoints, the same for every request with that key), so moving one
+    /// key on does not disturb any other; the default draws again, which is
+    /// what a random or rotating picker's order is.
+    fn pick_nth<S>(&self, members: &[Member<S>], ctx: &PickContext<'_>, n: usize) -> Option<usize> {
+        let _ = n;
+        self.pick(members, ctx)
+    }
+
+    /// How this picker wants a request's key hashed into
+    /// [`PickContext::key`]. Only hash pickers read the key.
+    const KEY_HASH: KeyHash = KeyHash::Xxh64;
 
     /// When `Some(decay)`, the balancer times each response and folds it
     /// into the endpoint's Peak-EWMA estimate with that time constant (two
@@ -57,12 +81,28 @@ pub struct PickContext<'a> {
     /// [epoch](crate::pool::Snapshot::epoch), when the balancer has already
     /// read the clock (it does when the picker asks for latency timing).
     pub now_ns: Option<u64>,
+    /// The request's key, hashed with the picker's
+    /// [`KEY_HASH`](Picker::KEY_HASH), when the balancer has a key
+    /// extractor and the request has a key. Hash pickers route by it and
+    /// hand requests without one to their fallback.
+    pub key: Option<u64>,
 }
 
 impl<'a> PickContext<'a> {
-    /// A context drawing from `rng`.
+    /// A context drawing from `rng`, with no key.
     pub fn new(rng: &'a PickRng) -> Self {
-        PickContext { rng, now_ns: None }
+        PickContext {
+            rng,
+            now_ns: None,
+            key: None,
+        }
+    }
+
+    /// The same context for a request with this (hashed) key.
+    #[must_use]
+    pub fn with_key(mut self, key: Option<u64>) -> Self {
+        self.key = key;
+        self
     }
 }
 

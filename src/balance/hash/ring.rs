@@ -1,0 +1,245 @@
+use std::io::Write;
+use std::time::Duration;
+
+use super::KeyHash;
+use super::order::{Keyed, Walk, load_factor};
+use super::stable::{Crc32, xxh64};
+use crate::Endpoint;
+use crate::balance::strategy::Active;
+use crate::balance::{BuildContext, PickContext, Picker, Strategy, WeightedRoundRobin};
+use crate::pool::Member;
+
+/// Points per unit of weight, as nginx and pingora-ketama place them.
+pub const KETAMA_POINTS: u32 = 160;
+
+/// The most points a ring holds (eight bytes each); past it the points per
+/// unit of weight are scaled down.
+pub const MAX_RING_POINTS: u64 = 1 << 22;
+
+/// Ring (ketama) consistent hashing, laid out as nginx's
+/// `hash $key consistent` and pingora-ketama lay it out, so a key maps to
+/// the same endpoint as it does behind either (Karger et al., *Consistent
+/// Hashing and Random Trees*, STOC 1997; the ketama ring of libketama).
+///
+/// Each endpoint gets `160 × weight` points on a 32-bit circle: the first
+/// is the CRC-32 of its host, a zero byte, its port and the four
+/// little-endian bytes of 0; each next one the CRC-32 of the same prefix
+/// followed by the previous point. The host and port are those of the
+/// endpoint's socket address (the IP without brackets, as pingora-ketama
+/// formats it) or, for an endpoint known by key only, its key split at the
+/// last `:`. A key goes to the first point at or after the CRC-32 of its
+/// bytes, wrapping round. Where two points coincide the endpoint whose key
+/// hashes lower keeps it (pingora-ketama leaves that to its sort order;
+/// with 32-bit points it is rare), so the ring does not depend on the
+/// order discovery lists endpoints in.
+///
+/// Removing an endpoint moves only the keys on its arcs; adding it back
+/// restores them. The key's fallback order walks the circle onwards, so a
+/// retry goes where the key would go were its endpoint gone.
+///
+/// Rings with more than [`MAX_RING_POINTS`] points (a total weight above
+/// 26 214) get proportionally fewer points per weight, at least one per
+/// endpoint: then they no longer match nginx's layout.
+#[derive(Debug, Clone)]
+pub struct Ring<F = WeightedRoundRobin> {
+    points_per_weight: u32,
+    fallback: F,
+    load_factor: Option<f64>,
+}
+
+impl Default for Ring {
+    fn default() -> Self {
+        Ring {
+            points_per_weight: KETAMA_POINTS,
+            fallback: WeightedRoundRobin,
+            load_factor: None,
+        }
+    }
+}
+
+impl Ring {
+    /// A ketama ring: 160 points per weight, unbounded load,
+    /// [`WeightedRoundRobin`] for requests without a key.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<F> Ring<F> {
+    /// Points per unit of weight (at least 1); other values than 160 do not
+    /// match nginx's ring.
+    #[must_use]
+    pub fn points_per_weight(mut self, points: u32) -> Self {
+        self.points_per_weight = points.max(1);
+        self
+    }
+
+    /// The strategy for requests without a key.
+    pub fn fallback<F2: Strategy>(self, fallback: F2) -> Ring<F2> {
+        Ring {
+            points_per_weight: self.points_per_weight,
+            fallback,
+            load_factor: self.load_factor,
+        }
+    }
+
+    /// Bounded load, as [`Maglev::bounded_load`](super::Maglev::bounded_load):
+    /// a full endpoint's keys move on round the circle.
+    #[must_use]
+    pub fn bounded_load(mut self, c: f64) -> Self {
+        self.load_factor = Some(load_factor(c));
+        self
+    }
+}
+
+/// The [`Ring`] picker: the sorted points.
+#[derive(Debug)]
+pub struct RingPicker<P> {
+    /// Point positions, ascending.
+    hashes: Box<[u32]>,
+    /// The member index of each point.
+    nodes: Box<[u32]>,
+    keyed: Keyed<P>,
+}
+
+impl<P> RingPicker<P> {
+    /// The points: position on the circle and member index, in order.
+    pub fn points(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.hashes.iter().copied().zip(self.nodes.iter().copied())
+    }
+}
+
+impl<F: Strategy> Strategy for Ring<F> {
+    type Picker = RingPicker<F::Picker>;
+
+    fn build<S>(&self, members: &[Member<S>], ctx: &BuildContext<'_>) -> Self::Picker {
+        let fallback = self.fallback.build(members, ctx);
+        let active = Active::of(members);
+        let total: u64 = active.weight.iter().map(|&w| u64::from(w)).sum();
+        let per_weight = u64::from(self.points_per_weight);
+        let scale = if total.saturating_mul(per_weight) > MAX_RING_POINTS {
+            Some(MAX_RING_POINTS as f64 / total as f64)
+        } else {
+            None
+        };
+        // (position, tie-break by the endpoint's key, member index).
+        let mut points: Vec<(u32, u64, u32)> = Vec::new();
+        let mut name = Vec::with_capacity(64);
+        for (&i, &w) in active.index.iter().zip(active.weight.iter()) {
+            let count = match scale {
+                None => u64::from(w) * per_weight,
+                Some(s) => ((f64::from(w) * s) as u64).max(1),
+            };
+            name.clear();
+            ketama_name(members[i as usize].endpoint(), &mut name);
+            let mut base = Crc32::new();
+            base.update(&name);
+            let rank = xxh64(members[i as usize].endpoint().key().as_bytes(), 0);
+            let mut prev: u32 = 0;
+            for _ in 0..count {
+                let mut h = base;
+                h.update(&prev.to_le_bytes());
+                prev = h.finish();
+                points.push((prev, rank, i));
+            }
+        }
+        points.sort_unstable();
+        points.dedup_by_key(|p| p.0);
+        let (hashes, nodes) = points
+            .into_iter()
+            .map(|(h, _, i)| (h, i))
+            .unzip::<_, _, Vec<_>, Vec<_>>();
+        RingPicker {
+            hashes: hashes.into(),
+            nodes: nodes.into(),
+            keyed: Keyed::new(members, fallback, self.load_factor),
+        }
+    }
+}
+
+/// The bytes each of an endpoint's points extends: `host \0 port`.
+fn ketama_name(endpoint: &Endpoint, out: &mut Vec<u8>) {
+    match endpoint.address() {
+        Some(addr) => {
+            // Writing to a Vec cannot fail.
+            let _ = write!(out, "{}\0{}", addr.ip(), addr.port());
+        }
+        None => {
+            let key = endpoint.key();
+            match key.rsplit_once(':') {
+                Some((host, port)) => {
+                    out.extend_from_slice(host.as_bytes());
+                    out.push(0);
+                    out.extend_from_slice(port.as_bytes());
+                }
+                None => {
+                    out.extend_from_slice(key.as_bytes());
+                    out.push(0);
+                }
+            }
+        }
+    }
+}
+
+impl<P: Picker> Picker for RingPicker<P> {
+    #[inline]
+    fn pick<S>(&self, members: &[Member<S>], ctx: &PickContext<'_>) -> Option<usize> {
+        self.keyed.pick_nth(self, members, ctx, 0)
+    }
+
+    #[inline]
+    fn pick_nth<S>(&self, members: &[Member<S>], ctx: &PickContext<'_>, n: usize) -> Option<usize> {
+        self.keyed.pick_nth(self, members, ctx, n)
+    }
+
+    fn ewma_decay(&self) -> Option<Duration> {
+        self.keyed.fallback.ewma_decay()
+    }
+
+    const KEY_HASH: KeyHash = KeyHash::Crc32;
+}
+
+/// Walks the circle from the key's point onwards.
+pub(super) struct RingWalk<'a> {
+    nodes: &'a [u32],
+    at: usize,
+    left: usize,
+}
+
+impl Iterator for RingWalk<'_> {
+    type Item = u32;
+
+    #[inline]
+    fn next(&mut self) -> Option<u32> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let c = self.nodes[self.at];
+        self.at += 1;
+        if self.at == self.nodes.len() {
+            self.at = 0;
+        }
+        Some(c)
+    }
+}
+
+impl<P> Walk for RingPicker<P> {
+    type Iter<'a>
+        = RingWalk<'a>
+    where
+        Self: 'a;
+
+    #[inline]
+    fn walk(&self, key: u64) -> RingWalk<'_> {
+        // A key hashed with another function than CRC-32 still lands
+        // somewhere on the circle.
+        let h = key as u32;
+        let at = self.hashes.partition_point(|&p| p < h);
+        RingWalk {
+            nodes: &self.nodes,
+            at: if at == self.hashes.len() { 0 } else { at },
+            left: self.nodes.len(),
+        }
+    }
+}
