@@ -121,11 +121,11 @@ impl Pair {
             1 => return Some(self.candidates[0].index as usize),
             _ => {}
         }
-        let a = match &self.alias {
-            Some(t) => t.sample(rng).unwrap_or(0),
-            None => rng.below(n),
+        // Equal weights need one draw for both candidates.
+        let (a, mut b) = match &self.alias {
+            Some(t) => (t.sample(rng).unwrap_or(0), rng.below(n - 1)),
+            None => rng.below_pair(n, n - 1),
         };
-        let mut b = rng.below(n - 1);
         if b >= a {
             b += 1;
         }
