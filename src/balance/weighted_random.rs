@@ -5,9 +5,10 @@ use crate::pool::Member;
 /// A random endpoint with probability proportional to its weight, in O(1)
 /// per pick whatever the number of endpoints.
 ///
-/// Uses Walker's alias method with Vose's construction, in exact integer
-/// arithmetic (weights up to `u32::MAX` each, any count): one random
-/// 64-bit draw per pick chooses a column and a coin.
+/// Uses Walker's alias method with Vose's construction, in integer
+/// arithmetic exact to one part in 2^64 (weights up to `u32::MAX` each,
+/// any count): one random 64-bit draw per pick chooses a column and a
+/// coin.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct WeightedRandom;
 
@@ -35,6 +36,14 @@ impl Picker for WeightedRandomPicker {
     fn pick<S>(&self, _members: &[Member<S>], ctx: &PickContext<'_>) -> Option<usize> {
         self.table.sample(ctx.rng).map(|p| self.index[p] as usize)
     }
+}
+
+/// `units / total` as a fraction of 2^64, given `units < total` and
+/// `reciprocal = (2^128 - 1) / total`; the product is below
+/// `total × reciprocal < 2^128`, so it cannot overflow.
+#[inline]
+fn scaled(units: u128, reciprocal: u128) -> u64 {
+    ((units * reciprocal) >> 64).min(u128::from(u64::MAX)) as u64
 }
 
 /// Walker's alias table over positions `0..weights.len()`.
@@ -76,11 +85,17 @@ impl AliasTable {
                 alias: own,
             })
             .collect();
-        let (mut small, mut large): (Vec<usize>, Vec<usize>) =
-            (0..n).partition(|&i| units[i] < total);
+        let mut small: Vec<usize> = Vec::with_capacity(n);
+        let mut large: Vec<usize> = Vec::with_capacity(n);
+        for (i, &u) in units.iter().enumerate() {
+            if u < total { &mut small } else { &mut large }.push(i);
+        }
+        // Thresholds are `units × 2^64 / total`: one division up front and
+        // a multiply per column, which is exact or one part in 2^64 low.
+        let reciprocal = u128::MAX / total;
         while let (Some(s), Some(&l)) = (small.pop(), large.last()) {
             // Column s keeps its own share and lends the rest to l.
-            columns[s].threshold = ((units[s] << 64) / total).min(u128::from(u64::MAX)) as u64;
+            columns[s].threshold = scaled(units[s], reciprocal);
             columns[s].alias = l as u32;
             units[l] -= total - units[s];
             if units[l] < total {
