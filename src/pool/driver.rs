@@ -139,7 +139,7 @@ where
             && wanted
                 .iter()
                 .zip(old)
-                .all(|(w, m)| w.key() == m.endpoint().key());
+                .all(|(w, m)| w.key_arc() == m.endpoint().key_arc());
         let by_key: HashMap<&str, &Member<S>> = if aligned {
             HashMap::new()
         } else {
@@ -198,12 +198,14 @@ fn desired_set<S>(current: &Snapshot<S>, change: Change) -> Vec<Endpoint> {
     match change {
         // The current set has no duplicates, so a list with its keys in
         // its order has none either: no need to hash a thousand keys.
+        // (Comparing `Arc<str>`s checks the pointer first: endpoints a
+        // source hands back unchanged cost no string comparison.)
         Change::Snapshot(list)
             if list.len() == current.len()
                 && list
                     .iter()
                     .zip(current.members())
-                    .all(|(e, m)| e.key() == m.endpoint().key()) =>
+                    .all(|(e, m)| e.key_arc() == m.endpoint().key_arc()) =>
         {
             list
         }
