@@ -1,0 +1,92 @@
+//! What a pick costs each thread when two threads pick from the same
+//! picker at once, beside the same pick on one thread. Both run in the
+//! same harness: the threads start together at a barrier, each does
+//! `iters` picks, and the time reported is the slower thread's, so it reads
+//! as the cost of one pick on one thread.
+//!
+//! `target/criterion/contention/<implementation>/100` (one thread) and
+//! `target/criterion/contention/<implementation>_2_threads/100`.
+
+mod support;
+
+use std::hint::black_box;
+use std::sync::Barrier;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use support::{Floor, Routed, Weights};
+use tokio::time::Instant;
+use tower_lb::balance::{LeastInFlight, PeakEwma, RoundRobin, Strategy};
+
+const N: usize = 100;
+
+type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
+
+/// `threads` threads released together, each calling `pick` `iters` times;
+/// the slowest one's time.
+fn per_thread(threads: usize, iters: u64, pick: &(impl Fn() -> Option<usize> + Sync)) -> Duration {
+    let barrier = Barrier::new(threads);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        black_box(pick());
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("a bench thread panicked"))
+            .max()
+            .unwrap_or_default()
+    })
+}
+
+fn bench_threads(g: &mut Group<'_>, name: &str, pick: &(impl Fn() -> Option<usize> + Sync)) {
+    assert!(pick().is_some_and(|i| i < N), "{name} picks");
+    for threads in [1, 2] {
+        let id = match threads {
+            1 => name.to_owned(),
+            t => format!("{name}_{t}_threads"),
+        };
+        g.bench_with_input(BenchmarkId::new(id, N), &N, |b, _| {
+            b.iter_custom(|iters| per_thread(threads, iters, pick))
+        });
+    }
+}
+
+fn bench_strategy<St: Strategy>(
+    g: &mut Group<'_>,
+    pool: &tower_lb::pool::Pool<support::Echo>,
+    name: &str,
+    strategy: St,
+) {
+    let routed = Routed::new(pool, strategy);
+    bench_threads(g, name, &|| routed.pick());
+}
+
+fn contention_group(c: &mut Criterion) {
+    let rt = support::runtime();
+    let pool = support::pool(&rt, N, Weights::Uniform);
+    let mut g = c.benchmark_group("contention");
+    let floor = Floor::new(&pool);
+    bench_threads(&mut g, "floor", &|| floor.pick());
+    bench_strategy(&mut g, &pool, "round_robin", RoundRobin);
+    bench_strategy(&mut g, &pool, "least_in_flight", LeastInFlight);
+    bench_strategy(&mut g, &pool, "peak_ewma", PeakEwma::new());
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2));
+    targets = contention_group
+}
+criterion_main!(benches);

@@ -1,0 +1,158 @@
+//! What one request costs through a balancer, `ready().await` then
+//! `call().await`, over N trivially ready endpoints of equal weight: every
+//! strategy through `Balance`, least-in-flight through `Failover` +
+//! `Balance`, the full stack (`Retry` + `Failover` + `Balance`), tower's own
+//! p2c balancer over `PendingRequests` and over `PeakEwma`, and the raw
+//! endpoint service, all in one group so ratios read straight off one run:
+//! `target/criterion/roundtrip/<implementation>/<N>`.
+
+mod support;
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use support::{Echo, SIZES, Weights};
+use tokio::runtime::Runtime;
+use tower::balance::p2c;
+use tower::discover::ServiceList;
+use tower::load::{CompleteOnResponse, PeakEwmaDiscover, PendingRequestsDiscover};
+use tower::{Layer, Service, ServiceExt};
+use tower_lb::balance::{
+    BalanceLayer, LeastInFlight, PeakEwma, Random, RoundRobin, Strategy, WeightedRandom,
+    WeightedRoundRobin,
+};
+use tower_lb::failover::{FailoverConfig, FailoverLayer};
+use tower_lb::pool::Pool;
+use tower_lb::retry::{RetryErrors, RetryLayer};
+
+type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
+
+/// One request: `ready().await` then `call().await`.
+async fn round_trip<S>(svc: &mut S) -> bool
+where
+    S: Service<u64>,
+{
+    match svc.ready().await {
+        Ok(svc) => svc.call(black_box(1)).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Times `round_trip` on `svc`, after checking that it works.
+fn bench_service<S>(g: &mut Group<'_>, rt: &Runtime, name: &str, n: usize, mut svc: S)
+where
+    S: Service<u64>,
+{
+    assert!(rt.block_on(round_trip(&mut svc)), "{name}/{n} fails");
+    g.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+        // One `block_on` per batch; the service is borrowed, not cloned.
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = tokio::time::Instant::now();
+                for _ in 0..iters {
+                    black_box(round_trip(&mut svc).await);
+                }
+                start.elapsed()
+            })
+        })
+    });
+}
+
+/// A `Failover` view of `pool`, evaluated once (nothing is ejected).
+fn failover(rt: &Runtime, pool: &Pool<Echo>) -> Pool<Echo> {
+    let _guard = rt.enter();
+    let view = FailoverLayer::new(FailoverConfig::new()).layer(pool.clone());
+    rt.block_on(view.changed(0));
+    assert_eq!(view.snapshot().len(), pool.snapshot().len());
+    view
+}
+
+/// `Balance` over `pool`, with default (per-thread, entropy-seeded)
+/// randomness, as users run it.
+fn bench_balance<St: Strategy + Clone>(
+    g: &mut Group<'_>,
+    rt: &Runtime,
+    name: &str,
+    pool: &Pool<Echo>,
+    strategy: St,
+) {
+    let _guard = rt.enter();
+    let n = pool.snapshot().len();
+    let lb = BalanceLayer::new(strategy).layer(pool.clone());
+    bench_service(g, rt, name, n, lb);
+}
+
+/// `Retry` (nothing fails, so it never retries) over `Balance` over a
+/// `Failover` view.
+fn bench_full_stack<St: Strategy + Clone>(
+    g: &mut Group<'_>,
+    rt: &Runtime,
+    name: &str,
+    view: &Pool<Echo>,
+    strategy: St,
+) {
+    let _guard = rt.enter();
+    let n = view.snapshot().len();
+    let lb = BalanceLayer::new(strategy).layer(view.clone());
+    let retry = RetryLayer::new(RetryErrors::new()).layer(lb);
+    bench_service(g, rt, name, n, retry);
+}
+
+fn roundtrip_group(c: &mut Criterion) {
+    let rt = support::runtime();
+    let _guard = rt.enter();
+    let mut g = c.benchmark_group("roundtrip");
+    for n in SIZES {
+        bench_service(&mut g, &rt, "raw", n, Echo);
+
+        let tower_pending = p2c::Balance::new(PendingRequestsDiscover::new(
+            ServiceList::new(vec![Echo; n]),
+            CompleteOnResponse::default(),
+        ));
+        bench_service(&mut g, &rt, "tower_p2c_pending", n, tower_pending);
+
+        let tower_ewma = p2c::Balance::new(PeakEwmaDiscover::new(
+            ServiceList::new(vec![Echo; n]),
+            Duration::from_millis(30),
+            Duration::from_secs(10),
+            CompleteOnResponse::default(),
+        ));
+        bench_service(&mut g, &rt, "tower_p2c_peak_ewma", n, tower_ewma);
+
+        let pool = support::pool(&rt, n, Weights::Uniform);
+        bench_balance(&mut g, &rt, "least_in_flight", &pool, LeastInFlight);
+        bench_balance(&mut g, &rt, "peak_ewma", &pool, PeakEwma::new());
+        bench_balance(&mut g, &rt, "round_robin", &pool, RoundRobin);
+        bench_balance(&mut g, &rt, "random", &pool, Random);
+        bench_balance(
+            &mut g,
+            &rt,
+            "weighted_round_robin",
+            &pool,
+            WeightedRoundRobin,
+        );
+        bench_balance(&mut g, &rt, "weighted_random", &pool, WeightedRandom);
+
+        let view = failover(&rt, &pool);
+        bench_balance(
+            &mut g,
+            &rt,
+            "failover_least_in_flight",
+            &view,
+            LeastInFlight,
+        );
+        bench_full_stack(&mut g, &rt, "full_stack", &view, LeastInFlight);
+        bench_full_stack(&mut g, &rt, "full_stack_peak_ewma", &view, PeakEwma::new());
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2));
+    targets = roundtrip_group
+}
+criterion_main!(benches);
