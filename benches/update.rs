@@ -3,6 +3,10 @@
 //! balancer subscribed, so its picker is rebuilt too), against tower's p2c
 //! taking in the same N services from its `Discover` — the work each does
 //! when the endpoint set changes. `target/criterion/update/<impl>/<N>`.
+//!
+//! The `*_decode_publish` rows add the decoding a source does before it
+//! publishes: a file source's JSON document, and (with `--features etcd`)
+//! one JSON value per etcd key.
 
 mod support;
 
@@ -18,6 +22,7 @@ use tower::load::{CompleteOnResponse, PendingRequestsDiscover};
 use tower::{Layer, Service};
 use tower_lb::balance::{BalanceLayer, LeastInFlight};
 use tower_lb::discover::Registry;
+use tower_lb::discover::bench::decode_file;
 use tower_lb::pool::DiscoverLayer;
 
 const SIZES: [usize; 3] = [100, 1000, 10_000];
@@ -76,6 +81,57 @@ fn bench_registry(g: &mut Group<'_>, rt: &Runtime, n: usize) {
     });
 }
 
+/// The JSON record of endpoint `i` of generation `generation`.
+fn record(i: usize, generation: u64) -> String {
+    let weight = 1 + (i as u64 + generation) % 4;
+    format!(
+        r#"{{"address": "{}", "weight": {weight}}}"#,
+        support::address(i)
+    )
+}
+
+/// tower-lb: a file source's document decoded, as `FileSource` does once
+/// it has read the file, then published.
+fn bench_file(g: &mut Group<'_>, rt: &Runtime, n: usize) {
+    let mut channel = ChannelPublish::new(rt, n);
+    let documents = [0, 1].map(|generation| {
+        let records: Vec<String> = (0..n).map(|i| record(i, generation)).collect();
+        format!(r#"{{"endpoints": [{}]}}"#, records.join(", "))
+    });
+    assert_eq!(decode_file(documents[0].as_bytes()).len(), n);
+    let mut flip = 0usize;
+    g.bench_with_input(BenchmarkId::new("lb_file_decode_publish", n), &n, |b, _| {
+        b.iter(|| {
+            flip += 1;
+            let set = decode_file(documents[flip % 2].as_bytes());
+            channel.publish_set(rt, set);
+        })
+    });
+}
+
+/// tower-lb: a listing of one etcd value per key decoded, as `EtcdSource`
+/// does, then published.
+#[cfg(feature = "etcd")]
+fn bench_etcd(g: &mut Group<'_>, rt: &Runtime, n: usize) {
+    use tower_lb::discover::bench::decode_etcd;
+    let mut channel = ChannelPublish::new(rt, n);
+    let listings = [0, 1].map(|generation| {
+        (0..n)
+            .map(|i| (format!("/services/svc/{i}"), record(i, generation)))
+            .collect::<Vec<_>>()
+    });
+    let kvs =
+        |l: &[(String, String)]| decode_etcd(l.iter().map(|(k, v)| (k.as_str(), v.as_bytes())));
+    assert_eq!(kvs(&listings[0]).len(), n);
+    let mut flip = 0usize;
+    g.bench_with_input(BenchmarkId::new("lb_etcd_decode_publish", n), &n, |b, _| {
+        b.iter(|| {
+            flip += 1;
+            channel.publish_set(rt, kvs(&listings[flip % 2]));
+        })
+    });
+}
+
 fn update_group(c: &mut Criterion) {
     let rt = support::runtime();
     let mut g = c.benchmark_group("update");
@@ -83,6 +139,9 @@ fn update_group(c: &mut Criterion) {
         bench_tower(&mut g, n);
         bench_channel(&mut g, &rt, n);
         bench_registry(&mut g, &rt, n);
+        bench_file(&mut g, &rt, n);
+        #[cfg(feature = "etcd")]
+        bench_etcd(&mut g, &rt, n);
     }
     g.finish();
 }

@@ -245,8 +245,14 @@ impl ChannelPublish {
 
     /// Publishes the next set and waits until it is applied.
     pub fn publish(&mut self, rt: &Runtime) {
+        let set = self.sets[((self.revision + 1) % 2) as usize].clone();
+        self.publish_set(rt, set);
+    }
+
+    /// Publishes `set` and waits until it is applied.
+    #[allow(dead_code)] // Used by some of the benches that include this module.
+    pub fn publish_set(&mut self, rt: &Runtime, set: Vec<Endpoint>) {
         self.revision += 1;
-        let set = self.sets[(self.revision % 2) as usize].clone();
         let update = tower_lb::discover::Update::snapshot(self.revision, set);
         assert!(self.tx.send(update).is_ok(), "the pool is alive");
         rt.block_on(self.pool.applied(self.revision));

@@ -42,6 +42,9 @@
 //! # }
 //! ```
 
+#[cfg(any(feature = "file", feature = "etcd"))]
+#[doc(hidden)]
+pub mod bench;
 mod channel;
 #[cfg(feature = "dns")]
 mod dns;

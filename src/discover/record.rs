@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::endpoint::Endpoint;
 use crate::error::{DiscoveryError, InvalidEndpoint};
@@ -49,21 +50,24 @@ struct RecordOut<'a> {
     tags: &'a BTreeMap<String, String>,
 }
 
-/// A whole document: either `{"endpoints": [...]}` or a bare array.
+/// A document wrapping its records: `{"endpoints": [...]}`. Records stay
+/// raw JSON until each is decoded alone, so one that does not parse is set
+/// aside without failing the others (and is parsed once, not twice).
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
-#[cfg_attr(not(feature = "file"), allow(dead_code))]
-pub(crate) enum Document {
-    Wrapped { endpoints: Vec<serde_json::Value> },
-    Bare(Vec<serde_json::Value>),
+struct Wrapped<'a> {
+    #[serde(borrow)]
+    endpoints: Vec<&'a RawValue>,
 }
 
 impl Record {
     /// Validates a record into an endpoint; `name` says where it came from
-    /// in errors.
-    pub(crate) fn into_endpoint(self, name: &str) -> Result<Endpoint, DiscoveryError> {
+    /// in errors (built only for an error).
+    pub(crate) fn into_endpoint(
+        self,
+        name: &dyn Fn() -> String,
+    ) -> Result<Endpoint, DiscoveryError> {
         let bad = |source: InvalidEndpoint| DiscoveryError::InvalidRecord {
-            record: name.to_owned(),
+            record: name(),
             source,
         };
         let address = match &self.address {
@@ -101,7 +105,7 @@ impl Record {
 pub(crate) fn decode(value: &[u8], name: &str) -> Result<Endpoint, DiscoveryError> {
     let record: Record = serde_json::from_slice(value)
         .map_err(|e| DiscoveryError::Source(format!("record `{name}`: {e}").into()))?;
-    record.into_endpoint(name)
+    record.into_endpoint(&|| name.to_owned())
 }
 
 /// Encodes an endpoint as one record that [`decode`] turns back into the
@@ -134,22 +138,27 @@ pub(crate) fn parse(
     text: &[u8],
     origin: &str,
 ) -> Result<(Vec<Endpoint>, Vec<DiscoveryError>), DiscoveryError> {
-    let doc: Document = serde_json::from_slice(text)
-        .map_err(|e| DiscoveryError::Source(format!("{origin}: {e}").into()))?;
-    let values = match doc {
-        Document::Wrapped { endpoints } => endpoints,
-        Document::Bare(v) => v,
+    let whole = |e: serde_json::Error| DiscoveryError::Source(format!("{origin}: {e}").into());
+    // `[...]` is a bare list of records; anything else must be the wrapper.
+    let values: Vec<&RawValue> = match text.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => serde_json::from_slice(text).map_err(whole)?,
+        _ => {
+            serde_json::from_slice::<Wrapped<'_>>(text)
+                .map_err(whole)?
+                .endpoints
+        }
     };
     let mut good = Vec::with_capacity(values.len());
     let mut bad = Vec::new();
     for (i, value) in values.into_iter().enumerate() {
-        let name = format!("{origin}[{i}]");
-        match serde_json::from_value::<Record>(value) {
+        // Named only when something is wrong with it.
+        let name = || format!("{origin}[{i}]");
+        match serde_json::from_str::<Record>(value.get()) {
             Ok(r) => match r.into_endpoint(&name) {
                 Ok(e) => good.push(e),
                 Err(e) => bad.push(e),
             },
-            Err(e) => bad.push(DiscoveryError::Source(format!("{name}: {e}").into())),
+            Err(e) => bad.push(DiscoveryError::Source(format!("{}: {e}", name()).into())),
         }
     }
     Ok((good, bad))
