@@ -16,7 +16,9 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use support::{Floor, Routed, Weights};
 use tokio::time::Instant;
-use tower_lb::balance::{LeastInFlight, PeakEwma, RoundRobin, Strategy};
+use tower_lb::balance::{
+    LeastInFlight, PeakEwma, Random, RoundRobin, Strategy, WeightedRoundRobin,
+};
 
 const N: usize = 100;
 
@@ -77,6 +79,8 @@ fn contention_group(c: &mut Criterion) {
     let floor = Floor::new(&pool);
     bench_threads(&mut g, "floor", &|| floor.pick());
     bench_strategy(&mut g, &pool, "round_robin", RoundRobin);
+    bench_strategy(&mut g, &pool, "weighted_round_robin", WeightedRoundRobin);
+    bench_strategy(&mut g, &pool, "random", Random);
     bench_strategy(&mut g, &pool, "least_in_flight", LeastInFlight);
     bench_strategy(&mut g, &pool, "peak_ewma", PeakEwma::new());
     g.finish();

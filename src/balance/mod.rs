@@ -63,6 +63,7 @@ mod layer;
 mod p2c;
 mod random;
 mod rng;
+mod rotation;
 mod round_robin;
 mod service;
 mod strategy;

@@ -1,5 +1,4 @@
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-
+use super::rotation::Rotation;
 use super::strategy::Active;
 use super::{BuildContext, PickContext, Picker, Strategy};
 use crate::pool::Member;
@@ -12,11 +11,16 @@ use crate::pool::Member;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RoundRobin;
 
-/// The [`RoundRobin`] picker: one shared atomic counter.
+/// The [`RoundRobin`] picker: the active endpoints and a rotation.
+///
+/// The rotation keeps one counter per group of threads, each on its own
+/// cache line, all starting at the same place: one thread sees an exact
+/// rotation, and threads picking at once each rotate on their own counter
+/// instead of contending for one (every endpoint still gets its share).
 #[derive(Debug)]
 pub struct RoundRobinPicker {
     index: Box<[u32]>,
-    next: AtomicUsize,
+    next: Rotation,
 }
 
 impl Strategy for RoundRobin {
@@ -31,7 +35,7 @@ impl Strategy for RoundRobin {
         };
         RoundRobinPicker {
             index: active.index,
-            next: AtomicUsize::new(start),
+            next: Rotation::new(start),
         }
     }
 }
@@ -42,7 +46,7 @@ impl Picker for RoundRobinPicker {
         if self.index.is_empty() {
             return None;
         }
-        let n = self.next.fetch_add(1, Relaxed) % self.index.len();
+        let n = self.next.next() % self.index.len();
         Some(self.index[n] as usize)
     }
 }

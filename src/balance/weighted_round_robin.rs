@@ -1,7 +1,7 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
+use super::rotation::Rotation;
 use super::strategy::Active;
 use super::{BuildContext, PickContext, Picker, Strategy};
 use crate::pool::Member;
@@ -23,6 +23,12 @@ use crate::pool::Member;
 /// For weights 5:1:1 that allows 6, and the layout achieves 3, the least
 /// possible.
 ///
+/// **Threads.** The table position is kept per group of threads (one
+/// counter per cache line, see the round-robin picker), so threads picking
+/// at once do not contend. Each thread walks the cycle in order from the
+/// same start: shares stay exact per cycle and the burst bound holds for
+/// the picks of one thread; the picks of several threads interleave.
+///
 /// **Table size.** A cycle has `Σwᵢ / gcd` slots. Up to 65 536 slots
 /// (or one per endpoint, if there are more) the shares are exact; above
 /// that the weights are scaled down proportionally (each live endpoint
@@ -38,7 +44,7 @@ pub(crate) const MAX_CYCLE: u64 = 1 << 16;
 #[derive(Debug)]
 pub struct WeightedRoundRobinPicker {
     table: Box<[u32]>,
-    next: AtomicUsize,
+    next: Rotation,
 }
 
 impl WeightedRoundRobinPicker {
@@ -60,7 +66,7 @@ impl Strategy for WeightedRoundRobin {
         };
         WeightedRoundRobinPicker {
             table,
-            next: AtomicUsize::new(start),
+            next: Rotation::new(start),
         }
     }
 }
@@ -71,7 +77,7 @@ impl Picker for WeightedRoundRobinPicker {
         if self.table.is_empty() {
             return None;
         }
-        let n = self.next.fetch_add(1, Relaxed) % self.table.len();
+        let n = self.next.next() % self.table.len();
         Some(self.table[n] as usize)
     }
 }
