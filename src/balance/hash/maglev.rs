@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use super::order::{Keyed, Walk, load_factor};
+use super::order::{CycleWalk, Keyed, Walk, load_factor};
 use super::stable::xxh64;
 use crate::balance::strategy::Active;
 use crate::balance::{BuildContext, PickContext, Picker, Strategy, WeightedRoundRobin};
@@ -140,47 +140,18 @@ impl<P: Picker> Picker for MaglevPicker<P> {
     }
 }
 
-/// Walks the table from the key's slot onwards.
-pub(super) struct TableWalk<'a> {
-    table: &'a [u32],
-    at: usize,
-    left: usize,
-}
-
-impl Iterator for TableWalk<'_> {
-    type Item = u32;
-
-    #[inline]
-    fn next(&mut self) -> Option<u32> {
-        if self.left == 0 {
-            return None;
-        }
-        self.left -= 1;
-        let c = self.table[self.at];
-        self.at += 1;
-        if self.at == self.table.len() {
-            self.at = 0;
-        }
-        Some(c)
-    }
-}
-
 impl<P> Walk for MaglevPicker<P> {
     type Iter<'a>
-        = TableWalk<'a>
+        = CycleWalk<'a>
     where
         Self: 'a;
 
     #[inline]
-    fn walk(&self, key: u64) -> TableWalk<'_> {
+    fn walk(&self, key: u64) -> CycleWalk<'_> {
         let len = self.table.len();
         // Lemire's multiply-shift: the key's slot without a division.
         let at = ((u128::from(key) * len as u128) >> 64) as usize;
-        TableWalk {
-            table: &self.table,
-            at,
-            left: len,
-        }
+        CycleWalk::new(&self.table, at)
     }
 }
 

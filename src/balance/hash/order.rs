@@ -24,6 +24,44 @@ pub(super) trait Walk {
     fn walk(&self, key: u64) -> Self::Iter<'_>;
 }
 
+/// A walk once round a circle of member indices (Maglev's table, the
+/// ring's points) from position `at` onwards.
+pub(super) struct CycleWalk<'a> {
+    slots: &'a [u32],
+    at: usize,
+    left: usize,
+}
+
+impl<'a> CycleWalk<'a> {
+    /// Starts at `at`; a position past the end wraps to the first.
+    #[inline]
+    pub(super) fn new(slots: &'a [u32], at: usize) -> Self {
+        CycleWalk {
+            slots,
+            at: if at >= slots.len() { 0 } else { at },
+            left: slots.len(),
+        }
+    }
+}
+
+impl Iterator for CycleWalk<'_> {
+    type Item = u32;
+
+    #[inline]
+    fn next(&mut self) -> Option<u32> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let c = self.slots[self.at];
+        self.at += 1;
+        if self.at == self.slots.len() {
+            self.at = 0;
+        }
+        Some(c)
+    }
+}
+
 /// State common to the hash pickers.
 #[derive(Debug)]
 pub(super) struct Keyed<P> {

@@ -2,7 +2,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use super::KeyHash;
-use super::order::{Keyed, Walk, load_factor};
+use super::order::{CycleWalk, Keyed, Walk, load_factor};
 use super::stable::{Crc32, xxh64};
 use crate::Endpoint;
 use crate::balance::strategy::Active;
@@ -199,47 +199,19 @@ impl<P: Picker> Picker for RingPicker<P> {
     const KEY_HASH: KeyHash = KeyHash::Crc32;
 }
 
-/// Walks the circle from the key's point onwards.
-pub(super) struct RingWalk<'a> {
-    nodes: &'a [u32],
-    at: usize,
-    left: usize,
-}
-
-impl Iterator for RingWalk<'_> {
-    type Item = u32;
-
-    #[inline]
-    fn next(&mut self) -> Option<u32> {
-        if self.left == 0 {
-            return None;
-        }
-        self.left -= 1;
-        let c = self.nodes[self.at];
-        self.at += 1;
-        if self.at == self.nodes.len() {
-            self.at = 0;
-        }
-        Some(c)
-    }
-}
-
 impl<P> Walk for RingPicker<P> {
     type Iter<'a>
-        = RingWalk<'a>
+        = CycleWalk<'a>
     where
         Self: 'a;
 
     #[inline]
-    fn walk(&self, key: u64) -> RingWalk<'_> {
+    fn walk(&self, key: u64) -> CycleWalk<'_> {
         // A key hashed with another function than CRC-32 still lands
         // somewhere on the circle.
         let h = key as u32;
         let at = self.hashes.partition_point(|&p| p < h);
-        RingWalk {
-            nodes: &self.nodes,
-            at: if at == self.hashes.len() { 0 } else { at },
-            left: self.nodes.len(),
-        }
+        // Past the last point, the circle starts again at the first.
+        CycleWalk::new(&self.nodes, at)
     }
 }
