@@ -23,29 +23,28 @@ struct Shard(AtomicUsize);
 /// cores never fight over one counter.
 #[derive(Debug)]
 pub(crate) struct Rotation {
-    shards: Box<[Shard]>,
+    shards: Box<[Shard; SHARDS]>,
 }
 
 impl Rotation {
     /// A rotation whose first position is `start`.
     pub(crate) fn new(start: usize) -> Self {
         Rotation {
-            shards: (0..SHARDS)
-                .map(|_| Shard(AtomicUsize::new(start)))
-                .collect(),
+            shards: Box::new(std::array::from_fn(|_| Shard(AtomicUsize::new(start)))),
         }
     }
 
     /// The next position (to be reduced modulo the cycle's length).
     #[inline]
     pub(crate) fn next(&self) -> usize {
-        let shard = &self.shards[shard() % self.shards.len()];
+        let shard = &self.shards[shard()];
         shard.0.fetch_add(1, Relaxed)
     }
 }
 
 thread_local! {
-    /// This thread's shard, `usize::MAX` until its first pick.
+    /// This thread's shard (below `SHARDS`), `usize::MAX` until its first
+    /// pick.
     static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
