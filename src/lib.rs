@@ -64,6 +64,7 @@
 //! |---|---|---|
 //! | `http` | yes | HTTP helpers ([`http`] module), `HttpPolicy` and `ReplayBody` for [`retry`] |
 //! | `tracing` | yes | `tracing` events for discovery and balancing decisions |
+//! | `cpu-clock` | yes | Peak-EWMA times requests with the CPU's counter (through `quanta`) rather than the OS clock, while tokio's clock is not paused |
 //! | `file` | no | `discover::FileSource`, a JSON file of endpoints reloaded on change |
 //! | `dns` | no | `discover::DnsSource`: A/AAAA and SRV discovery (hickory-resolver; needs Rust 1.88) |
 //! | `etcd` | no | `discover::EtcdSource` (list + watch a key prefix, resuming after failures) and `discover::EtcdRegistrar` (lease-based registration with compare-and-swap updates), over `etcd-client`; building needs `protoc` |

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use hyper::StatusCode;
 use tokio::time::Instant;
-use tower_lb::balance::{Balance, LeastInFlight, Strategy, WeightedRoundRobin};
+use tower_lb::balance::{Balance, LeastInFlight, PeakEwma, Strategy, WeightedRoundRobin};
 use tower_lb::discover::{Registration, Registry};
 
 use support::{Backend, EndpointService, GetError};
@@ -412,6 +412,59 @@ async fn weights_hold_over_real_http() {
             b.name()
         );
     }
+    for b in backends {
+        b.shutdown().await.expect("clean shutdown");
+    }
+}
+
+/// Peak-EWMA in real time (so the balancer times requests with the CPU's
+/// counter under the default features): the slow backend's estimate is
+/// measured in real nanoseconds and it is avoided once measured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peak_ewma_measures_and_avoids_a_slow_backend_over_real_http() {
+    const SLOW: Duration = Duration::from_millis(30);
+    let backends = Backend::start_all(&["fast", "slow"])
+        .await
+        .expect("start backends");
+    backends[1].set_delay(SLOW);
+    let registry = Registry::new();
+    let _registrations: Vec<Registration> = backends
+        .iter()
+        .map(|b| registry.register(SERVICE, b.endpoint()).expect("register"))
+        .collect();
+    let lb = support::balancer(registry.watch(SERVICE).expect("watch"), PeakEwma::new());
+    assert!(lb.pool().applied(registry.revision_of(SERVICE)).await);
+
+    let started = Instant::now();
+    for _ in 0..300 {
+        let reply = support::get(&lb).await.expect("request succeeds");
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let elapsed = started.elapsed();
+
+    let report = |name: &str| {
+        let addr = backends.iter().find(|b| b.name() == name).unwrap().addr();
+        lb.snapshot()
+            .members()
+            .iter()
+            .find(|m| m.endpoint().address() == Some(addr))
+            .map(|m| m.report())
+            .expect("backend in the pool")
+    };
+    let (fast, slow) = (report("fast"), report("slow"));
+    let slow_latency = slow.ewma_latency.expect("the slow backend was measured");
+    let fast_latency = fast.ewma_latency.expect("the fast backend was measured");
+    // The estimate is a measured round trip: at least the backend's delay,
+    // and no more than the whole run took.
+    assert!(
+        slow_latency >= SLOW && slow_latency < elapsed,
+        "{slow_latency:?}"
+    );
+    assert!(fast_latency < SLOW / 2, "{fast_latency:?}");
+    // One sample is enough to keep it off until the estimate decays
+    // (tau = 10 s, far longer than this run): allow a few early picks.
+    assert!(backends[1].hits() <= 5, "slow got {}", backends[1].hits());
+    assert_eq!(backends[0].hits() + backends[1].hits(), 300);
     for b in backends {
         b.shutdown().await.expect("clean shutdown");
     }

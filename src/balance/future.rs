@@ -12,11 +12,20 @@ use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use super::service::{Balance, Pick};
+use super::clock::LatencyClock;
+use super::service::{Balance, Pick, Timing};
 use super::{Classify, ErrorsAreFailures, NoKey, Strategy};
 use crate::error::{BoxError, Error};
 use crate::pool::EndpointStats;
 use crate::retry::attempt;
+
+/// When a timed request started, and how to time it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Started {
+    /// On `timing`'s clock.
+    pub(super) start_ns: u64,
+    pub(super) timing: Timing,
+}
 
 /// Counts a request against its endpoint from pick to completion; it stops
 /// counting as in flight when the request finishes or its future is
@@ -24,24 +33,33 @@ use crate::retry::attempt;
 pub(super) struct InFlight {
     /// `None` once the outcome has been recorded.
     stats: Option<Arc<EndpointStats>>,
-    /// When the request was picked, in nanoseconds since the pool epoch.
+    /// When the request was picked, on `clock`.
     start_ns: u64,
-    /// The Peak-EWMA time constant; 0 when the request is not timed.
-    tau_ns: f64,
+    /// `1 / tau` of the Peak-EWMA decay; 0 when the request is not timed.
+    inv_tau_ns: f64,
+    clock: LatencyClock,
 }
 
 impl InFlight {
     /// Counts a request against `stats` (the reference from
     /// [`StatsHandle::start_request`](crate::pool::StatsHandle), which is
-    /// what makes it in flight); `timing` is `(start_ns, tau_ns)` when its
-    /// latency feeds Peak-EWMA.
+    /// what makes it in flight); `started` is set when its latency feeds
+    /// Peak-EWMA.
     #[inline]
-    pub(super) fn start(stats: Arc<EndpointStats>, timing: Option<(u64, f64)>) -> Self {
-        let (start_ns, tau_ns) = timing.unwrap_or((0, 0.0));
-        InFlight {
-            stats: Some(stats),
-            start_ns,
-            tau_ns,
+    pub(super) fn start(stats: Arc<EndpointStats>, started: Option<Started>) -> Self {
+        match started {
+            Some(s) => InFlight {
+                stats: Some(stats),
+                start_ns: s.start_ns,
+                inv_tau_ns: s.timing.inv_tau_ns,
+                clock: s.timing.clock,
+            },
+            None => InFlight {
+                stats: Some(stats),
+                start_ns: 0,
+                inv_tau_ns: 0.0,
+                clock: LatencyClock::Tokio,
+            },
         }
     }
 
@@ -53,9 +71,13 @@ impl InFlight {
             return;
         };
         attempt::completed(attempt::endpoint_id(&stats));
-        if self.tau_ns > 0.0 {
-            let now = stats.now_ns();
-            stats.record_rtt(now.saturating_sub(self.start_ns) as f64, now, self.tau_ns);
+        if self.inv_tau_ns > 0.0 {
+            let now = self.clock.now_ns(stats.epoch());
+            stats.record_rtt(
+                now.saturating_sub(self.start_ns) as f64,
+                now,
+                self.inv_tau_ns,
+            );
         }
         if ok {
             stats.record_success();

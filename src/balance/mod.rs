@@ -57,6 +57,7 @@
 //! ```
 
 mod classify;
+mod clock;
 pub mod future;
 pub mod hash;
 mod layer;
@@ -76,7 +77,6 @@ pub use hash::{
     RingPicker, key_fn,
 };
 pub use layer::BalanceLayer;
-pub(crate) use p2c::nanos_since;
 pub use p2c::{LeastInFlight, LeastInFlightPicker, PeakEwma, PeakEwmaPicker};
 pub use random::{Random, RandomPicker};
 pub use rng::PickRng;

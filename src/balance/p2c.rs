@@ -2,6 +2,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::clock::LatencyClock;
 use super::strategy::Active;
 use super::weighted_random::AliasTable;
 use super::{BuildContext, PickContext, PickRng, Picker, Strategy};
@@ -41,6 +42,16 @@ pub struct LeastInFlight;
 /// linkerd's Peak-EWMA balancer). An endpoint with no sample yet is costed
 /// at its rival's estimate, so a newly added endpoint gets its share at
 /// once; when neither has a sample, in-flight load alone decides.
+///
+/// Each request is timed from pick to response. With the `cpu-clock`
+/// feature (default) the balancer reads the CPU's counter for that, which
+/// is several times cheaper than the OS clock; while tokio's clock is
+/// paused (`tokio::time::pause`, `start_paused`, the `sim` module)
+/// it reads tokio's clock instead, so simulated latency counts. Which clock
+/// is decided whenever pickers are built, so pause the clock before
+/// building the balancer. The first balancer in a process that uses the
+/// CPU's counter calibrates it against the OS clock, which takes about a
+/// millisecond once.
 #[derive(Debug, Clone, Copy)]
 pub struct PeakEwma {
     decay: Duration,
@@ -174,17 +185,22 @@ impl Picker for LeastInFlightPicker {
 pub struct PeakEwmaPicker {
     pair: Pair,
     epoch: Instant,
+    clock: LatencyClock,
     tau_ns: f64,
+    inv_tau_ns: f64,
 }
 
 impl Strategy for PeakEwma {
     type Picker = PeakEwmaPicker;
 
     fn build<S>(&self, members: &[Member<S>], ctx: &BuildContext<'_>) -> PeakEwmaPicker {
+        let tau_ns = (self.decay.as_nanos() as f64).max(1.0);
         PeakEwmaPicker {
             pair: Pair::new(members),
             epoch: ctx.epoch,
-            tau_ns: (self.decay.as_nanos() as f64).max(1.0),
+            clock: ctx.latency_clock(),
+            tau_ns,
+            inv_tau_ns: 1.0 / tau_ns,
         }
     }
 }
@@ -193,17 +209,16 @@ impl Picker for PeakEwmaPicker {
     #[inline]
     fn pick<S>(&self, members: &[Member<S>], ctx: &PickContext<'_>) -> Option<usize> {
         let mut now_ns = ctx.now_ns;
+        let inv_tau = self.inv_tau_ns;
         self.pair.pick(members, ctx.rng, |(b, sb), (a, sa)| {
-            let now = *now_ns.get_or_insert_with(|| nanos_since(self.epoch));
-            let (rtt_a, rtt_b) = match (
-                sa.rtt_estimate(now, self.tau_ns),
-                sb.rtt_estimate(now, self.tau_ns),
-            ) {
-                (Some(x), Some(y)) => (x, y),
-                (Some(x), None) => (x, x),
-                (None, Some(y)) => (y, y),
-                (None, None) => (1.0, 1.0),
-            };
+            let now = *now_ns.get_or_insert_with(|| self.clock.now_ns(self.epoch));
+            let (rtt_a, rtt_b) =
+                match (sa.rtt_estimate(now, inv_tau), sb.rtt_estimate(now, inv_tau)) {
+                    (Some(x), Some(y)) => (x, y),
+                    (Some(x), None) => (x, x),
+                    (None, Some(y)) => (y, y),
+                    (None, None) => (1.0, 1.0),
+                };
             let cost = |c: &Candidate, s: &StatsHandle, rtt: f64| {
                 rtt * (1.0 + s.in_flight() as f64 * c.inv_capacity)
             };
@@ -214,10 +229,4 @@ impl Picker for PeakEwmaPicker {
     fn ewma_decay(&self) -> Option<Duration> {
         Some(Duration::from_nanos(self.tau_ns as u64))
     }
-}
-
-/// Nanoseconds from `epoch` to now, saturating.
-#[inline]
-pub(crate) fn nanos_since(epoch: Instant) -> u64 {
-    u64::try_from(Instant::now().saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
 }

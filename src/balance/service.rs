@@ -7,9 +7,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tower_service::Service;
 
-use super::future::{Failure, InFlight, ResponseFuture};
+use super::clock::LatencyClock;
+use super::future::{Failure, InFlight, ResponseFuture, Started};
 use super::hash::{KeyOf, NoKey, mix};
-use super::p2c::nanos_since;
 use super::{BuildContext, Classify, ErrorsAreFailures, PickContext, PickRng, Picker, Strategy};
 use crate::error::{BoxError, Error};
 use crate::pool::{Member, Pool, Snapshot};
@@ -71,8 +71,16 @@ pub(super) struct Routing<S, P> {
     pub(super) snapshot: Arc<Snapshot<S>>,
     /// One per group with a share of traffic, in order.
     lanes: Box<[Lane<P>]>,
-    /// `Some(tau_ns)` when responses feed Peak-EWMA.
-    pub(super) ewma_tau_ns: Option<f64>,
+    /// `Some` when responses feed Peak-EWMA.
+    pub(super) ewma: Option<Timing>,
+}
+
+/// How a balancer times requests for Peak-EWMA.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Timing {
+    pub(super) clock: LatencyClock,
+    /// `1 / tau`, the decay's time constant, in nanoseconds.
+    pub(super) inv_tau_ns: f64,
 }
 
 /// A group of the snapshot and its picker.
@@ -91,10 +99,7 @@ impl<S, P: Picker> Routing<S, P> {
         rng: &PickRng,
     ) -> Self {
         let all = snapshot.members();
-        let ctx = BuildContext {
-            rng,
-            epoch: snapshot.epoch(),
-        };
+        let ctx = BuildContext::new(rng, snapshot.epoch());
         let mut lanes = Vec::new();
         let mut until: u32 = 0;
         for group in snapshot.groups() {
@@ -118,14 +123,14 @@ impl<S, P: Picker> Routing<S, P> {
                 members: 0..all.len(),
             }),
         }
-        let ewma_tau_ns = lanes[0]
-            .picker
-            .ewma_decay()
-            .map(|d| (d.as_nanos() as f64).max(1.0));
+        let ewma = lanes[0].picker.ewma_decay().map(|d| Timing {
+            clock: ctx.latency_clock(),
+            inv_tau_ns: 1.0 / (d.as_nanos() as f64).max(1.0),
+        });
         Routing {
             snapshot,
             lanes: lanes.into(),
-            ewma_tau_ns,
+            ewma,
         }
     }
 }
@@ -309,11 +314,12 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
         let routing = self.shared.routing.load();
         let lane = routing.lane(&self.shared.rng, key);
         // One clock read serves both the picker and the request's timing.
-        let timing = routing
-            .ewma_tau_ns
-            .map(|tau_ns| (nanos_since(routing.snapshot.epoch()), tau_ns));
+        let timing = routing.ewma.map(|t| Started {
+            start_ns: t.clock.now_ns(routing.snapshot.epoch()),
+            timing: t,
+        });
         let mut ctx = PickContext::new(&self.shared.rng).with_key(key);
-        ctx.now_ns = timing.map(|(start_ns, _)| start_ns);
+        ctx.now_ns = timing.map(|t| t.start_ns);
         let members = routing
             .snapshot
             .members()

@@ -1,8 +1,10 @@
+use std::cell::OnceCell;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::PickRng;
+use super::clock::LatencyClock;
 use super::hash::KeyHash;
 use crate::pool::Member;
 
@@ -28,15 +30,29 @@ pub trait Strategy: Send + Sync + 'static {
 pub struct BuildContext<'a> {
     /// The balancer's random source (for random starting points).
     pub rng: &'a PickRng,
-    /// The instant the members' latency stamps count from.
+    /// The instant the members' latency stamps count from on tokio's
+    /// clock.
     pub epoch: Instant,
+    /// The clock requests are timed with, chosen once per build.
+    clock: OnceCell<LatencyClock>,
 }
 
 impl<'a> BuildContext<'a> {
     /// A context for building pickers outside a balancer (tests,
     /// benchmarks, a balancer of your own).
     pub fn new(rng: &'a PickRng, epoch: Instant) -> Self {
-        BuildContext { rng, epoch }
+        BuildContext {
+            rng,
+            epoch,
+            clock: OnceCell::new(),
+        }
+    }
+
+    /// The clock latency is timed with for pickers of this build: the same
+    /// for every picker of the build and for the balancer that times their
+    /// requests.
+    pub(crate) fn latency_clock(&self) -> LatencyClock {
+        *self.clock.get_or_init(LatencyClock::detect)
     }
 }
 
@@ -65,7 +81,9 @@ pub trait Picker: Send + Sync + 'static {
 
     /// When `Some(decay)`, the balancer times each response and folds it
     /// into the endpoint's Peak-EWMA estimate with that time constant (two
-    /// clock reads per request). `None` unless the picker reads latency.
+    /// clock reads per request: of the CPU's counter with the `cpu-clock`
+    /// feature while tokio's clock runs, of tokio's clock otherwise). `None`
+    /// unless the picker reads latency.
     fn ewma_decay(&self) -> Option<Duration> {
         None
     }
@@ -77,9 +95,12 @@ pub trait Picker: Send + Sync + 'static {
 pub struct PickContext<'a> {
     /// The balancer's random source.
     pub rng: &'a PickRng,
-    /// Now, in nanoseconds since the snapshot's
-    /// [epoch](crate::pool::Snapshot::epoch), when the balancer has already
-    /// read the clock (it does when the picker asks for latency timing).
+    /// Now, in nanoseconds on the clock the balancer times requests with,
+    /// when it has already read it (it does when the picker asks for
+    /// latency timing). On tokio's clock that is since the snapshot's
+    /// [epoch](crate::pool::Snapshot::epoch); on the CPU's counter
+    /// (feature `cpu-clock`) since an origin of its own. Either way it is
+    /// the clock the members' Peak-EWMA stamps were taken with.
     pub now_ns: Option<u64>,
     /// The request's key, hashed with the picker's
     /// [`KEY_HASH`](Picker::KEY_HASH), when the balancer has a key

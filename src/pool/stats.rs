@@ -124,10 +124,10 @@ impl fmt::Debug for StatsHandle {
 }
 
 impl EndpointStats {
-    /// Nanoseconds from the pool epoch to now.
+    /// The pool's epoch: on tokio's clock, latency stamps count from it.
     #[inline]
-    pub(crate) fn now_ns(&self) -> u64 {
-        crate::balance::nanos_since(self.epoch)
+    pub(crate) fn epoch(&self) -> Instant {
+        self.epoch
     }
 
     /// Requests that completed successfully.
@@ -173,19 +173,25 @@ impl EndpointStats {
 
     /// Folds one round trip into the Peak-EWMA estimate: a sample above the
     /// (decayed) estimate replaces it at once (the peak), a lower one pulls
-    /// it down with weight `1 - exp(-elapsed / tau)`.
-    pub(crate) fn record_rtt(&self, rtt_ns: f64, now_ns: u64, tau_ns: f64) {
-        let at = self.ewma_at.load(Relaxed);
-        let _ = self.ewma_ns.fetch_update(Relaxed, Relaxed, |bits| {
-            let prev = f64::from_bits(bits);
-            let next = if prev <= 0.0 || rtt_ns > prev {
-                rtt_ns
-            } else {
-                let decay = decay(now_ns.saturating_sub(at), tau_ns);
-                prev * decay + rtt_ns * (1.0 - decay)
-            };
-            Some(next.max(1.0).to_bits())
-        });
+    /// it down with weight `1 - exp(-elapsed / tau)`; `inv_tau_ns` is
+    /// `1 / tau` in nanoseconds.
+    ///
+    /// A load and a store rather than a compare-and-swap loop: when two
+    /// requests to the same endpoint end at the same instant, one of their
+    /// two samples may be lost. The estimate stays one that samples made,
+    /// and the next sample corrects it; a lock-prefixed instruction on
+    /// every response would cost more than that is worth.
+    #[inline]
+    pub(crate) fn record_rtt(&self, rtt_ns: f64, now_ns: u64, inv_tau_ns: f64) {
+        let prev = f64::from_bits(self.ewma_ns.load(Relaxed));
+        let next = if prev <= 0.0 || rtt_ns > prev {
+            rtt_ns
+        } else {
+            let at = self.ewma_at.load(Relaxed);
+            let decay = decay(now_ns.saturating_sub(at), inv_tau_ns);
+            prev * decay + rtt_ns * (1.0 - decay)
+        };
+        self.ewma_ns.store(next.max(1.0).to_bits(), Relaxed);
         self.ewma_at.store(now_ns, Relaxed);
     }
 
@@ -193,20 +199,26 @@ impl EndpointStats {
     /// sample yet. An endpoint that gets no traffic drifts back towards zero
     /// cost, so a once-slow endpoint is tried again (linkerd, Finagle).
     #[inline]
-    pub(crate) fn rtt_estimate(&self, now_ns: u64, tau_ns: f64) -> Option<f64> {
+    pub(crate) fn rtt_estimate(&self, now_ns: u64, inv_tau_ns: f64) -> Option<f64> {
         let prev = f64::from_bits(self.ewma_ns.load(Relaxed));
         if prev <= 0.0 {
             return None;
         }
-        Some(prev * decay(now_ns.saturating_sub(self.ewma_at.load(Relaxed)), tau_ns))
+        Some(
+            prev * decay(
+                now_ns.saturating_sub(self.ewma_at.load(Relaxed)),
+                inv_tau_ns,
+            ),
+        )
     }
 }
 
-/// `exp(-elapsed / tau)`, to a relative error below 1e-6 — ample for
-/// weighing latencies — without a libm call on the request path.
+/// `exp(-elapsed / tau)` given `1 / tau`, to a relative error below 1e-6 —
+/// ample for weighing latencies — without a division or a libm call on
+/// the request path.
 #[inline]
-fn decay(elapsed_ns: u64, tau_ns: f64) -> f64 {
-    let x = elapsed_ns as f64 / tau_ns;
+fn decay(elapsed_ns: u64, inv_tau_ns: f64) -> f64 {
+    let x = elapsed_ns as f64 * inv_tau_ns;
     if x < 1e-3 {
         // The common case: far less than tau since the last sample.
         return 1.0 - x + 0.5 * x * x;
@@ -238,7 +250,7 @@ mod tests {
     #[test]
     fn peak_ewma_jumps_up_and_decays_down() {
         let s = StatsHandle::new(Instant::now());
-        let tau = 1e9;
+        let tau = 1e-9; // 1 / (1 s)
         assert_eq!(s.rtt_estimate(0, tau), None);
         s.record_rtt(100.0, 0, tau);
         assert_eq!(s.rtt_estimate(0, tau), Some(100.0));
@@ -260,7 +272,7 @@ mod tests {
     fn decay_matches_exp() {
         let mut x = 0.0f64;
         while x < 800.0 {
-            let got = decay((x * 1e9) as u64, 1e9);
+            let got = decay((x * 1e9) as u64, 1e-9);
             let want = (-x).exp();
             assert!(
                 (got - want).abs() <= 1e-6 * want + 1e-300,
