@@ -1,8 +1,9 @@
 //! What one request costs through a balancer, `ready().await` then
 //! `call().await`, over N trivially ready endpoints of equal weight: every
-//! strategy through `Balance`, least-in-flight through `Failover` +
-//! `Balance`, the full stack (`Retry` + `Failover` + `Balance`), tower's own
-//! p2c balancer over `PendingRequests` and over `PeakEwma`, and the raw
+//! strategy through `Balance`, least-in-flight through `Retry` + `Balance`,
+//! `Failover` + `Balance` and the full stack (`Retry` + `Failover` +
+//! `Balance`), tower's own p2c balancer over `PendingRequests` and over
+//! `PeakEwma`, and the raw
 //! endpoint service, all in one group so ratios read straight off one run:
 //! `target/criterion/roundtrip/<implementation>/<N>`.
 
@@ -83,8 +84,8 @@ fn bench_balance<St: Strategy + Clone>(
     bench_service(g, rt, name, n, lb);
 }
 
-/// `Retry` (nothing fails, so it never retries) over `Balance` over a
-/// `Failover` view.
+/// `Retry` (nothing fails, so it never retries) over `Balance` over
+/// `pool` (a `Failover` view for the full stack).
 fn bench_full_stack<St: Strategy + Clone>(
     g: &mut Group<'_>,
     rt: &Runtime,
@@ -133,6 +134,7 @@ fn roundtrip_group(c: &mut Criterion) {
             WeightedRoundRobin,
         );
         bench_balance(&mut g, &rt, "weighted_random", &pool, WeightedRandom);
+        bench_full_stack(&mut g, &rt, "retry_least_in_flight", &pool, LeastInFlight);
 
         let view = failover(&rt, &pool);
         bench_balance(

@@ -130,6 +130,16 @@ fn roundtrip_peer(name: &str) -> Option<(&'static str, Option<f64>)> {
     Some((peer, target))
 }
 
+/// The plain balancer a `roundtrip` row with `Retry` on top is compared
+/// with: the same stack without the retry layer.
+fn retry_base(name: &str) -> Option<&'static str> {
+    match name {
+        "retry_least_in_flight" => Some("least_in_flight"),
+        "full_stack" => Some("failover_least_in_flight"),
+        _ => None,
+    }
+}
+
 /// The strategies held to "≤ 3× the floor", "≤ 0.1× pingora" and "flat in N".
 fn cheap_pick(name: &str) -> bool {
     matches!(
@@ -170,6 +180,14 @@ fn main_lines(r: &Results) -> Vec<Line> {
                         ours: id.clone(),
                         peer: with_name(id, peer),
                         target,
+                    });
+                }
+                if let Some(base) = retry_base(name) {
+                    lines.push(Line {
+                        question: "retry vs balance",
+                        ours: id.clone(),
+                        peer: with_name(id, base),
+                        target: Some(1.15),
                     });
                 }
             }
@@ -560,6 +578,37 @@ mod tests {
         assert!(text.contains("| least_in_flight | tower_p2c_pending | 100 | 50.0 ns | 400.0 ns | 0.125× | ≤ 0.25× met |"), "{text}");
         assert!(text.contains("| peak_ewma | tower_p2c_peak_ewma | 100 | 90.0 ns | 500.0 ns | 0.180× | ≤ 0.15× **missed** |"), "{text}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn retry_rows_are_held_against_the_stack_without_retry() {
+        let mut results = Results::new();
+        for (name, mean) in [
+            ("least_in_flight", 50.0),
+            ("retry_least_in_flight", 60.0),
+            ("failover_least_in_flight", 50.0),
+            ("full_stack", 55.0),
+        ] {
+            results.insert(id("roundtrip", name, "100"), mean.into());
+        }
+        let lines: Vec<_> = main_lines(&results)
+            .into_iter()
+            .filter(|l| l.question == "retry vs balance")
+            .map(|l| (l, &results))
+            .collect();
+        let pairs = pairs(&lines);
+        let got: Vec<_> = pairs
+            .iter()
+            .map(|p| (p.line.ours.name.as_str(), p.line.peer.name.as_str(), p.met()))
+            .collect();
+        // 60 / 50 = 1.2 > 1.15; 55 / 50 = 1.1 ≤ 1.15.
+        assert_eq!(
+            got,
+            [
+                ("full_stack", "failover_least_in_flight", Some(true)),
+                ("retry_least_in_flight", "least_in_flight", Some(false)),
+            ]
+        );
     }
 
     #[test]
