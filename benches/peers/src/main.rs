@@ -599,7 +599,13 @@ mod tests {
         let pairs = pairs(&lines);
         let got: Vec<_> = pairs
             .iter()
-            .map(|p| (p.line.ours.name.as_str(), p.line.peer.name.as_str(), p.met()))
+            .map(|p| {
+                (
+                    p.line.ours.name.as_str(),
+                    p.line.peer.name.as_str(),
+                    p.met(),
+                )
+            })
             .collect();
         // 60 / 50 = 1.2 > 1.15; 55 / 50 = 1.1 ≤ 1.15.
         assert_eq!(
