@@ -56,6 +56,35 @@ impl LatencyClock {
     }
 }
 
+impl LatencyClock {
+    /// A positive `rate` tagged with this clock, so that a request carries
+    /// both in one word: positive on the CPU's counter, negative on
+    /// tokio's clock.
+    #[inline]
+    pub(crate) fn tag(self, rate: f64) -> f64 {
+        match self {
+            LatencyClock::Tokio => -rate,
+            #[cfg(feature = "cpu-clock")]
+            LatencyClock::Cpu(_) => rate,
+        }
+    }
+
+    /// Undoes [`tag`](LatencyClock::tag): the clock and the rate, or
+    /// `None` for zero (and NaN), which means "not timed".
+    #[inline]
+    pub(crate) fn untag(tagged: f64) -> Option<(LatencyClock, f64)> {
+        if tagged < 0.0 {
+            return Some((LatencyClock::Tokio, -tagged));
+        }
+        #[cfg(feature = "cpu-clock")]
+        if tagged > 0.0 {
+            // A positive tag is only made once the counter exists.
+            return cpu::Counter::existing().map(|c| (LatencyClock::Cpu(c), tagged));
+        }
+        None
+    }
+}
+
 /// Nanoseconds from `epoch` to now on tokio's clock, saturating.
 #[inline]
 pub(crate) fn nanos_since(epoch: Instant) -> u64 {
@@ -106,6 +135,12 @@ mod cpu {
             })
         }
 
+        /// The process's counter, if it has been calibrated.
+        #[inline]
+        pub(crate) fn existing() -> Option<&'static Counter> {
+            COUNTER.get()
+        }
+
         #[inline]
         pub(crate) fn now_ns(&self) -> u64 {
             self.clock.delta_as_nanos(self.origin, self.clock.raw())
@@ -118,6 +153,25 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn a_tag_carries_the_clock_and_the_rate() {
+        assert!(LatencyClock::untag(0.0).is_none());
+        assert!(LatencyClock::untag(f64::NAN).is_none());
+        let tagged = LatencyClock::Tokio.tag(1e-9);
+        assert!(matches!(
+            LatencyClock::untag(tagged),
+            Some((LatencyClock::Tokio, r)) if r == 1e-9
+        ));
+        #[cfg(feature = "cpu-clock")]
+        {
+            let cpu = LatencyClock::Cpu(cpu::Counter::get());
+            assert!(matches!(
+                LatencyClock::untag(cpu.tag(2e-9)),
+                Some((LatencyClock::Cpu(_), r)) if r == 2e-9
+            ));
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_paused_clock_is_timed_by_tokio() {

@@ -33,11 +33,12 @@ pub(super) struct Started {
 pub(super) struct InFlight {
     /// `None` once the outcome has been recorded.
     stats: Option<Arc<EndpointStats>>,
-    /// When the request was picked, on `clock`.
+    /// When the request was picked, on the clock `rate` names.
     start_ns: u64,
-    /// `1 / tau` of the Peak-EWMA decay; 0 when the request is not timed.
-    inv_tau_ns: f64,
-    clock: LatencyClock,
+    /// `1 / tau` of the Peak-EWMA decay, tagged with the clock the request
+    /// is timed on ([`LatencyClock::tag`]); 0 when it is not timed. One
+    /// word rather than two keeps every request's future smaller.
+    rate: f64,
 }
 
 impl InFlight {
@@ -51,14 +52,12 @@ impl InFlight {
             Some(s) => InFlight {
                 stats: Some(stats),
                 start_ns: s.start_ns,
-                inv_tau_ns: s.timing.inv_tau_ns,
-                clock: s.timing.clock,
+                rate: s.timing.clock.tag(s.timing.inv_tau_ns),
             },
             None => InFlight {
                 stats: Some(stats),
                 start_ns: 0,
-                inv_tau_ns: 0.0,
-                clock: LatencyClock::Tokio,
+                rate: 0.0,
             },
         }
     }
@@ -71,13 +70,9 @@ impl InFlight {
             return;
         };
         attempt::completed(attempt::endpoint_id(&stats));
-        if self.inv_tau_ns > 0.0 {
-            let now = self.clock.now_ns(stats.epoch());
-            stats.record_rtt(
-                now.saturating_sub(self.start_ns) as f64,
-                now,
-                self.inv_tau_ns,
-            );
+        if let Some((clock, inv_tau_ns)) = LatencyClock::untag(self.rate) {
+            let now = clock.now_ns(stats.epoch());
+            stats.record_rtt(now.saturating_sub(self.start_ns) as f64, now, inv_tau_ns);
         }
         if ok {
             stats.record_success();
