@@ -104,7 +104,8 @@ fn roundtrip_group(c: &mut Criterion) {
     let rt = support::runtime();
     let _guard = rt.enter();
     let mut g = c.benchmark_group("roundtrip");
-    for n in SIZES {
+    // Two endpoints as well: P2C's smallest case.
+    for n in [2].into_iter().chain(SIZES) {
         bench_service(&mut g, &rt, "raw", n, Echo);
 
         let tower_pending = p2c::Balance::new(PendingRequestsDiscover::new(
