@@ -6,6 +6,11 @@
 //!
 //! `target/criterion/contention/<implementation>/100` (one thread) and
 //! `target/criterion/contention/<implementation>_2_threads/100`.
+//!
+//! Whole round trips too, `ready().await` then `call().await`, through
+//! `Balance` and through `Retry` over `Balance`: each thread runs its own
+//! clone of the client on its own runtime, as a multi-threaded server's
+//! tasks do (`roundtrip_<stack>` and `roundtrip_<stack>_2_threads`).
 
 mod support;
 
@@ -14,11 +19,13 @@ use std::sync::Barrier;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use support::{Floor, Routed, Weights};
+use support::{Floor, Routed, Weights, round_trip};
 use tokio::time::Instant;
+use tower::{Layer, Service};
 use tower_lb::balance::{
-    LeastInFlight, PeakEwma, Random, RoundRobin, Strategy, WeightedRoundRobin,
+    BalanceLayer, LeastInFlight, PeakEwma, Random, RoundRobin, Strategy, WeightedRoundRobin,
 };
+use tower_lb::retry::{RetryErrors, RetryLayer};
 
 const N: usize = 100;
 
@@ -62,6 +69,60 @@ fn bench_threads(g: &mut Group<'_>, name: &str, pick: &(impl Fn() -> Option<usiz
     }
 }
 
+/// Round trips each clone makes before it is timed: enough for a
+/// long-lived clone to settle (a retry client takes its own lane after 16).
+const WARM_UP: u64 = 100;
+
+/// `threads` threads, each with its own clone of `svc` on its own runtime,
+/// released together for `iters` round trips each; the slowest one's time.
+fn round_trips<S>(threads: usize, iters: u64, svc: &S) -> Duration
+where
+    S: Service<u64> + Clone + Send,
+{
+    let barrier = Barrier::new(threads);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let mut svc = svc.clone();
+                let barrier = &barrier;
+                s.spawn(move || {
+                    support::runtime().block_on(async {
+                        for _ in 0..WARM_UP {
+                            assert!(round_trip(&mut svc).await, "a warm-up request fails");
+                        }
+                        barrier.wait();
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            black_box(round_trip(&mut svc).await);
+                        }
+                        start.elapsed()
+                    })
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("a bench thread panicked"))
+            .max()
+            .unwrap_or_default()
+    })
+}
+
+fn bench_round_trips<S>(g: &mut Group<'_>, name: &str, svc: &S)
+where
+    S: Service<u64> + Clone + Send,
+{
+    for threads in [1, 2] {
+        let id = match threads {
+            1 => format!("roundtrip_{name}"),
+            t => format!("roundtrip_{name}_{t}_threads"),
+        };
+        g.bench_with_input(BenchmarkId::new(id, N), &N, |b, _| {
+            b.iter_custom(|iters| round_trips(threads, iters, svc))
+        });
+    }
+}
+
 fn bench_strategy<St: Strategy>(
     g: &mut Group<'_>,
     pool: &tower_lb::pool::Pool<support::Echo>,
@@ -83,6 +144,14 @@ fn contention_group(c: &mut Criterion) {
     bench_strategy(&mut g, &pool, "random", Random);
     bench_strategy(&mut g, &pool, "least_in_flight", LeastInFlight);
     bench_strategy(&mut g, &pool, "peak_ewma", PeakEwma::new());
+
+    let lb = {
+        let _guard = rt.enter();
+        BalanceLayer::new(LeastInFlight).layer(pool.clone())
+    };
+    let retry = RetryLayer::new(RetryErrors::new()).layer(lb.clone());
+    bench_round_trips(&mut g, "least_in_flight", &lb);
+    bench_round_trips(&mut g, "retry_least_in_flight", &retry);
     g.finish();
 }
 

@@ -13,12 +13,12 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use support::{Echo, SIZES, Weights};
+use support::{Echo, SIZES, Weights, round_trip};
 use tokio::runtime::Runtime;
 use tower::balance::p2c;
 use tower::discover::ServiceList;
 use tower::load::{CompleteOnResponse, PeakEwmaDiscover, PendingRequestsDiscover};
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 use tower_lb::balance::{
     BalanceLayer, LeastInFlight, PeakEwma, Random, RoundRobin, Strategy, WeightedRandom,
     WeightedRoundRobin,
@@ -28,17 +28,6 @@ use tower_lb::pool::Pool;
 use tower_lb::retry::{RetryErrors, RetryLayer};
 
 type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
-
-/// One request: `ready().await` then `call().await`.
-async fn round_trip<S>(svc: &mut S) -> bool
-where
-    S: Service<u64>,
-{
-    match svc.ready().await {
-        Ok(svc) => svc.call(black_box(1)).await.is_ok(),
-        Err(_) => false,
-    }
-}
 
 /// Times `round_trip` on `svc`, after checking that it works.
 fn bench_service<S>(g: &mut Group<'_>, rt: &Runtime, name: &str, n: usize, mut svc: S)

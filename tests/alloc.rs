@@ -2,7 +2,8 @@
 //! request through `Balance` — `ready().await`, `call().await` — allocates
 //! nothing, for every strategy, nor through `Balance` over a `Failover`
 //! view, nor through the full stack (`Retry` + `Failover` + `Balance`) when
-//! nothing fails, nor with a request key for a hash strategy. Counted with a global allocator, so this file holds one
+//! nothing fails (nor through a clone of `Retry` made per request), nor
+//! with a request key for a hash strategy. Counted with a global allocator, so this file holds one
 //! test (a second would race on the counter).
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -63,6 +64,9 @@ enum Stack {
     Failover,
     /// `Retry` over `Balance` over a `Failover` view.
     Full,
+    /// `Retry` over `Balance`, called through a fresh clone per request
+    /// (`client.clone().oneshot(req)`), as many tower stacks call theirs.
+    RetryClonePerRequest,
 }
 
 async fn allocations_per_1000<St: Strategy + Clone>(strategy: St) -> u64 {
@@ -82,7 +86,7 @@ async fn allocations_per_1000_with<St: Strategy + Clone>(strategy: St, stack: St
     let pool = DiscoverLayer::new(StaticSource::new(endpoints)).layer(connector);
     assert!(pool.applied(1).await);
     let pool = match stack {
-        Stack::Balance | Stack::Retry => pool,
+        Stack::Balance | Stack::Retry | Stack::RetryClonePerRequest => pool,
         Stack::Failover | Stack::Full => {
             let view = FailoverLayer::new(FailoverConfig::new()).layer(pool);
             assert!(view.applied(1).await);
@@ -94,6 +98,9 @@ async fn allocations_per_1000_with<St: Strategy + Clone>(strategy: St, stack: St
     match stack {
         Stack::Balance | Stack::Failover => count(lb).await,
         Stack::Retry | Stack::Full => count(RetryLayer::new(RetryErrors::new()).layer(lb)).await,
+        Stack::RetryClonePerRequest => {
+            count_clones(RetryLayer::new(RetryErrors::new()).layer(lb)).await
+        }
     }
 }
 
@@ -140,6 +147,25 @@ where
     COUNTING.store(true, SeqCst);
     for i in 0..1000 {
         let out = svc.ready().await.unwrap().call(i).await;
+        assert!(matches!(out, Ok(x) if x == i));
+    }
+    COUNTING.store(false, SeqCst);
+    ALLOCATIONS.load(SeqCst)
+}
+
+/// Like [`count`], each request through a clone of `svc` made for it.
+async fn count_clones<S>(svc: S) -> u64
+where
+    S: Service<u64, Response = u64> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    for i in 0..1000 {
+        assert_eq!(svc.clone().oneshot(i).await.unwrap(), i);
+    }
+    ALLOCATIONS.store(0, SeqCst);
+    COUNTING.store(true, SeqCst);
+    for i in 0..1000 {
+        let out = svc.clone().oneshot(i).await;
         assert!(matches!(out, Ok(x) if x == i));
     }
     COUNTING.store(false, SeqCst);
@@ -196,6 +222,10 @@ fn steady_state_requests_do_not_allocate() {
             (
                 "retry over least_in_flight",
                 allocations_per_1000_with(LeastInFlight, Stack::Retry).await,
+            ),
+            (
+                "retry over least_in_flight, a clone per request",
+                allocations_per_1000_with(LeastInFlight, Stack::RetryClonePerRequest).await,
             ),
             (
                 "least_in_flight over failover",

@@ -170,6 +170,27 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
 /// all three attempts and end in `Error::Inner`.
 #[tokio::test(start_paused = true)]
 async fn a_total_outage_of_errors_stays_within_the_budget() {
+    outage(Clones::PerRequest).await;
+}
+
+/// The same outage, each task sending through one long-lived clone, which
+/// counts its requests on a lane of its own after its first 16: the budget
+/// counts them all the same.
+#[tokio::test(start_paused = true)]
+async fn a_total_outage_through_long_lived_clones_stays_within_the_budget() {
+    outage(Clones::PerTask).await;
+}
+
+/// How a test's tasks hold the client.
+#[derive(Clone, Copy, Debug)]
+enum Clones {
+    /// A clone per request (`client.clone().oneshot(req)`).
+    PerRequest,
+    /// One clone per task, kept for all its requests.
+    PerTask,
+}
+
+async fn outage(clones: Clones) {
     const WINDOW: Duration = Duration::from_secs(1);
     const RATIO: f64 = 0.1;
     const MIN_PER_SECOND: u32 = 2;
@@ -192,12 +213,22 @@ async fn a_total_outage_of_errors_stays_within_the_budget() {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..TASKS {
-        let client = client.clone();
+        let mut client = client.clone();
         tasks.push(tokio::spawn(async move {
             // (exhausted, attempts of exhausted requests, inner)
             let mut tally = (0u64, 0u64, 0u64);
             for i in 0..PER_TASK {
-                let out = within("outage request", client.clone().oneshot(i as u32)).await;
+                let out = match clones {
+                    Clones::PerRequest => {
+                        within("outage request", client.clone().oneshot(i as u32)).await
+                    }
+                    Clones::PerTask => {
+                        within("outage request", async {
+                            client.ready().await?.call(i as u32).await
+                        })
+                        .await
+                    }
+                };
                 match out {
                     Err(Error::BudgetExhausted { attempts, last }) => {
                         assert!(
@@ -275,6 +306,82 @@ async fn stats_of_layers_sharing_a_budget_count_their_own_requests() {
     assert_eq!(budget.stats().requests, 8, "the budget sees both layers");
     assert_eq!(a.stats().requests, 3, "layer a was given 3 requests");
     assert_eq!(b.stats().requests, 5, "layer b was given 5 requests");
+
+    // A long-lived clone counts on a lane of its own after 16 requests;
+    // its counts show while it lives and stay when it is dropped.
+    let mut long = a.clone();
+    for i in 0..40 {
+        within("long", async { long.ready().await?.call(i).await })
+            .await
+            .expect("ok");
+    }
+    assert_eq!(a.stats().requests, 43);
+    assert_eq!(long.stats().requests, 43, "every clone reads the same");
+    assert_eq!(budget.stats().requests, 48);
+    let mut other = long.clone(); // a clone of it starts without a lane
+    for i in 0..20 {
+        within("other", async { other.ready().await?.call(i).await })
+            .await
+            .expect("ok");
+    }
+    drop(long);
+    assert_eq!(a.stats().requests, 63, "a dropped clone's lane is kept");
+    drop(other);
+    within("b", b.clone().oneshot(0)).await.expect("ok");
+    assert_eq!(a.stats().requests, 63);
+    assert_eq!(b.stats().requests, 6);
+    assert_eq!(budget.stats().requests, 69);
+}
+
+/// Clients on several threads, each with its own long-lived clone (and so
+/// a lane of its own), and clones per request beside them: no request goes
+/// uncounted, and the budget still grants retries from those counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_from_many_threads_are_all_counted() {
+    const TASKS: u32 = 4;
+    const PER_TASK: u32 = 500;
+    let calls = Calls::default();
+    let ok = scripted(&calls, |_| Duration::ZERO, Ok);
+    // No floor: every retry granted comes from counted requests.
+    let budget = RetryBudget::new(Duration::from_secs(60), 0.5, 0);
+    let client = RetryLayer::new(RetryErrors::new())
+        .budget(budget.clone())
+        .layer(ok);
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let mut client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..PER_TASK {
+                if i % 10 == t {
+                    client.clone().oneshot(i).await.expect("ok");
+                } else {
+                    client
+                        .ready()
+                        .await
+                        .expect("ready")
+                        .call(i)
+                        .await
+                        .expect("ok");
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let requests = u64::from(TASKS * PER_TASK);
+    assert_eq!(calls.started(), requests);
+    assert_eq!(client.stats().requests, requests);
+    assert_eq!(budget.stats().requests, requests);
+    let mut granted = 0;
+    while budget.withdraw() {
+        granted += 1;
+    }
+    assert_eq!(
+        granted,
+        requests / 2,
+        "half the requests counted, as retries"
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
 use tokio::runtime::Runtime;
-use tower::{Layer, Service};
+use tower::{Layer, Service, ServiceExt};
 use tower_lb::Endpoint;
 use tower_lb::balance::{Balance, BuildContext, PickContext, PickRng, Picker, Strategy};
 use tower_lb::discover::StaticSource;
@@ -37,6 +37,17 @@ impl Service<u64> for Echo {
 
     fn call(&mut self, req: u64) -> Self::Future {
         ready(Ok(req))
+    }
+}
+
+/// One request: `ready().await` then `call().await`; whether it succeeded.
+pub async fn round_trip<S>(svc: &mut S) -> bool
+where
+    S: Service<u64>,
+{
+    match svc.ready().await {
+        Ok(svc) => svc.call(std::hint::black_box(1)).await.is_ok(),
+        Err(_) => false,
     }
 }
 

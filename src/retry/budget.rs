@@ -17,11 +17,12 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use super::tally::{Lane, Tally};
 
 /// Samples kept: after pruning, at most one at or before the start of the
 /// window and ten inside it (they are a tenth of a window apart); one
@@ -101,7 +102,7 @@ pub struct RetryBudget {
 
 struct Inner {
     /// Original requests since creation: all that `deposit` touches.
-    requests: AtomicU64,
+    requests: Tally,
     window: Duration,
     /// The least time between two samples: a tenth of the window, rounded
     /// up so that at most ten samples fit inside one window.
@@ -180,7 +181,7 @@ impl RetryBudget {
         });
         RetryBudget {
             inner: Arc::new(Inner {
-                requests: AtomicU64::new(0),
+                requests: Tally::new(),
                 window,
                 spacing,
                 ratio,
@@ -198,10 +199,22 @@ impl RetryBudget {
     /// Counts one original request (not a retry).
     ///
     /// This runs on every request, so it is one relaxed atomic add and
-    /// nothing else.
+    /// nothing else. ([`Retry`](super::Retry) clones that serve many
+    /// requests count them on a lane of their own instead, so that clients
+    /// on several threads do not all write one counter.)
     #[inline]
     pub fn deposit(&self) {
-        self.inner.requests.fetch_add(1, Relaxed);
+        self.inner.requests.add();
+    }
+
+    /// Counts the requests `lane` counts, from now until [`leave`](Self::leave).
+    pub(crate) fn join(&self, lane: &Lane) {
+        self.inner.requests.join(lane);
+    }
+
+    /// Keeps what `lane` counted and stops reading it.
+    pub(crate) fn leave(&self, lane: &Lane) {
+        self.inner.requests.leave(lane);
     }
 
     /// Takes one retry (or hedge) from the budget; `false` when the budget
@@ -213,7 +226,7 @@ impl RetryBudget {
         let inner = &*self.inner;
         let now = Instant::now();
         let mut state = inner.lock();
-        let requests = inner.requests.load(Relaxed);
+        let requests = inner.requests.total();
         let due = state
             .samples
             .back()
@@ -248,7 +261,7 @@ impl RetryBudget {
         let inner = &*self.inner;
         let now = Instant::now();
         let mut state = inner.lock();
-        let requests = inner.requests.load(Relaxed);
+        let requests = inner.requests.total();
         let available = inner.available(&mut state, now, requests).max(0.0);
         BudgetStats {
             requests,
@@ -351,7 +364,7 @@ impl fmt::Debug for RetryBudget {
             .field("window", &self.inner.window)
             .field("ratio", &self.inner.ratio)
             .field("min_per_second", &self.inner.min_per_second)
-            .field("requests", &self.inner.requests.load(Relaxed))
+            .field("requests", &self.inner.requests.total())
             .finish_non_exhaustive()
     }
 }

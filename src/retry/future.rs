@@ -14,7 +14,7 @@ use tower_service::Service;
 
 use super::attempt::{self, Attempts};
 use super::layer::Config;
-use super::service::Shared;
+use super::service::Local;
 use super::{Decision, Policy};
 use crate::error::{BoxError, Error};
 use crate::trace::event;
@@ -38,7 +38,8 @@ pin_project! {
     {
         #[pin]
         primary: Option<S::Future>,
-        shared: Arc<Shared<S, P>>,
+        // The client's settings, through the clone that sent the request.
+        local: Arc<Local<S, P>>,
         // The request as first sent: what the policy judges, and where
         // further attempts are copied from.
         template: Option<Req>,
@@ -107,13 +108,18 @@ where
 {
     #[inline]
     pub(super) fn new(
-        shared: Arc<Shared<S, P>>,
+        local: Arc<Local<S, P>>,
         template: Option<Req>,
         first: S::Future,
         started: Option<Instant>,
         hedge_delay: Option<Duration>,
     ) -> Self {
-        let deadline = shared.config.deadline.zip(started).map(|(d, s)| s + d);
+        let deadline = local
+            .shared
+            .config
+            .deadline
+            .zip(started)
+            .map(|(d, s)| s + d);
         let cold = (deadline.is_some() || hedge_delay.is_some()).then(|| {
             let mut cold = Cold::new();
             cold.started = started;
@@ -126,7 +132,7 @@ where
         });
         ResponseFuture {
             primary: Some(first),
-            shared,
+            local,
             template,
             attempts: 1,
             cold,
@@ -162,7 +168,7 @@ where
                 let out = ready!(f.poll(cx));
                 this.primary.set(None);
                 let decision = match this.template.as_ref() {
-                    Some(req) => this.shared.policy.decide(req, out.as_ref()),
+                    Some(req) => this.local.shared.policy.decide(req, out.as_ref()),
                     None => Decision::Accept,
                 };
                 if let Decision::Accept = decision {
@@ -189,7 +195,7 @@ where
     S::Error: Into<BoxError>,
     P: Policy<Req, S::Response, S::Error>,
 {
-    let shared = &**this.shared;
+    let shared = &*this.local.shared;
     let config = &shared.config;
     loop {
         // The deadline beats everything; dropping attempts cancels them.

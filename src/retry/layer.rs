@@ -7,6 +7,7 @@ use super::backoff::Backoff;
 use super::budget::RetryBudget;
 use super::hedge::{Hedge, LatencyHistogram};
 use super::service::Retry;
+use super::tally::Tally;
 use crate::balance::PickRng;
 
 /// Settings shared by every clone of a retrying client.
@@ -22,7 +23,7 @@ pub(crate) struct Config {
     pub(crate) stats: Counters,
     /// This layer's own request count, when its budget may be shared (the
     /// budget counts every layer drawing on it).
-    pub(crate) requests: Option<AtomicU64>,
+    pub(crate) requests: Option<Tally>,
 }
 
 #[derive(Debug, Default)]
@@ -159,7 +160,7 @@ impl<S: Clone, P: Clone> Layer<S> for RetryLayer<P> {
                     .seed
                     .map_or_else(PickRng::from_entropy, PickRng::seeded),
                 stats: Counters::default(),
-                requests: self.shared_budget.then(|| AtomicU64::new(0)),
+                requests: self.shared_budget.then(Tally::new),
             },
         )
     }
@@ -168,7 +169,7 @@ impl<S: Clone, P: Clone> Layer<S> for RetryLayer<P> {
 impl Config {
     pub(crate) fn stats(&self) -> RetryStats {
         let requests = match &self.requests {
-            Some(own) => own.load(Relaxed),
+            Some(own) => own.total(),
             None => self.budget.stats().requests,
         };
         RetryStats {

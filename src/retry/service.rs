@@ -1,5 +1,4 @@
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 
 use tokio::time::Instant;
@@ -8,6 +7,7 @@ use tower_service::Service;
 use super::Policy;
 use super::future::ResponseFuture;
 use super::layer::{Config, RetryStats};
+use super::tally::Lane;
 use crate::error::{BoxError, Error};
 
 /// Retries requests through any service: a budget shared by all clones,
@@ -18,15 +18,34 @@ use crate::error::{BoxError, Error};
 /// this crate's errors (from a balancer below) as it is, any other as
 /// [`Error::Inner`].
 ///
-/// A request that succeeds first time costs one atomic add (the budget's
-/// count) and a copy of the request kept in case it must be repeated: the
-/// service is not cloned per request. Retries and hedges call a clone of
-/// the service the layer wrapped.
+/// A request that succeeds first time costs a count for the budget, a
+/// reference to the client's settings for its future, and a copy of the
+/// request kept in case it must be repeated: the service is not cloned per
+/// request. Retries and hedges call a clone of the service the layer
+/// wrapped.
+///
+/// # Many threads
+///
+/// A clone that has served 16 requests takes a
+/// counter and a reference of its own, each on its own cache line (one
+/// allocation, once): from then on its requests write nothing that other
+/// clones write, so clients on many threads, each with its own clone, do
+/// not slow each other down. Clones made for a single request (as
+/// `ServiceExt::oneshot` on a clone does) never take one, and cost what
+/// they did: one atomic add on the budget's shared counter.
 #[derive(Debug)]
 pub struct Retry<S, P> {
     inner: S,
-    shared: Arc<Shared<S, P>>,
+    /// What clones without a lane of their own share.
+    root: Arc<Local<S, P>>,
+    /// This clone's own lane, once it has served `LANE_AFTER` requests.
+    own: Option<Own<S, P>>,
+    /// Requests served without a lane of its own, up to `LANE_AFTER`.
+    calls: u32,
 }
+
+/// Requests a clone serves before it takes a lane of its own.
+const LANE_AFTER: u32 = 16;
 
 /// What every request of a client shares.
 #[derive(Debug)]
@@ -37,24 +56,75 @@ pub(crate) struct Shared<S, P> {
     pub(crate) config: Config,
 }
 
+/// What a request's future holds to reach the client's settings: one per
+/// clone with a lane of its own, so that futures of different clones
+/// count references on different cache lines (it fills its line, so
+/// nothing else shares it).
+#[derive(Debug)]
+#[repr(align(64))]
+pub(crate) struct Local<S, P> {
+    pub(crate) shared: Arc<Shared<S, P>>,
+}
+
+/// A clone's own lane of the request count and its own [`Local`].
+#[derive(Debug)]
+struct Own<S, P> {
+    local: Arc<Local<S, P>>,
+    lane: Lane,
+}
+
+impl<S, P> Own<S, P> {
+    /// Joins a new lane to the budget (and to the layer's own count).
+    fn join(shared: &Arc<Shared<S, P>>) -> Self {
+        let lane = Lane::new();
+        let config = &shared.config;
+        config.budget.join(&lane);
+        if let Some(own) = &config.requests {
+            own.join(&lane);
+        }
+        Own {
+            local: Arc::new(Local {
+                shared: shared.clone(),
+            }),
+            lane,
+        }
+    }
+}
+
+impl<S, P> Drop for Own<S, P> {
+    fn drop(&mut self) {
+        // The clone is done counting: keep what it counted.
+        let config = &self.local.shared.config;
+        config.budget.leave(&self.lane);
+        if let Some(own) = &config.requests {
+            own.leave(&self.lane);
+        }
+    }
+}
+
 impl<S: Clone, P> Clone for Retry<S, P> {
     fn clone(&self) -> Self {
         Retry {
             inner: self.inner.clone(),
-            shared: self.shared.clone(),
+            root: self.root.clone(),
+            own: None,
+            calls: 0,
         }
     }
 }
 
 impl<S: Clone, P> Retry<S, P> {
     pub(crate) fn from_parts(inner: S, policy: P, config: Config) -> Self {
+        let shared = Arc::new(Shared {
+            proto: inner.clone(),
+            policy,
+            config,
+        });
         Retry {
-            shared: Arc::new(Shared {
-                proto: inner.clone(),
-                policy,
-                config,
-            }),
             inner,
+            root: Arc::new(Local { shared }),
+            own: None,
+            calls: 0,
         }
     }
 }
@@ -62,7 +132,7 @@ impl<S: Clone, P> Retry<S, P> {
 impl<S, P> Retry<S, P> {
     /// Counters shared by every clone of this client.
     pub fn stats(&self) -> RetryStats {
-        self.shared.config.stats()
+        self.root.shared.config.stats()
     }
 
     /// The wrapped service.
@@ -97,9 +167,27 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        let shared = &self.shared;
+        let local = match &mut self.own {
+            Some(own) => {
+                own.lane.add();
+                &own.local
+            }
+            None => {
+                let config = &self.root.shared.config;
+                config.budget.deposit();
+                if let Some(own) = &config.requests {
+                    own.add();
+                }
+                self.calls += 1;
+                if self.calls >= LANE_AFTER {
+                    // From the next request on.
+                    self.own = Some(Own::join(&self.root.shared));
+                }
+                &self.root
+            }
+        };
+        let shared = &*local.shared;
         let config = &shared.config;
-        config.budget.deposit();
         let template = (config.max_attempts > 1 || config.hedge.is_some())
             .then(|| shared.policy.clone_request(&req))
             .flatten();
@@ -110,12 +198,9 @@ where
         let started =
             (config.deadline.is_some() || hedge.is_some_and(|h| h.learns())).then(Instant::now);
         let hedge_delay = hedge.map(|h| h.delay(&config.latencies));
-        if let Some(own) = &config.requests {
-            own.fetch_add(1, Relaxed);
-        }
         // A first attempt has nothing to avoid; the endpoint it reaches is
         // reported back when it ends.
         let future = self.inner.call(req);
-        ResponseFuture::new(shared.clone(), template, future, started, hedge_delay)
+        ResponseFuture::new(local.clone(), template, future, started, hedge_delay)
     }
 }
