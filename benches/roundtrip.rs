@@ -1,6 +1,7 @@
 //! What one request costs through a balancer, `ready().await` then
 //! `call().await`, over N trivially ready endpoints of equal weight: every
-//! strategy through `Balance`, least-in-flight through `Retry` + `Balance`,
+//! strategy through `Balance`, least-in-flight through `Retry` + `Balance`
+//! and through a layer that does nothing (the cost of any layer),
 //! `Failover` + `Balance` and the full stack (`Retry` + `Failover` +
 //! `Balance`), tower's own p2c balancer over `PendingRequests` and over
 //! `PeakEwma`, and the raw
@@ -18,6 +19,7 @@ use tokio::runtime::Runtime;
 use tower::balance::p2c;
 use tower::discover::ServiceList;
 use tower::load::{CompleteOnResponse, PeakEwmaDiscover, PendingRequestsDiscover};
+use tower::util::MapErrLayer;
 use tower::{Layer, Service};
 use tower_lb::balance::{
     BalanceLayer, LeastInFlight, PeakEwma, Random, RoundRobin, Strategy, WeightedRandom,
@@ -89,6 +91,17 @@ fn bench_full_stack<St: Strategy + Clone>(
     bench_service(g, rt, name, n, retry);
 }
 
+/// A layer that does nothing (tower's `MapErr` with the identity) over
+/// least-in-flight `Balance`: what wrapping the balancer in any layer
+/// costs, the yardstick for what `Retry` adds.
+fn bench_noop_layer(g: &mut Group<'_>, rt: &Runtime, pool: &Pool<Echo>) {
+    let _guard = rt.enter();
+    let n = pool.snapshot().len();
+    let lb = BalanceLayer::new(LeastInFlight).layer(pool.clone());
+    let noop = MapErrLayer::new(|e: tower_lb::Error| e).layer(lb);
+    bench_service(g, rt, "noop_layer_least_in_flight", n, noop);
+}
+
 fn roundtrip_group(c: &mut Criterion) {
     let rt = support::runtime();
     let _guard = rt.enter();
@@ -125,6 +138,7 @@ fn roundtrip_group(c: &mut Criterion) {
         );
         bench_balance(&mut g, &rt, "weighted_random", &pool, WeightedRandom);
         bench_full_stack(&mut g, &rt, "retry_least_in_flight", &pool, LeastInFlight);
+        bench_noop_layer(&mut g, &rt, &pool);
 
         let view = failover(&rt, &pool);
         bench_balance(

@@ -21,8 +21,18 @@ pub struct EndpointStats {
     /// The pool's epoch: latency stamps are nanoseconds since it.
     epoch: Instant,
     /// How many of the `Arc`'s strong references are [`StatsHandle`]s; the
-    /// others are requests in flight.
+    /// others are requests in flight. Read by every pick that looks at
+    /// load, written only when snapshots change: kept off the line that
+    /// every completion writes, so a pick on one core does not miss on
+    /// it each time a request ends on another.
     handles: AtomicU64,
+    outcomes: Outcomes,
+}
+
+/// What every completion writes, on a cache line of its own.
+#[derive(Debug)]
+#[repr(align(64))]
+struct Outcomes {
     successes: AtomicU64,
     failures: AtomicU64,
     consecutive_failures: AtomicU32,
@@ -53,11 +63,13 @@ impl StatsHandle {
             stats: Arc::new(EndpointStats {
                 epoch,
                 handles: AtomicU64::new(1),
-                successes: AtomicU64::new(0),
-                failures: AtomicU64::new(0),
-                consecutive_failures: AtomicU32::new(0),
-                ewma_ns: AtomicU64::new(0),
-                ewma_at: AtomicU64::new(0),
+                outcomes: Outcomes {
+                    successes: AtomicU64::new(0),
+                    failures: AtomicU64::new(0),
+                    consecutive_failures: AtomicU32::new(0),
+                    ewma_ns: AtomicU64::new(0),
+                    ewma_at: AtomicU64::new(0),
+                },
             }),
         }
     }
@@ -132,43 +144,43 @@ impl EndpointStats {
 
     /// Requests that completed successfully.
     pub fn successes(&self) -> u64 {
-        self.successes.load(Relaxed)
+        self.outcomes.successes.load(Relaxed)
     }
 
     /// Requests that failed.
     pub fn failures(&self) -> u64 {
-        self.failures.load(Relaxed)
+        self.outcomes.failures.load(Relaxed)
     }
 
     /// Failures since the last success.
     pub fn consecutive_failures(&self) -> u32 {
-        self.consecutive_failures.load(Relaxed)
+        self.outcomes.consecutive_failures.load(Relaxed)
     }
 
     /// The Peak-EWMA latency estimate as of its last sample, if any.
     pub fn ewma_latency(&self) -> Option<Duration> {
-        let ns = f64::from_bits(self.ewma_ns.load(Relaxed));
+        let ns = f64::from_bits(self.outcomes.ewma_ns.load(Relaxed));
         (ns > 0.0).then(|| Duration::from_nanos(ns as u64))
     }
 
     /// Records a success (the request's reference is dropped separately).
     #[inline]
     pub(crate) fn record_success(&self) {
-        self.successes.fetch_add(1, Relaxed);
-        if self.consecutive_failures.load(Relaxed) != 0 {
-            self.consecutive_failures.store(0, Relaxed);
+        self.outcomes.successes.fetch_add(1, Relaxed);
+        if self.outcomes.consecutive_failures.load(Relaxed) != 0 {
+            self.outcomes.consecutive_failures.store(0, Relaxed);
         }
     }
 
     /// Forgets the failure streak (when an ejected endpoint comes back).
     pub(crate) fn reset_consecutive_failures(&self) {
-        self.consecutive_failures.store(0, Relaxed);
+        self.outcomes.consecutive_failures.store(0, Relaxed);
     }
 
     /// Records a failure.
     pub(crate) fn record_failure(&self) {
-        self.failures.fetch_add(1, Relaxed);
-        self.consecutive_failures.fetch_add(1, Relaxed);
+        self.outcomes.failures.fetch_add(1, Relaxed);
+        self.outcomes.consecutive_failures.fetch_add(1, Relaxed);
     }
 
     /// Folds one round trip into the Peak-EWMA estimate: a sample above the
@@ -183,16 +195,18 @@ impl EndpointStats {
     /// every response would cost more than that is worth.
     #[inline]
     pub(crate) fn record_rtt(&self, rtt_ns: f64, now_ns: u64, inv_tau_ns: f64) {
-        let prev = f64::from_bits(self.ewma_ns.load(Relaxed));
+        let prev = f64::from_bits(self.outcomes.ewma_ns.load(Relaxed));
         let next = if prev <= 0.0 || rtt_ns > prev {
             rtt_ns
         } else {
-            let at = self.ewma_at.load(Relaxed);
+            let at = self.outcomes.ewma_at.load(Relaxed);
             let decay = decay(now_ns.saturating_sub(at), inv_tau_ns);
             prev * decay + rtt_ns * (1.0 - decay)
         };
-        self.ewma_ns.store(next.max(1.0).to_bits(), Relaxed);
-        self.ewma_at.store(now_ns, Relaxed);
+        self.outcomes
+            .ewma_ns
+            .store(next.max(1.0).to_bits(), Relaxed);
+        self.outcomes.ewma_at.store(now_ns, Relaxed);
     }
 
     /// The Peak-EWMA estimate decayed to `now_ns`, or `None` with no
@@ -200,13 +214,13 @@ impl EndpointStats {
     /// cost, so a once-slow endpoint is tried again (linkerd, Finagle).
     #[inline]
     pub(crate) fn rtt_estimate(&self, now_ns: u64, inv_tau_ns: f64) -> Option<f64> {
-        let prev = f64::from_bits(self.ewma_ns.load(Relaxed));
+        let prev = f64::from_bits(self.outcomes.ewma_ns.load(Relaxed));
         if prev <= 0.0 {
             return None;
         }
         Some(
             prev * decay(
-                now_ns.saturating_sub(self.ewma_at.load(Relaxed)),
+                now_ns.saturating_sub(self.outcomes.ewma_at.load(Relaxed)),
                 inv_tau_ns,
             ),
         )

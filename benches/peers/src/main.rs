@@ -113,7 +113,7 @@ struct Line {
 
 /// The peer a `roundtrip` row is compared with, and the target.
 fn roundtrip_peer(name: &str) -> Option<(&'static str, Option<f64>)> {
-    if name == "raw" || name.starts_with("tower_") {
+    if name == "raw" || name.starts_with("tower_") || name.starts_with("noop_layer") {
         return None;
     }
     let peer = if name.contains("peak_ewma") {
@@ -130,12 +130,14 @@ fn roundtrip_peer(name: &str) -> Option<(&'static str, Option<f64>)> {
     Some((peer, target))
 }
 
-/// The plain balancer a `roundtrip` row with `Retry` on top is compared
-/// with: the same stack without the retry layer.
-fn retry_base(name: &str) -> Option<&'static str> {
+/// The plain balancer a `roundtrip` row with a layer on top is compared
+/// with (the same stack without the layer), and the target: `Retry` is
+/// held to 1.15×; the layer that does nothing is the yardstick, with none.
+fn layer_base(name: &str) -> Option<(&'static str, Option<f64>)> {
     match name {
-        "retry_least_in_flight" => Some("least_in_flight"),
-        "full_stack" => Some("failover_least_in_flight"),
+        "retry_least_in_flight" => Some(("least_in_flight", Some(1.15))),
+        "full_stack" => Some(("failover_least_in_flight", Some(1.15))),
+        "noop_layer_least_in_flight" => Some(("least_in_flight", None)),
         _ => None,
     }
 }
@@ -182,12 +184,12 @@ fn main_lines(r: &Results) -> Vec<Line> {
                         target,
                     });
                 }
-                if let Some(base) = retry_base(name) {
+                if let Some((base, target)) = layer_base(name) {
                     lines.push(Line {
                         question: "retry vs balance",
                         ours: id.clone(),
                         peer: with_name(id, base),
-                        target: Some(1.15),
+                        target,
                     });
                 }
             }
@@ -214,6 +216,16 @@ fn main_lines(r: &Results) -> Vec<Line> {
                         ours: id.clone(),
                         peer: with_name(id, base),
                         target: (base != "floor").then_some(1.5),
+                    });
+                }
+                // Retry over Balance against Balance, each thread with
+                // its own clone.
+                if let Some(rest) = name.strip_prefix("roundtrip_retry_") {
+                    lines.push(Line {
+                        question: "retry vs balance",
+                        ours: id.clone(),
+                        peer: with_name(id, &format!("roundtrip_{rest}")),
+                        target: Some(1.15),
                     });
                 }
             }
@@ -586,10 +598,17 @@ mod tests {
         for (name, mean) in [
             ("least_in_flight", 50.0),
             ("retry_least_in_flight", 60.0),
+            ("noop_layer_least_in_flight", 56.0),
             ("failover_least_in_flight", 50.0),
             ("full_stack", 55.0),
         ] {
             results.insert(id("roundtrip", name, "100"), mean.into());
+        }
+        for (name, mean) in [
+            ("roundtrip_least_in_flight_2_threads", 70.0),
+            ("roundtrip_retry_least_in_flight_2_threads", 77.0),
+        ] {
+            results.insert(id("contention", name, "100"), mean.into());
         }
         let lines: Vec<_> = main_lines(&results)
             .into_iter()
@@ -607,13 +626,26 @@ mod tests {
                 )
             })
             .collect();
-        // 60 / 50 = 1.2 > 1.15; 55 / 50 = 1.1 ≤ 1.15.
+        // 77 / 70 = 1.1 ≤ 1.15; 55 / 50 = 1.1 ≤ 1.15; the no-op layer
+        // has no target; 60 / 50 = 1.2 > 1.15.
         assert_eq!(
             got,
             [
+                (
+                    "roundtrip_retry_least_in_flight_2_threads",
+                    "roundtrip_least_in_flight_2_threads",
+                    Some(true)
+                ),
                 ("full_stack", "failover_least_in_flight", Some(true)),
+                ("noop_layer_least_in_flight", "least_in_flight", None),
                 ("retry_least_in_flight", "least_in_flight", Some(false)),
             ]
+        );
+        assert!(
+            !main_lines(&results)
+                .iter()
+                .any(|l| l.question == "roundtrip vs tower" && l.ours.name.starts_with("noop")),
+            "the no-op layer is not held against tower"
         );
     }
 
