@@ -1,10 +1,10 @@
 //! What one request costs through a balancer, `ready().await` then
 //! `call().await`, over N trivially ready endpoints of equal weight: every
-//! strategy through `Balance`, least-in-flight through `Retry` + `Balance`
-//! and through a layer that does nothing (the cost of any layer),
-//! `Failover` + `Balance` and the full stack (`Retry` + `Failover` +
-//! `Balance`), tower's own p2c balancer over `PendingRequests` and over
-//! `PeakEwma`, and the raw
+//! strategy through `Balance`; least-in-flight through `Retry` + `Balance`,
+//! through tower's own `Retry` over the same `Balance`, and through a layer
+//! that does nothing (the cost of any layer); `Failover` + `Balance` and
+//! the full stack (`Retry` + `Failover` + `Balance`); tower's own p2c
+//! balancer over `PendingRequests` and over `PeakEwma`; and the raw
 //! endpoint service, all in one group so ratios read straight off one run:
 //! `target/criterion/roundtrip/<implementation>/<N>`.
 
@@ -102,6 +102,40 @@ fn bench_noop_layer(g: &mut Group<'_>, rt: &Runtime, pool: &Pool<Echo>) {
     bench_service(g, rt, "noop_layer_least_in_flight", n, noop);
 }
 
+/// tower's own `Retry` over the same least-in-flight `Balance`, with the
+/// simplest policy: errors are retried up to twice more, with no budget
+/// and no pause. Nothing fails, so it never retries: this is what tower's
+/// layer costs per request.
+fn bench_tower_retry(g: &mut Group<'_>, rt: &Runtime, pool: &Pool<Echo>) {
+    let _guard = rt.enter();
+    let n = pool.snapshot().len();
+    let lb = BalanceLayer::new(LeastInFlight).layer(pool.clone());
+    let retry = tower::retry::RetryLayer::new(RetryErrorsTwice(2)).layer(lb);
+    bench_service(g, rt, "tower_retry_least_in_flight", n, retry);
+}
+
+/// A tower retry policy: retry an error while attempts remain.
+#[derive(Clone, Copy, Debug)]
+struct RetryErrorsTwice(u32);
+
+impl<Req: Clone, Res, E> tower::retry::Policy<Req, Res, E> for RetryErrorsTwice {
+    type Future = std::future::Ready<()>;
+
+    fn retry(&mut self, _: &mut Req, result: &mut Result<Res, E>) -> Option<Self::Future> {
+        match result {
+            Err(_) if self.0 > 0 => {
+                self.0 -= 1;
+                Some(std::future::ready(()))
+            }
+            _ => None,
+        }
+    }
+
+    fn clone_request(&mut self, req: &Req) -> Option<Req> {
+        Some(req.clone())
+    }
+}
+
 fn roundtrip_group(c: &mut Criterion) {
     let rt = support::runtime();
     let _guard = rt.enter();
@@ -139,6 +173,7 @@ fn roundtrip_group(c: &mut Criterion) {
         bench_balance(&mut g, &rt, "weighted_random", &pool, WeightedRandom);
         bench_full_stack(&mut g, &rt, "retry_least_in_flight", &pool, LeastInFlight);
         bench_noop_layer(&mut g, &rt, &pool);
+        bench_tower_retry(&mut g, &rt, &pool);
 
         let view = failover(&rt, &pool);
         bench_balance(

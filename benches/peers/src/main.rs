@@ -184,6 +184,14 @@ fn main_lines(r: &Results) -> Vec<Line> {
                         target,
                     });
                 }
+                if name == "retry_least_in_flight" {
+                    lines.push(Line {
+                        question: "retry vs tower retry",
+                        ours: id.clone(),
+                        peer: with_name(id, "tower_retry_least_in_flight"),
+                        target: None,
+                    });
+                }
                 if let Some((base, target)) = layer_base(name) {
                     lines.push(Line {
                         question: "retry vs balance",
