@@ -15,32 +15,35 @@ use tokio::time::Instant;
 #[derive(Debug)]
 // Each endpoint's counters get their own cache lines (two, for the
 // adjacent-line prefetcher), so requests to different endpoints on
-// different cores do not contend.
-#[repr(align(128))]
+// different cores do not contend; `C` keeps the fields in the order below,
+// what picks read on the first line and what completions write on the
+// second.
+#[repr(C, align(128))]
 pub struct EndpointStats {
     /// The pool's epoch: latency stamps are nanoseconds since it.
     epoch: Instant,
     /// How many of the `Arc`'s strong references are [`StatsHandle`]s; the
     /// others are requests in flight. Read by every pick that looks at
-    /// load, written only when snapshots change: kept off the line that
-    /// every completion writes, so a pick on one core does not miss on
-    /// it each time a request ends on another.
+    /// load, written only when snapshots change.
     handles: AtomicU64,
+    /// Peak-EWMA round-trip estimate in nanoseconds, as `f64` bits; 0 means
+    /// no sample yet. Read by Peak-EWMA picks beside `handles`, and written
+    /// only by requests that are timed for Peak-EWMA.
+    ewma_ns: AtomicU64,
+    /// When `ewma_ns` was last updated, in nanoseconds since the pool epoch.
+    ewma_at: AtomicU64,
+    /// Written by every completion: on a line of their own, so that a pick
+    /// on one core does not miss on the line it reads each time a request
+    /// ends on another.
     outcomes: Outcomes,
 }
 
-/// What every completion writes, on a cache line of its own.
 #[derive(Debug)]
 #[repr(align(64))]
 struct Outcomes {
     successes: AtomicU64,
     failures: AtomicU64,
     consecutive_failures: AtomicU32,
-    /// Peak-EWMA round-trip estimate in nanoseconds, as `f64` bits; 0 means
-    /// no sample yet.
-    ewma_ns: AtomicU64,
-    /// When `ewma_ns` was last updated, in nanoseconds since the pool epoch.
-    ewma_at: AtomicU64,
 }
 
 /// A shared reference to one endpoint's [`EndpointStats`] (it derefs to
@@ -63,12 +66,12 @@ impl StatsHandle {
             stats: Arc::new(EndpointStats {
                 epoch,
                 handles: AtomicU64::new(1),
+                ewma_ns: AtomicU64::new(0),
+                ewma_at: AtomicU64::new(0),
                 outcomes: Outcomes {
                     successes: AtomicU64::new(0),
                     failures: AtomicU64::new(0),
                     consecutive_failures: AtomicU32::new(0),
-                    ewma_ns: AtomicU64::new(0),
-                    ewma_at: AtomicU64::new(0),
                 },
             }),
         }
@@ -159,7 +162,7 @@ impl EndpointStats {
 
     /// The Peak-EWMA latency estimate as of its last sample, if any.
     pub fn ewma_latency(&self) -> Option<Duration> {
-        let ns = f64::from_bits(self.outcomes.ewma_ns.load(Relaxed));
+        let ns = f64::from_bits(self.ewma_ns.load(Relaxed));
         (ns > 0.0).then(|| Duration::from_nanos(ns as u64))
     }
 
@@ -195,18 +198,16 @@ impl EndpointStats {
     /// every response would cost more than that is worth.
     #[inline]
     pub(crate) fn record_rtt(&self, rtt_ns: f64, now_ns: u64, inv_tau_ns: f64) {
-        let prev = f64::from_bits(self.outcomes.ewma_ns.load(Relaxed));
+        let prev = f64::from_bits(self.ewma_ns.load(Relaxed));
         let next = if prev <= 0.0 || rtt_ns > prev {
             rtt_ns
         } else {
-            let at = self.outcomes.ewma_at.load(Relaxed);
+            let at = self.ewma_at.load(Relaxed);
             let decay = decay(now_ns.saturating_sub(at), inv_tau_ns);
             prev * decay + rtt_ns * (1.0 - decay)
         };
-        self.outcomes
-            .ewma_ns
-            .store(next.max(1.0).to_bits(), Relaxed);
-        self.outcomes.ewma_at.store(now_ns, Relaxed);
+        self.ewma_ns.store(next.max(1.0).to_bits(), Relaxed);
+        self.ewma_at.store(now_ns, Relaxed);
     }
 
     /// The Peak-EWMA estimate decayed to `now_ns`, or `None` with no
@@ -214,13 +215,13 @@ impl EndpointStats {
     /// cost, so a once-slow endpoint is tried again (linkerd, Finagle).
     #[inline]
     pub(crate) fn rtt_estimate(&self, now_ns: u64, inv_tau_ns: f64) -> Option<f64> {
-        let prev = f64::from_bits(self.outcomes.ewma_ns.load(Relaxed));
+        let prev = f64::from_bits(self.ewma_ns.load(Relaxed));
         if prev <= 0.0 {
             return None;
         }
         Some(
             prev * decay(
-                now_ns.saturating_sub(self.outcomes.ewma_at.load(Relaxed)),
+                now_ns.saturating_sub(self.ewma_at.load(Relaxed)),
                 inv_tau_ns,
             ),
         )
@@ -260,6 +261,21 @@ fn decay(elapsed_ns: u64, inv_tau_ns: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_picks_read_and_what_completions_write_are_on_different_lines() {
+        use std::mem::{align_of, offset_of, size_of};
+        assert_eq!(size_of::<EndpointStats>(), 128, "two lines, no more");
+        assert_eq!(align_of::<EndpointStats>(), 128);
+        for read in [
+            offset_of!(EndpointStats, handles),
+            offset_of!(EndpointStats, ewma_ns),
+            offset_of!(EndpointStats, ewma_at),
+        ] {
+            assert!(read < 64, "read by picks: the first line");
+        }
+        assert_eq!(offset_of!(EndpointStats, outcomes), 64, "the second line");
+    }
 
     #[test]
     fn peak_ewma_jumps_up_and_decays_down() {
