@@ -31,6 +31,15 @@ const N: usize = 100;
 
 type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
 
+/// The longest time any of `workers` took.
+fn slowest(workers: Vec<std::thread::ScopedJoinHandle<'_, Duration>>) -> Duration {
+    workers
+        .into_iter()
+        .map(|w| w.join().expect("a bench thread panicked"))
+        .max()
+        .unwrap_or_default()
+}
+
 /// `threads` threads released together, each calling `pick` `iters` times;
 /// the slowest one's time.
 fn per_thread(threads: usize, iters: u64, pick: &(impl Fn() -> Option<usize> + Sync)) -> Duration {
@@ -48,11 +57,7 @@ fn per_thread(threads: usize, iters: u64, pick: &(impl Fn() -> Option<usize> + S
                 })
             })
             .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("a bench thread panicked"))
-            .max()
-            .unwrap_or_default()
+        slowest(workers)
     })
 }
 
@@ -100,11 +105,7 @@ where
                 })
             })
             .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("a bench thread panicked"))
-            .max()
-            .unwrap_or_default()
+        slowest(workers)
     })
 }
 
