@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::tally::{Lane, Tally};
+use super::tally::Tally;
 
 /// Samples kept: after pruning, at most one at or before the start of the
 /// window and ten inside it (they are a tenth of a window apart); one
@@ -207,14 +207,9 @@ impl RetryBudget {
         self.inner.requests.add();
     }
 
-    /// Counts the requests `lane` counts, from now until [`leave`](Self::leave).
-    pub(crate) fn join(&self, lane: &Lane) {
-        self.inner.requests.join(lane);
-    }
-
-    /// Keeps what `lane` counted and stops reading it.
-    pub(crate) fn leave(&self, lane: &Lane) {
-        self.inner.requests.leave(lane);
+    /// The count of original requests, for lanes to join.
+    pub(crate) fn tally(&self) -> &Tally {
+        &self.inner.requests
     }
 
     /// Takes one retry (or hedge) from the budget; `false` when the budget

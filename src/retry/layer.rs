@@ -167,6 +167,13 @@ impl<S: Clone, P: Clone> Layer<S> for RetryLayer<P> {
 }
 
 impl Config {
+    /// Every count a request of this layer goes into: the budget's, and the
+    /// layer's own when the budget may be shared.
+    #[inline]
+    pub(crate) fn tallies(&self) -> impl Iterator<Item = &Tally> {
+        std::iter::once(self.budget.tally()).chain(&self.requests)
+    }
+
     pub(crate) fn stats(&self) -> RetryStats {
         let requests = match &self.requests {
             Some(own) => own.total(),

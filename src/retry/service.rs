@@ -77,10 +77,8 @@ impl<S, P> Own<S, P> {
     /// Joins a new lane to the budget (and to the layer's own count).
     fn join(shared: &Arc<Shared<S, P>>) -> Self {
         let lane = Lane::new();
-        let config = &shared.config;
-        config.budget.join(&lane);
-        if let Some(own) = &config.requests {
-            own.join(&lane);
+        for tally in shared.config.tallies() {
+            tally.join(&lane);
         }
         Own {
             local: Arc::new(Local {
@@ -94,10 +92,8 @@ impl<S, P> Own<S, P> {
 impl<S, P> Drop for Own<S, P> {
     fn drop(&mut self) {
         // The clone is done counting: keep what it counted.
-        let config = &self.local.shared.config;
-        config.budget.leave(&self.lane);
-        if let Some(own) = &config.requests {
-            own.leave(&self.lane);
+        for tally in self.local.shared.config.tallies() {
+            tally.leave(&self.lane);
         }
     }
 }
@@ -173,10 +169,8 @@ where
                 &own.local
             }
             None => {
-                let config = &self.root.shared.config;
-                config.budget.deposit();
-                if let Some(own) = &config.requests {
-                    own.add();
+                for tally in self.root.shared.config.tallies() {
+                    tally.add();
                 }
                 self.calls += 1;
                 if self.calls >= LANE_AFTER {
