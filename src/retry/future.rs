@@ -165,19 +165,44 @@ where
         // nothing else (no timer, no hedge, no deadline).
         if this.cold.is_none() {
             if let Some(f) = this.primary.as_mut().as_pin_mut() {
-                let out = ready!(f.poll(cx));
-                this.primary.set(None);
-                let decision = match this.template.as_ref() {
-                    Some(req) => this.local.shared.policy.decide(req, out.as_ref()),
-                    None => Decision::Accept,
+                // The outcome is taken apart at once, so only the response
+                // moves on (not the whole result, which an error makes
+                // several times larger). An accepted attempt is left in
+                // place until this future is dropped, as a future that has
+                // finished would be.
+                let landed = match ready!(f.poll(cx)) {
+                    Ok(response) => match judge(this.local, this.template, Ok(&response)) {
+                        Decision::Accept => return Poll::Ready(Ok(response)),
+                        retry => (Ok(response), retry),
+                    },
+                    Err(e) => match judge(this.local, this.template, Err(&e)) {
+                        Decision::Accept => return Poll::Ready(Err(Error::from_inner(e))),
+                        retry => (Err(e), retry),
+                    },
                 };
-                if let Decision::Accept = decision {
-                    return Poll::Ready(out.map_err(Error::from_inner));
-                }
-                return poll_slow(this, cx, Some((out, decision)));
+                this.primary.set(None);
+                return poll_slow(this, cx, Some(landed));
             }
         }
         poll_slow(this, cx, None)
+    }
+}
+
+/// The policy's decision on an outcome; a request that could not be
+/// copied is never repeated, so its outcome is accepted unjudged.
+#[inline]
+fn judge<S, P, Req>(
+    local: &Local<S, P>,
+    template: &Option<Req>,
+    outcome: Result<&S::Response, &S::Error>,
+) -> Decision
+where
+    S: Service<Req>,
+    P: Policy<Req, S::Response, S::Error>,
+{
+    match template {
+        Some(req) => local.shared.policy.decide(req, outcome),
+        None => Decision::Accept,
     }
 }
 
@@ -246,11 +271,8 @@ where
         if let Some((out, decided)) = finished {
             let hedge_running = this.cold.as_ref().is_some_and(|c| c.hedge.is_some());
             let still_running = this.primary.is_some() || hedge_running;
-            let decision = match (decided, this.template.as_ref()) {
-                (Some(d), _) => d,
-                (None, Some(req)) => shared.policy.decide(req, out.as_ref()),
-                (None, None) => Decision::Accept,
-            };
+            let decision =
+                decided.unwrap_or_else(|| judge(this.local, this.template, out.as_ref()));
             let after = match decision {
                 Decision::Accept => {
                     this.primary.set(None);
