@@ -36,26 +36,33 @@ pin_project! {
     where
         S: Service<Req>,
     {
+        // The first attempt. Once it has ended it is not polled again,
+        // and stays in place until this future is dropped, as a finished
+        // future does; while `cold` is `None` it is still running.
         #[pin]
-        primary: Option<S::Future>,
+        first: S::Future,
         // The client's settings, through the clone that sent the request.
         local: Arc<Local<S, P>>,
         // The request as first sent: what the policy judges, and where
         // further attempts are copied from.
         template: Option<Req>,
-        attempts: u32,
-        // Timers, a hedge and a service to retry with: boxed, and only
-        // when a deadline, a hedge or a retry needs them, so a request
-        // that succeeds first time allocates nothing and stays small.
+        // Timers, a hedge, later attempts and a service to send them
+        // with: boxed, and only when a deadline, a hedge or a retry needs
+        // them, so a request that succeeds first time allocates nothing
+        // and stays small.
         cold: Option<Pin<Box<Cold<S, Req>>>>,
     }
 }
 
 pin_project! {
+    #[project = ColdProj]
     struct Cold<S, Req>
     where
         S: Service<Req>,
     {
+        // The attempt after the first, while it runs.
+        #[pin]
+        retry: Option<S::Future>,
         #[pin]
         hedge: Option<S::Future>,
         #[pin]
@@ -71,12 +78,17 @@ pin_project! {
         next: Option<Req>,
         tried: Attempts,
         started: Option<Instant>,
+        // Whether the first attempt still runs.
+        first_running: bool,
+        // Attempts sent so far, hedges included.
+        attempts: u32,
     }
 }
 
 impl<S: Service<Req>, Req> Cold<S, Req> {
-    fn new() -> Self {
+    fn new(first_running: bool) -> Self {
         Cold {
+            retry: None,
             hedge: None,
             timer: None,
             deadline: None,
@@ -86,7 +98,14 @@ impl<S: Service<Req>, Req> Cold<S, Req> {
             next: None,
             tried: Attempts::default(),
             started: None,
+            first_running,
+            attempts: 1,
         }
+    }
+
+    /// Whether the first attempt or a retry is in flight.
+    fn attempt_running(&self) -> bool {
+        self.first_running || self.retry.is_some()
     }
 }
 
@@ -95,9 +114,13 @@ where
     S: Service<Req>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cold = self.cold.as_deref();
         f.debug_struct("ResponseFuture")
-            .field("attempts", &self.attempts)
-            .field("in_flight", &self.primary.is_some())
+            .field("attempts", &cold.map_or(1, |c| c.attempts))
+            .field(
+                "in_flight",
+                &cold.is_none_or(|c| c.attempt_running() || c.hedge.is_some()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -121,7 +144,7 @@ where
             .zip(started)
             .map(|(d, s)| s + d);
         let cold = (deadline.is_some() || hedge_delay.is_some()).then(|| {
-            let mut cold = Cold::new();
+            let mut cold = Cold::new(true);
             cold.started = started;
             cold.deadline = deadline.map(sleep_until);
             if let Some(d) = hedge_delay {
@@ -131,10 +154,9 @@ where
             Box::pin(cold)
         });
         ResponseFuture {
-            primary: Some(first),
+            first,
             local,
             template,
-            attempts: 1,
             cold,
         }
     }
@@ -161,30 +183,26 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        // The common case first, kept small: one attempt in flight and
-        // nothing else (no timer, no hedge, no deadline).
-        if this.cold.is_none() {
-            if let Some(f) = this.primary.as_mut().as_pin_mut() {
-                // The outcome is taken apart at once, so only the response
-                // moves on (not the whole result, which an error makes
-                // several times larger). An accepted attempt is left in
-                // place until this future is dropped, as a future that has
-                // finished would be.
-                let landed = match ready!(f.poll(cx)) {
-                    Ok(response) => match judge(this.local, this.template, Ok(&response)) {
-                        Decision::Accept => return Poll::Ready(Ok(response)),
-                        retry => (Ok(response), retry),
-                    },
-                    Err(e) => match judge(this.local, this.template, Err(&e)) {
-                        Decision::Accept => return Poll::Ready(Err(Error::from_inner(e))),
-                        retry => (Err(e), retry),
-                    },
-                };
-                this.primary.set(None);
-                return poll_slow(this, cx, Some(landed));
-            }
+        // The common case first, kept small: the first attempt in flight
+        // and nothing else (no timer, no hedge, no deadline).
+        if this.cold.is_some() {
+            return poll_slow(this, cx, None);
         }
-        poll_slow(this, cx, None)
+        // The outcome is taken apart at once, so only the response moves
+        // on (not the whole result, which an error makes several times
+        // larger).
+        let landed = match ready!(this.first.as_mut().poll(cx)) {
+            Ok(response) => match judge(this.local, this.template, Ok(&response)) {
+                Decision::Accept => return Poll::Ready(Ok(response)),
+                retry => (Ok(response), retry),
+            },
+            Err(e) => match judge(this.local, this.template, Err(&e)) {
+                Decision::Accept => return Poll::Ready(Err(Error::from_inner(e))),
+                retry => (Err(e), retry),
+            },
+        };
+        *this.cold = Some(Box::pin(Cold::new(false)));
+        poll_slow(this, cx, Some(landed))
     }
 }
 
@@ -207,11 +225,12 @@ where
 }
 
 /// Everything but a first attempt that is accepted: deadlines, hedges,
-/// backoff timers and further attempts. `landed` is an outcome the fast
-/// path already has, with the policy's decision on it.
+/// backoff timers and further attempts, all of which live in `cold`.
+/// `landed` is an outcome the fast path already has, with the policy's
+/// decision on it.
 #[allow(clippy::type_complexity)]
 fn poll_slow<S, P, Req>(
-    mut this: Proj<'_, S, P, Req>,
+    this: Proj<'_, S, P, Req>,
     cx: &mut Context<'_>,
     mut landed: Option<(Result<S::Response, S::Error>, Decision)>,
 ) -> Poll<Result<S::Response, Error>>
@@ -220,64 +239,63 @@ where
     S::Error: Into<BoxError>,
     P: Policy<Req, S::Response, S::Error>,
 {
+    let Some(cold) = this.cold.as_mut() else {
+        // Only a future polled after it finished gets here.
+        return Poll::Pending;
+    };
+    let mut c = cold.as_mut().project();
+    let mut first = this.first;
     let shared = &*this.local.shared;
     let config = &shared.config;
     loop {
-        // The deadline beats everything; dropping attempts cancels them.
-        if let Some(cold) = this.cold.as_mut() {
-            let c = cold.as_mut().project();
-            if let Some(deadline) = c.deadline.as_pin_mut() {
-                if deadline.poll(cx).is_ready() {
-                    this.primary.set(None);
-                    this.cold.take();
-                    config.stats.deadlines.fetch_add(1, Relaxed);
-                    let limit = config.deadline.unwrap_or_default();
-                    event!(
-                        warn,
-                        attempts = *this.attempts,
-                        deadline_ms = limit.as_millis() as u64,
-                        "request deadline exceeded"
-                    );
-                    return Poll::Ready(Err(Error::DeadlineExceeded {
-                        deadline: limit,
-                        attempts: *this.attempts,
-                    }));
-                }
+        // The deadline beats everything; dropping attempts cancels them
+        // (the first one goes with this future).
+        if let Some(deadline) = c.deadline.as_mut().as_pin_mut() {
+            if deadline.poll(cx).is_ready() {
+                stop(&mut c);
+                config.stats.deadlines.fetch_add(1, Relaxed);
+                let limit = config.deadline.unwrap_or_default();
+                event!(
+                    warn,
+                    attempts = *c.attempts,
+                    deadline_ms = limit.as_millis() as u64,
+                    "request deadline exceeded"
+                );
+                return Poll::Ready(Err(Error::DeadlineExceeded {
+                    deadline: limit,
+                    attempts: *c.attempts,
+                }));
             }
         }
 
         // Whichever attempt finishes first and is accepted wins; the
-        // other is dropped, which cancels it.
+        // others are cancelled.
         let mut finished = landed.take().map(|(out, d)| (out, Some(d)));
-        if finished.is_none() {
-            if let Some(f) = this.primary.as_mut().as_pin_mut() {
+        if finished.is_none() && *c.first_running {
+            if let Poll::Ready(out) = first.as_mut().poll(cx) {
+                *c.first_running = false;
+                finished = Some((out, None));
+            }
+        }
+        for mut slot in [c.retry.as_mut(), c.hedge.as_mut()] {
+            if finished.is_some() {
+                break;
+            }
+            if let Some(f) = slot.as_mut().as_pin_mut() {
                 if let Poll::Ready(out) = f.poll(cx) {
-                    this.primary.set(None);
+                    slot.set(None);
                     finished = Some((out, None));
                 }
             }
         }
-        if finished.is_none() {
-            if let Some(cold) = this.cold.as_mut() {
-                let mut c = cold.as_mut().project();
-                if let Some(f) = c.hedge.as_mut().as_pin_mut() {
-                    if let Poll::Ready(out) = f.poll(cx) {
-                        c.hedge.set(None);
-                        finished = Some((out, None));
-                    }
-                }
-            }
-        }
         if let Some((out, decided)) = finished {
-            let hedge_running = this.cold.as_ref().is_some_and(|c| c.hedge.is_some());
-            let still_running = this.primary.is_some() || hedge_running;
+            let still_running = *c.first_running || c.retry.is_some() || c.hedge.is_some();
             let decision =
                 decided.unwrap_or_else(|| judge(this.local, this.template, out.as_ref()));
             let after = match decision {
                 Decision::Accept => {
-                    this.primary.set(None);
-                    let started = this.cold.take().and_then(|c| c.started);
-                    if let (Some(start), Some(h)) = (started, &config.hedge) {
+                    stop(&mut c);
+                    if let (Some(start), Some(h)) = (*c.started, &config.hedge) {
                         if h.learns() && out.is_ok() {
                             config.latencies.record(start.elapsed());
                         }
@@ -289,43 +307,40 @@ where
             // A balancer below reported, as the attempt ended, which
             // endpoint it went to: read it only when it matters, in the
             // same poll, before anything else can complete.
-            let endpoint = attempt::take_completed();
-            let cold = this.cold.get_or_insert_with(|| Box::pin(Cold::new()));
-            let mut c = cold.as_mut().project();
-            if let Some(id) = endpoint {
+            if let Some(id) = attempt::take_completed() {
                 c.tried.remember(id);
             }
             if still_running {
-                // The other attempt may still succeed.
+                // Another attempt may still succeed.
                 *c.last = Some(out);
                 continue;
             }
             let deadline = c.deadline.as_ref().as_pin_ref().map(|d| d.deadline());
             // The copy first: a request that cannot be repeated costs
             // no budget and no pause.
-            if *this.attempts < config.max_attempts {
+            if *c.attempts < config.max_attempts {
                 *c.next = this
                     .template
                     .as_ref()
                     .and_then(|t| shared.policy.clone_request(t));
             }
-            match plan(config, c.next.is_some(), *this.attempts, after, deadline) {
+            match plan(config, c.next.is_some(), *c.attempts, after, deadline) {
                 Plan::Retry => {}
                 Plan::GiveUp { exhausted } => {
                     return Poll::Ready(match out {
                         Err(e) if exhausted => Err(Error::BudgetExhausted {
-                            attempts: *this.attempts,
+                            attempts: *c.attempts,
                             last: Box::new(Error::from_inner(e)),
                         }),
                         out => out.map_err(Error::from_inner),
                     });
                 }
             }
-            let jitter = config.backoff.delay(*this.attempts, &config.rng);
+            let jitter = config.backoff.delay(*c.attempts, &config.rng);
             let delay = after.map_or(jitter, |a| a.max(jitter));
             event!(
                 debug,
-                attempt = *this.attempts + 1,
+                attempt = *c.attempts + 1,
                 delay_ms = delay.as_millis() as u64,
                 "retrying"
             );
@@ -335,12 +350,9 @@ where
             continue;
         }
 
-        let Some(cold) = this.cold.as_mut() else {
-            return Poll::Pending;
-        };
-        let mut c = cold.as_mut().project();
+        let attempt_running = *c.first_running || c.retry.is_some();
         let Some(timer) = c.timer.as_mut().as_pin_mut() else {
-            if this.primary.is_none() && c.hedge.is_none() {
+            if !attempt_running && c.hedge.is_none() {
                 // Nothing runs and nothing is due (a policy that asked
                 // for a retry it could not copy): report what we have.
                 let out = c.last.take();
@@ -357,12 +369,12 @@ where
         let kind = *c.timer_kind;
         let wanted = match kind {
             Timer::Backoff => true,
-            // Hedge only while the first attempt still runs, and only
-            // if the budget allows.
+            // Hedge only while an attempt still runs, and only if the
+            // budget allows.
             Timer::Hedge => {
-                this.primary.is_some()
+                attempt_running
                     && c.hedge.is_none()
-                    && *this.attempts < config.max_attempts
+                    && *c.attempts < config.max_attempts
                     && {
                         *c.next = this
                             .template
@@ -388,8 +400,7 @@ where
         // The timer stays armed (and ready) until the service is.
         let service = c.service.get_or_insert_with(|| shared.proto.clone());
         if let Err(e) = ready!(service.poll_ready(cx)) {
-            this.primary.set(None);
-            this.cold.take();
+            stop(&mut c);
             return Poll::Ready(Err(Error::from_inner(e)));
         }
         c.timer.set(None);
@@ -398,19 +409,29 @@ where
             continue;
         };
         let future = attempt::scope(*c.tried, || service.call(req));
-        *this.attempts += 1;
+        *c.attempts += 1;
         match kind {
             Timer::Hedge => {
                 config.stats.hedges.fetch_add(1, Relaxed);
-                event!(debug, attempt = *this.attempts, "hedged request sent");
+                event!(debug, attempt = *c.attempts, "hedged request sent");
                 c.hedge.set(Some(future));
             }
             _ => {
                 config.stats.retries.fetch_add(1, Relaxed);
-                this.primary.set(Some(future));
+                c.retry.set(Some(future));
             }
         }
     }
+}
+
+/// Cancels the attempts in flight as the future returns: later ones are
+/// dropped now, the first (which lives in the future itself) is no longer
+/// polled and goes when the future is dropped.
+fn stop<S: Service<Req>, Req>(c: &mut ColdProj<'_, S, Req>) {
+    *c.first_running = false;
+    c.retry.set(None);
+    c.hedge.set(None);
+    c.timer.set(None);
 }
 
 /// Attempts left, a request to repeat, a pause that fits the deadline, and
