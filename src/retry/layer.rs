@@ -128,6 +128,10 @@ impl<P> RetryLayer<P> {
     /// Sends a second copy of requests the policy calls hedgeable when the
     /// first has not answered in time; the first answer wins and the other
     /// attempt is cancelled. Hedges spend from the budget.
+    ///
+    /// An attempt is cancelled by dropping it: a hedge or retry at once, the
+    /// first attempt (which the response future holds) with the response
+    /// future, as soon as the caller has the answer.
     #[must_use]
     pub fn hedge(mut self, hedge: Hedge) -> Self {
         self.hedge = Some(hedge);
