@@ -109,19 +109,17 @@ where
     })
 }
 
-fn bench_round_trips<S>(g: &mut Group<'_>, name: &str, svc: &S)
+fn bench_round_trips<S>(g: &mut Group<'_>, name: &str, threads: usize, svc: &S)
 where
     S: Service<u64> + Clone + Send,
 {
-    for threads in [1, 2] {
-        let id = match threads {
-            1 => format!("roundtrip_{name}"),
-            t => format!("roundtrip_{name}_{t}_threads"),
-        };
-        g.bench_with_input(BenchmarkId::new(id, N), &N, |b, _| {
-            b.iter_custom(|iters| round_trips(threads, iters, svc))
-        });
-    }
+    let id = match threads {
+        1 => format!("roundtrip_{name}"),
+        t => format!("roundtrip_{name}_{t}_threads"),
+    };
+    g.bench_with_input(BenchmarkId::new(id, N), &N, |b, _| {
+        b.iter_custom(|iters| round_trips(threads, iters, svc))
+    });
 }
 
 fn bench_strategy<St: Strategy>(
@@ -151,8 +149,11 @@ fn contention_group(c: &mut Criterion) {
         BalanceLayer::new(LeastInFlight).layer(pool.clone())
     };
     let retry = RetryLayer::new(RetryErrors::new()).layer(lb.clone());
-    bench_round_trips(&mut g, "least_in_flight", &lb);
-    bench_round_trips(&mut g, "retry_least_in_flight", &retry);
+    // Rows compared with each other run back to back.
+    for threads in [1, 2] {
+        bench_round_trips(&mut g, "least_in_flight", threads, &lb);
+        bench_round_trips(&mut g, "retry_least_in_flight", threads, &retry);
+    }
     g.finish();
 }
 

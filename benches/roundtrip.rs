@@ -160,6 +160,11 @@ fn roundtrip_group(c: &mut Criterion) {
 
         let pool = support::pool(&rt, n, Weights::Uniform);
         bench_balance(&mut g, &rt, "least_in_flight", &pool, LeastInFlight);
+        // The layers over it right after it, so the rows compared with it
+        // run back to back.
+        bench_full_stack(&mut g, &rt, "retry_least_in_flight", &pool, LeastInFlight);
+        bench_noop_layer(&mut g, &rt, &pool);
+        bench_tower_retry(&mut g, &rt, &pool);
         bench_balance(&mut g, &rt, "peak_ewma", &pool, PeakEwma::new());
         bench_balance(&mut g, &rt, "round_robin", &pool, RoundRobin);
         bench_balance(&mut g, &rt, "random", &pool, Random);
@@ -171,9 +176,6 @@ fn roundtrip_group(c: &mut Criterion) {
             WeightedRoundRobin,
         );
         bench_balance(&mut g, &rt, "weighted_random", &pool, WeightedRandom);
-        bench_full_stack(&mut g, &rt, "retry_least_in_flight", &pool, LeastInFlight);
-        bench_noop_layer(&mut g, &rt, &pool);
-        bench_tower_retry(&mut g, &rt, &pool);
 
         let view = failover(&rt, &pool);
         bench_balance(
