@@ -91,6 +91,12 @@ pub(crate) fn nanos_since(epoch: Instant) -> u64 {
     u64::try_from(Instant::now().saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// `1 / tau` in nanoseconds for a Peak-EWMA decay time constant `tau`
+/// (at least 1 ns): what the estimate decays and requests are timed with.
+pub(crate) fn inv_tau_ns(decay: std::time::Duration) -> f64 {
+    1.0 / (decay.as_nanos() as f64).max(1.0)
+}
+
 /// Whether tokio's clock is paused here: it then stands still while real
 /// time passes (nothing can advance it during this synchronous call).
 #[cfg(feature = "cpu-clock")]

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::clock::LatencyClock;
+use super::clock::{LatencyClock, inv_tau_ns};
 use super::strategy::Active;
 use super::weighted_random::AliasTable;
 use super::{BuildContext, PickContext, PickRng, Picker, Strategy};
@@ -186,7 +186,7 @@ pub struct PeakEwmaPicker {
     pair: Pair,
     epoch: Instant,
     clock: LatencyClock,
-    tau_ns: f64,
+    decay: Duration,
     inv_tau_ns: f64,
 }
 
@@ -194,13 +194,12 @@ impl Strategy for PeakEwma {
     type Picker = PeakEwmaPicker;
 
     fn build<S>(&self, members: &[Member<S>], ctx: &BuildContext<'_>) -> PeakEwmaPicker {
-        let tau_ns = (self.decay.as_nanos() as f64).max(1.0);
         PeakEwmaPicker {
             pair: Pair::new(members),
             epoch: ctx.epoch,
             clock: ctx.latency_clock(),
-            tau_ns,
-            inv_tau_ns: 1.0 / tau_ns,
+            decay: self.decay,
+            inv_tau_ns: inv_tau_ns(self.decay),
         }
     }
 }
@@ -227,6 +226,6 @@ impl Picker for PeakEwmaPicker {
     }
 
     fn ewma_decay(&self) -> Option<Duration> {
-        Some(Duration::from_nanos(self.tau_ns as u64))
+        Some(self.decay)
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tower_service::Service;
 
-use super::clock::LatencyClock;
+use super::clock::{LatencyClock, inv_tau_ns};
 use super::future::{Failure, InFlight, ResponseFuture, Started};
 use super::hash::{KeyOf, NoKey, mix};
 use super::{BuildContext, Classify, ErrorsAreFailures, PickContext, PickRng, Picker, Strategy};
@@ -125,7 +125,7 @@ impl<S, P: Picker> Routing<S, P> {
         }
         let ewma = lanes[0].picker.ewma_decay().map(|d| Timing {
             clock: ctx.latency_clock(),
-            inv_tau_ns: 1.0 / (d.as_nanos() as f64).max(1.0),
+            inv_tau_ns: inv_tau_ns(d),
         });
         Routing {
             snapshot,
