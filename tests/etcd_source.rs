@@ -60,6 +60,10 @@ struct Etcd {
     client_port: u16,
     peer_port: u16,
     dir: PathBuf,
+    /// Its member name, and every member's `name=peer URL` (itself alone
+    /// unless it is one of a cluster).
+    name: String,
+    initial_cluster: String,
     /// Serve clients over TLS, with the certificates `tls_files` made in
     /// `dir`.
     tls: bool,
@@ -71,6 +75,36 @@ impl Etcd {
     }
 
     async fn start_with(tls: bool) -> Etcd {
+        let mut etcd = Etcd::new("lb-test", tls);
+        etcd.initial_cluster = format!("lb-test=http://127.0.0.1:{}", etcd.peer_port);
+        if tls {
+            tls_files(&etcd.dir);
+        }
+        etcd.spawn().await;
+        etcd
+    }
+
+    /// A cluster of `n` members, started together (none answers before a
+    /// majority is up).
+    async fn cluster(n: usize) -> Vec<Etcd> {
+        let mut members: Vec<Etcd> = (0..n).map(|i| Etcd::new(&format!("m{i}"), false)).collect();
+        let initial = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        for m in &mut members {
+            m.initial_cluster.clone_from(&initial);
+            m.launch();
+        }
+        for m in &mut members {
+            m.wait_ready().await;
+        }
+        members
+    }
+
+    /// Ports and a data directory, nothing started.
+    fn new(name: &str, tls: bool) -> Etcd {
         static N: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
             "tower-lb-etcd-{}-{}",
@@ -85,21 +119,23 @@ impl Etcd {
             client_port = free_port();
             peer_port = free_port();
         }
-        let mut etcd = Etcd {
+        Etcd {
             child: None,
             client_port,
             peer_port,
             dir,
+            name: name.to_owned(),
+            initial_cluster: String::new(),
             tls,
-        };
-        if tls {
-            tls_files(&etcd.dir);
         }
-        etcd.spawn().await;
-        etcd
     }
 
     async fn spawn(&mut self) {
+        self.launch();
+        self.wait_ready().await;
+    }
+
+    fn launch(&mut self) {
         let scheme = if self.tls { "https" } else { "http" };
         let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
@@ -116,16 +152,24 @@ impl Etcd {
             .append(true)
             .open(self.dir.join("etcd.log"))
             .unwrap();
+        // A lone member elects itself at once; members of a cluster talk to
+        // each other, which a busy machine can slow down, so they wait
+        // longer before calling an election.
+        let timing = if self.initial_cluster.contains(',') {
+            ["--heartbeat-interval=25", "--election-timeout=500"]
+        } else {
+            ["--heartbeat-interval=10", "--election-timeout=100"]
+        };
         let child = Command::new(etcd_binary())
-            .arg("--name=lb-test")
+            .arg(format!("--name={}", self.name))
             .arg(format!("--data-dir={}", self.dir.join("data").display()))
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=lb-test={peer}"))
-            .arg("--heartbeat-interval=10")
-            .arg("--election-timeout=100")
+            .arg(format!("--initial-cluster={}", self.initial_cluster))
+            .arg("--initial-cluster-token=tower-lb-test")
+            .args(timing)
             .args(tls_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -133,7 +177,6 @@ impl Etcd {
             .spawn()
             .expect("start etcd");
         self.child = Some(child);
-        self.wait_ready().await;
     }
 
     /// Waits until etcd answers a read.
@@ -558,6 +601,89 @@ async fn an_etcd_restart_mid_watch_loses_no_update() {
     );
     assert!(status.last_contact().unwrap() > last_contact);
     assert!(status.revision() >= Some(last), "{status:?}");
+}
+
+/// A source pointed at every member of a three-member cluster loses the
+/// member its watch runs through: it carries on through another member,
+/// from the revision it had reached, and misses nothing written meanwhile.
+#[tokio::test]
+#[ignore = "needs etcd; run by .ci/run"]
+async fn losing_the_watched_cluster_member_loses_no_update() {
+    let mut cluster = Etcd::cluster(3).await;
+    let endpoints: Vec<String> = cluster.iter().map(Etcd::endpoint).collect();
+    let config = EtcdConfig::new(endpoints)
+        .connect_timeout(Duration::from_secs(1))
+        .request_timeout(Duration::from_secs(2));
+    let mut direct = cluster[0].client().await;
+    put(&mut direct, "/svc/m/a", &record("127.0.0.1:7401", 1)).await;
+    put(&mut direct, "/svc/m/b", &record("127.0.0.1:7402", 1)).await;
+    let source = source(config, "/svc/m/");
+    let status = source.status();
+    let pool = pool(source);
+    let both = set(&[("127.0.0.1:7401", 1), ("127.0.0.1:7402", 1)]);
+    converge(&pool, &both).await;
+    status_until(&status, "connected", EtcdStatus::is_connected).await;
+
+    // The member holding the source's watch (the only watch there is).
+    let watched = tokio::time::timeout(LIMIT, async {
+        loop {
+            let mut counts = Vec::new();
+            for member in &cluster {
+                counts.push(watchers(member).await);
+            }
+            if counts.iter().sum::<u64>() == 1 {
+                return counts.iter().position(|&c| c == 1).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("one watch on one member");
+    cluster[watched].kill();
+
+    // If that member led the cluster, writes wait for a new leader: the
+    // writer tries again until one is elected (each write may be repeated).
+    let survivor = &cluster[(watched + 1) % cluster.len()];
+    let mut direct = survivor.client().await;
+    let elected = tokio::time::timeout(LIMIT, async {
+        while direct.delete("/svc/m/a", None).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        elected.is_ok(),
+        "the cluster took no write after losing a member"
+    );
+    put(&mut direct, "/svc/m/c", &record("127.0.0.1:7403", 1)).await;
+    let last = put(&mut direct, "/svc/m/b", &record("127.0.0.1:7402", 5)).await;
+
+    converge(&pool, &set(&[("127.0.0.1:7402", 5), ("127.0.0.1:7403", 1)])).await;
+    assert!(pool.discovery().applied_revision >= Some(last));
+    status_until(&status, "reconnected", EtcdStatus::is_connected).await;
+    assert!(status.reconnects() >= 1, "{status:?}");
+    assert_eq!(
+        status.lists(),
+        1,
+        "resumed from its revision, not listed again"
+    );
+    // The watch now runs through a member that is still up.
+    let moved = tokio::time::timeout(LIMIT, async {
+        loop {
+            let mut total = 0;
+            for (i, member) in cluster.iter().enumerate() {
+                if i != watched {
+                    total += watchers(member).await;
+                }
+            }
+            if total == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(moved.is_ok(), "the watch did not move to a live member");
 }
 
 /// A TCP proxy in front of etcd that can be cut and restored, so a test
