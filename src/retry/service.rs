@@ -194,7 +194,7 @@ where
         let hedge_delay = hedge.map(|h| h.delay(&config.latencies));
         // A first attempt has nothing to avoid; the endpoint it reaches is
         // reported back when it ends.
-        let future = self.inner.call(req);
-        ResponseFuture::new(local.clone(), template, future, started, hedge_delay)
+        let inner = &mut self.inner;
+        ResponseFuture::new(local, template, started, hedge_delay, || inner.call(req))
     }
 }
