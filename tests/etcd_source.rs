@@ -407,6 +407,25 @@ async fn status_until(status: &EtcdStatus, what: &str, check: impl Fn(&EtcdStatu
     assert!(done.is_ok(), "status never {what}: {status:?}");
 }
 
+/// The source is back, holds `want` (written up to revision `last` while it
+/// was away) and got there by resuming its watch, not by listing again.
+async fn resumed_without_listing(
+    pool: &Pool<KeyService>,
+    status: &EtcdStatus,
+    want: &BTreeMap<String, u32>,
+    last: u64,
+) {
+    converge(pool, want).await;
+    assert!(pool.discovery().applied_revision >= Some(last));
+    status_until(status, "reconnected", EtcdStatus::is_connected).await;
+    assert!(status.reconnects() >= 1, "{status:?}");
+    assert_eq!(
+        status.lists(),
+        1,
+        "resumed from its revision, not listed again"
+    );
+}
+
 async fn put(client: &mut Client, key: &str, value: &str) -> u64 {
     let r = client.put(key, value, None).await.expect("put");
     u64::try_from(r.header().unwrap().revision()).unwrap()
@@ -589,16 +608,8 @@ async fn an_etcd_restart_mid_watch_loses_no_update() {
     direct.delete("/svc/r/a", None).await.unwrap();
     put(&mut direct, "/svc/r/c", &record("127.0.0.1:7303", 1)).await;
     let last = put(&mut direct, "/svc/r/b", &record("127.0.0.1:7302", 5)).await;
-
-    converge(&pool, &set(&[("127.0.0.1:7302", 5), ("127.0.0.1:7303", 1)])).await;
-    assert!(pool.discovery().applied_revision >= Some(last));
-    status_until(&status, "reconnected", EtcdStatus::is_connected).await;
-    assert!(status.reconnects() >= 1, "{status:?}");
-    assert_eq!(
-        status.lists(),
-        1,
-        "resumed from its revision, not listed again"
-    );
+    let want = set(&[("127.0.0.1:7302", 5), ("127.0.0.1:7303", 1)]);
+    resumed_without_listing(&pool, &status, &want, last).await;
     assert!(status.last_contact().unwrap() > last_contact);
     assert!(status.revision() >= Some(last), "{status:?}");
 }
@@ -657,16 +668,8 @@ async fn losing_the_watched_cluster_member_loses_no_update() {
     );
     put(&mut direct, "/svc/m/c", &record("127.0.0.1:7403", 1)).await;
     let last = put(&mut direct, "/svc/m/b", &record("127.0.0.1:7402", 5)).await;
-
-    converge(&pool, &set(&[("127.0.0.1:7402", 5), ("127.0.0.1:7403", 1)])).await;
-    assert!(pool.discovery().applied_revision >= Some(last));
-    status_until(&status, "reconnected", EtcdStatus::is_connected).await;
-    assert!(status.reconnects() >= 1, "{status:?}");
-    assert_eq!(
-        status.lists(),
-        1,
-        "resumed from its revision, not listed again"
-    );
+    let want = set(&[("127.0.0.1:7402", 5), ("127.0.0.1:7403", 1)]);
+    resumed_without_listing(&pool, &status, &want, last).await;
     // The watch now runs through a member that is still up.
     let moved = tokio::time::timeout(LIMIT, async {
         loop {
