@@ -245,7 +245,7 @@ where
     P: Policy<Req, S::Response, S::Error>,
 {
     let Some(cold) = this.cold.as_mut() else {
-        // Only a future polled after it finished gets here.
+        // `poll` sets `cold` before it comes here; nothing to drive.
         return Poll::Pending;
     };
     let mut c = cold.as_mut().project();
@@ -294,7 +294,7 @@ where
             }
         }
         if let Some((out, decided)) = finished {
-            let still_running = *c.first_running || c.retry.is_some() || c.hedge.is_some();
+            let still_running = c.attempt_running() || c.hedge.is_some();
             let decision =
                 decided.unwrap_or_else(|| judge(this.local, this.template, out.as_ref()));
             let after = match decision {
@@ -355,7 +355,7 @@ where
             continue;
         }
 
-        let attempt_running = *c.first_running || c.retry.is_some();
+        let attempt_running = c.attempt_running();
         let Some(timer) = c.timer.as_mut().as_pin_mut() else {
             if !attempt_running && c.hedge.is_none() {
                 // Nothing runs and nothing is due (a policy that asked
@@ -426,6 +426,13 @@ where
                 c.retry.set(Some(future));
             }
         }
+    }
+}
+
+impl<S: Service<Req>, Req> ColdProj<'_, S, Req> {
+    /// Whether the first attempt or a retry is in flight.
+    fn attempt_running(&self) -> bool {
+        *self.first_running || self.retry.is_some()
     }
 }
 
