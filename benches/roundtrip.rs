@@ -2,7 +2,9 @@
 //! `call().await`, over N trivially ready endpoints of equal weight: every
 //! strategy through `Balance`; least-in-flight through `Retry` + `Balance`,
 //! through tower's own `Retry` over the same `Balance`, and through a layer
-//! that does nothing (the cost of any layer); `Failover` + `Balance` and
+//! that does nothing (the cost of any layer); least-in-flight `Balance`
+//! again in a loop of its own (`least_in_flight_control`: how far the same
+//! work measures apart); `Failover` + `Balance` and
 //! the full stack (`Retry` + `Failover` + `Balance`); tower's own p2c
 //! balancer over `PendingRequests` and over `PeakEwma`; and the raw
 //! endpoint service, all in one group so ratios read straight off one run:
@@ -73,6 +75,35 @@ fn bench_balance<St: Strategy + Clone>(
     let n = pool.snapshot().len();
     let lb = BalanceLayer::new(strategy).layer(pool.clone());
     bench_service(g, rt, name, n, lb);
+}
+
+/// Least-in-flight `Balance` again, in a loop of its own that also passes
+/// one number through `black_box` per request: the same work as
+/// `least_in_flight`, compiled and placed apart from it. How far the two
+/// differ is how far this bench can be trusted to tell a layer's cost at
+/// that N: at N = 10 000 every pick misses the cache, and how much of
+/// that the CPU overlaps depends on where the loop's code lands.
+fn bench_control(g: &mut Group<'_>, rt: &Runtime, pool: &Pool<Echo>) {
+    let _guard = rt.enter();
+    let n = pool.snapshot().len();
+    let mut svc = BalanceLayer::new(LeastInFlight).layer(pool.clone());
+    assert!(rt.block_on(round_trip(&mut svc)), "control/{n} fails");
+    g.bench_with_input(
+        BenchmarkId::new("least_in_flight_control", n),
+        &n,
+        |b, _| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = tokio::time::Instant::now();
+                    for i in 0..iters {
+                        black_box(round_trip(&mut svc).await);
+                        black_box(i);
+                    }
+                    start.elapsed()
+                })
+            })
+        },
+    );
 }
 
 /// `Retry` (nothing fails, so it never retries) over `Balance` over
@@ -165,6 +196,7 @@ fn roundtrip_group(c: &mut Criterion) {
         bench_full_stack(&mut g, &rt, "retry_least_in_flight", &pool, LeastInFlight);
         bench_noop_layer(&mut g, &rt, &pool);
         bench_tower_retry(&mut g, &rt, &pool);
+        bench_control(&mut g, &rt, &pool);
         bench_balance(&mut g, &rt, "peak_ewma", &pool, PeakEwma::new());
         bench_balance(&mut g, &rt, "round_robin", &pool, RoundRobin);
         bench_balance(&mut g, &rt, "random", &pool, Random);
