@@ -64,7 +64,10 @@ impl InFlight {
 
     /// Records the outcome, and tells a retry layer above (polling this
     /// future on this thread) which endpoint the request went to.
-    #[inline]
+    ///
+    /// Always inlined, as the P2C pick is (`Pair::pick` in `p2c.rs` says
+    /// why).
+    #[inline(always)]
     fn finish(&mut self, ok: bool) {
         let Some(stats) = self.stats.take() else {
             return;

@@ -119,7 +119,13 @@ impl Pair {
 
     /// Picks with `better(b, a)` deciding whether the second candidate
     /// wins; each candidate comes with its member's stats.
-    #[inline]
+    ///
+    /// Always inlined, as both pickers' `pick` are: the compiler left them
+    /// out of line in a binary holding many strategies, and there the
+    /// round trip over 10 000 endpoints (whose stats miss the cache) took
+    /// 60 ns alone and 92–100 ns under a layer, against 53 and 62–65 ns
+    /// inlined.
+    #[inline(always)]
     fn pick<S>(
         &self,
         members: &[Member<S>],
@@ -170,7 +176,7 @@ impl Strategy for LeastInFlight {
 }
 
 impl Picker for LeastInFlightPicker {
-    #[inline]
+    #[inline(always)]
     fn pick<S>(&self, members: &[Member<S>], ctx: &PickContext<'_>) -> Option<usize> {
         self.pair.pick(members, ctx.rng, |(b, sb), (a, sa)| {
             // in_flight_b / w_b < in_flight_a / w_a, without division.
@@ -205,7 +211,7 @@ impl Strategy for PeakEwma {
 }
 
 impl Picker for PeakEwmaPicker {
-    #[inline]
+    #[inline(always)]
     fn pick<S>(&self, members: &[Member<S>], ctx: &PickContext<'_>) -> Option<usize> {
         let mut now_ns = ctx.now_ns;
         let inv_tau = self.inv_tau_ns;
