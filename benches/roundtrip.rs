@@ -34,8 +34,24 @@ use tower_lb::retry::{RetryErrors, RetryLayer};
 type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
 
 /// Times `round_trip` on `svc`, after checking that it works.
-fn bench_service<S>(g: &mut Group<'_>, rt: &Runtime, name: &str, n: usize, mut svc: S)
+fn bench_service<S>(g: &mut Group<'_>, rt: &Runtime, name: &str, n: usize, svc: S)
 where
+    S: Service<u64>,
+{
+    bench_service_then(g, rt, name, n, svc, |_| {});
+}
+
+/// Times `round_trip` on `svc` followed by `then(i)` for the `i`th
+/// request, after checking that it works. Each `then` gets a loop of its
+/// own.
+fn bench_service_then<S>(
+    g: &mut Group<'_>,
+    rt: &Runtime,
+    name: &str,
+    n: usize,
+    mut svc: S,
+    then: impl Fn(u64),
+) where
     S: Service<u64>,
 {
     assert!(rt.block_on(round_trip(&mut svc)), "{name}/{n} fails");
@@ -44,8 +60,9 @@ where
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let start = tokio::time::Instant::now();
-                for _ in 0..iters {
+                for i in 0..iters {
                     black_box(round_trip(&mut svc).await);
+                    then(i);
                 }
                 start.elapsed()
             })
@@ -86,24 +103,10 @@ fn bench_balance<St: Strategy + Clone>(
 fn bench_control(g: &mut Group<'_>, rt: &Runtime, pool: &Pool<Echo>) {
     let _guard = rt.enter();
     let n = pool.snapshot().len();
-    let mut svc = BalanceLayer::new(LeastInFlight).layer(pool.clone());
-    assert!(rt.block_on(round_trip(&mut svc)), "control/{n} fails");
-    g.bench_with_input(
-        BenchmarkId::new("least_in_flight_control", n),
-        &n,
-        |b, _| {
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let start = tokio::time::Instant::now();
-                    for i in 0..iters {
-                        black_box(round_trip(&mut svc).await);
-                        black_box(i);
-                    }
-                    start.elapsed()
-                })
-            })
-        },
-    );
+    let lb = BalanceLayer::new(LeastInFlight).layer(pool.clone());
+    bench_service_then(g, rt, "least_in_flight_control", n, lb, |i| {
+        black_box(i);
+    });
 }
 
 /// `Retry` (nothing fails, so it never retries) over `Balance` over
