@@ -226,6 +226,142 @@ fn roundtrip_group(c: &mut Criterion) {
     g.finish();
 }
 
+/// Alternates blocks of `BLOCK` requests between a baseline and a layered
+/// stack inside one timed loop, so both see the same moment of the machine.
+const BLOCK: u64 = 64;
+
+/// A criterion measurement whose value is a ratio, not a time: a sample of
+/// `iters` iterations is worth `iters × (stack's time / baseline's time)`,
+/// so the per-iteration estimate criterion reports is the ratio itself.
+struct Ratio;
+
+impl criterion::measurement::Measurement for Ratio {
+    type Intermediate = ();
+    type Value = f64;
+
+    fn start(&self) {}
+
+    fn end(&self, (): ()) -> f64 {
+        0.0
+    }
+
+    fn add(&self, a: &f64, b: &f64) -> f64 {
+        a + b
+    }
+
+    fn zero(&self) -> f64 {
+        0.0
+    }
+
+    fn to_f64(&self, value: &f64) -> f64 {
+        *value
+    }
+
+    fn formatter(&self) -> &dyn criterion::measurement::ValueFormatter {
+        self
+    }
+}
+
+impl criterion::measurement::ValueFormatter for Ratio {
+    fn scale_values(&self, _: f64, _: &mut [f64]) -> &'static str {
+        "x"
+    }
+
+    fn scale_throughputs(&self, _: f64, _: &criterion::Throughput, _: &mut [f64]) -> &'static str {
+        "x"
+    }
+
+    fn scale_for_machines(&self, _: &mut [f64]) -> &'static str {
+        "x"
+    }
+}
+
+type PairedGroup<'a> = criterion::BenchmarkGroup<'a, Ratio>;
+
+/// Times `stack` against `base` in alternating blocks of one loop and
+/// records `stack`'s time over `base`'s: `paired/<name>/<n>`.
+fn bench_paired<A, B>(
+    g: &mut PairedGroup<'_>,
+    rt: &Runtime,
+    name: &str,
+    n: usize,
+    mut base: A,
+    mut stack: B,
+) where
+    A: Service<u64>,
+    B: Service<u64>,
+{
+    assert!(rt.block_on(round_trip(&mut base)), "{name}/{n}: base fails");
+    assert!(
+        rt.block_on(round_trip(&mut stack)),
+        "{name}/{n}: stack fails"
+    );
+    g.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let rounds = iters.div_ceil(BLOCK);
+                let (mut t_base, mut t_stack) = (Duration::ZERO, Duration::ZERO);
+                for r in 0..rounds {
+                    // Which goes first alternates, so drift within a round
+                    // falls on both alike.
+                    for first in [r % 2 == 0, r % 2 != 0] {
+                        let start = tokio::time::Instant::now();
+                        if first {
+                            for _ in 0..BLOCK {
+                                black_box(round_trip(&mut base).await);
+                            }
+                            t_base += start.elapsed();
+                        } else {
+                            for _ in 0..BLOCK {
+                                black_box(round_trip(&mut stack).await);
+                            }
+                            t_stack += start.elapsed();
+                        }
+                    }
+                }
+                iters as f64 * t_stack.as_secs_f64() / t_base.as_secs_f64()
+            })
+        })
+    });
+}
+
+fn paired_group(c: &mut Criterion<Ratio>) {
+    let rt = support::runtime();
+    let _guard = rt.enter();
+    let mut g = c.benchmark_group("paired");
+    for n in [2].into_iter().chain(SIZES) {
+        let pool = support::pool(&rt, n, Weights::Uniform);
+        let lif = || BalanceLayer::new(LeastInFlight).layer(pool.clone());
+        bench_paired(&mut g, &rt, "least_in_flight_control", n, lif(), lif());
+        bench_paired(
+            &mut g,
+            &rt,
+            "retry_least_in_flight",
+            n,
+            lif(),
+            RetryLayer::new(RetryErrors::new()).layer(lif()),
+        );
+        bench_paired(
+            &mut g,
+            &rt,
+            "noop_layer_least_in_flight",
+            n,
+            lif(),
+            MapErrLayer::new(|e: tower_lb::Error| e).layer(lif()),
+        );
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = paired;
+    config = Criterion::default()
+        .with_measurement(Ratio)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2));
+    targets = paired_group
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
@@ -233,4 +369,4 @@ criterion_group! {
         .measurement_time(Duration::from_secs(2));
     targets = roundtrip_group
 }
-criterion_main!(benches);
+criterion_main!(benches, paired);
