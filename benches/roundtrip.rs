@@ -9,6 +9,16 @@
 //! balancer over `PendingRequests` and over `PeakEwma`; and the raw
 //! endpoint service, all in one group so ratios read straight off one run:
 //! `target/criterion/roundtrip/<implementation>/<N>`.
+//!
+//! Rows measured apart drift apart on a busy machine (the control row shows
+//! how far), so the layers are also measured paired: `paired/<layer>/<N>`
+//! times a stack with the layer and the same stack without it in
+//! alternating blocks of one loop, and its value is not a time but the
+//! ratio of the two (criterion prints it as `x`). `paired/
+//! least_in_flight_control` pairs least-in-flight `Balance` with a second
+//! one just like it: how close to 1 that reads is how far the pairing can
+//! be trusted. `full_stack` there is paired with `Failover` + `Balance`;
+//! every other row with least-in-flight `Balance`.
 
 mod support;
 
@@ -239,6 +249,8 @@ impl criterion::measurement::Measurement for Ratio {
     type Intermediate = ();
     type Value = f64;
 
+    // Only `iter_custom` is used with this measurement: it returns the
+    // value itself, so there is nothing to start or end.
     fn start(&self) {}
 
     fn end(&self, (): ()) -> f64 {
@@ -348,6 +360,24 @@ fn paired_group(c: &mut Criterion<Ratio>) {
             n,
             lif(),
             MapErrLayer::new(|e: tower_lb::Error| e).layer(lif()),
+        );
+        bench_paired(
+            &mut g,
+            &rt,
+            "tower_retry_least_in_flight",
+            n,
+            lif(),
+            tower::retry::RetryLayer::new(RetryErrorsTwice(2)).layer(lif()),
+        );
+        let view = failover(&rt, &pool);
+        let failover_lif = || BalanceLayer::new(LeastInFlight).layer(view.clone());
+        bench_paired(
+            &mut g,
+            &rt,
+            "full_stack",
+            n,
+            failover_lif(),
+            RetryLayer::new(RetryErrors::new()).layer(failover_lif()),
         );
     }
     g.finish();
