@@ -17,8 +17,10 @@
 //! ratio of the two (criterion prints it as `x`). `paired/
 //! least_in_flight_control` pairs least-in-flight `Balance` with a second
 //! one just like it: how close to 1 that reads is how far the pairing can
-//! be trusted. `full_stack` there is paired with `Failover` + `Balance`;
-//! every other row with least-in-flight `Balance`.
+//! be trusted. `full_stack` there is paired with `Failover` + `Balance`,
+//! `least_in_flight` and `peak_ewma` with tower's p2c over
+//! `PendingRequests` and over `PeakEwma`, every other row with
+//! least-in-flight `Balance`.
 
 mod support;
 
@@ -368,6 +370,31 @@ fn paired_group(c: &mut Criterion<Ratio>) {
             n,
             lif(),
             tower::retry::RetryLayer::new(RetryErrorsTwice(2)).layer(lif()),
+        );
+        // Ours against tower's p2c over the same load measure.
+        bench_paired(
+            &mut g,
+            &rt,
+            "least_in_flight",
+            n,
+            p2c::Balance::new(PendingRequestsDiscover::new(
+                ServiceList::new(vec![Echo; n]),
+                CompleteOnResponse::default(),
+            )),
+            lif(),
+        );
+        bench_paired(
+            &mut g,
+            &rt,
+            "peak_ewma",
+            n,
+            p2c::Balance::new(PeakEwmaDiscover::new(
+                ServiceList::new(vec![Echo; n]),
+                Duration::from_millis(30),
+                Duration::from_secs(10),
+                CompleteOnResponse::default(),
+            )),
+            BalanceLayer::new(PeakEwma::new()).layer(pool.clone()),
         );
         let view = failover(&rt, &pool);
         let failover_lif = || BalanceLayer::new(LeastInFlight).layer(view.clone());

@@ -14,8 +14,8 @@
 //! `--main DIR` / `--peers DIR`. Rows are paired within one tree, so each
 //! ratio comes out of one run (a ratio whose rows were measured more than
 //! an hour apart is marked †). A `paired` row measured its ratio itself,
-//! against the same stack without its layer in one loop: `Retry`'s 1.15×
-//! is held there, and only shown for the rows timed in loops of their own.
+//! against its peer in one loop; where one was measured, it holds the
+//! target, and the same ratio from two rows timed apart is only shown.
 //! `--summary` prints one line per comparison
 //! with the ratio at each N in its own column instead. Building it needs
 //! only `serde_json`: the benches' heavy dependencies are dev-dependencies.
@@ -153,6 +153,21 @@ fn layer_base(name: &str) -> Option<(&'static str, Option<f64>)> {
     }
 }
 
+/// What a `paired` row was timed against in its loop, the question it
+/// answers, and the target.
+fn paired_base(name: &str) -> Option<(&'static str, &'static str, Option<f64>)> {
+    match name {
+        "least_in_flight" | "peak_ewma" => {
+            let (peer, target) = roundtrip_peer(name)?;
+            Some((peer, "roundtrip vs tower, same loop", target))
+        }
+        _ => {
+            let (base, target) = layer_base(name)?;
+            Some((base, "retry vs balance, same loop", target))
+        }
+    }
+}
+
 /// Whether a line's value is a ratio measured as such (a `paired` row,
 /// timed against its base in one loop) rather than two times.
 fn is_paired(id: &Id) -> bool {
@@ -191,6 +206,17 @@ fn main_lines(r: &Results) -> Vec<Line> {
     let mut lines = Vec::new();
     for id in r.keys() {
         let name = id.name.as_str();
+        // A ratio timed in one loop holds the target in place of the same
+        // ratio from two rows timed apart, which are then only shown: on
+        // a busy machine those drift apart by more than a target's margin
+        // (the control rows show how far).
+        let paired = Id {
+            group: "paired".to_owned(),
+            ..id.clone()
+        };
+        let held_paired = |peer: &str| {
+            r.contains_key(&paired) && paired_base(name).is_some_and(|(base, _, _)| base == peer)
+        };
         match id.group.as_str() {
             "roundtrip" => {
                 if let Some((peer, target)) = roundtrip_peer(name) {
@@ -198,7 +224,7 @@ fn main_lines(r: &Results) -> Vec<Line> {
                         question: "roundtrip vs tower",
                         ours: id.clone(),
                         peer: with_name(id, peer),
-                        target,
+                        target: target.filter(|_| !held_paired(peer)),
                     });
                 }
                 if name == "retry_least_in_flight" {
@@ -209,16 +235,13 @@ fn main_lines(r: &Results) -> Vec<Line> {
                         target: None,
                     });
                 }
-                // Shown, not held: rows measured in loops of their own
-                // drift apart by more than the target's margin (the
-                // control row shows how far); the paired rows hold it.
-                if let Some((base, _)) = layer_base(name) {
+                if let Some((base, target)) = layer_base(name) {
                     if name != "tower_retry_least_in_flight" {
                         lines.push(Line {
                             question: "retry vs balance",
                             ours: id.clone(),
                             peer: with_name(id, base),
-                            target: None,
+                            target: target.filter(|_| !held_paired(base)),
                         });
                     }
                 }
@@ -226,9 +249,9 @@ fn main_lines(r: &Results) -> Vec<Line> {
             // The value is already the ratio to the base, timed in the
             // same loop: the line pairs the row with itself.
             "paired" => {
-                if let Some((_, target)) = layer_base(name) {
+                if let Some((_, question, target)) = paired_base(name) {
                     lines.push(Line {
-                        question: "retry vs balance, same loop",
+                        question,
                         ours: id.clone(),
                         peer: id.clone(),
                         target,
@@ -390,7 +413,7 @@ fn pairs<'a>(lines: &'a [(Line, &Results)]) -> Vec<Pair<'a>> {
 
 fn peer_name(line: &Line) -> String {
     if is_paired(&line.ours) {
-        let base = layer_base(&line.ours.name).map_or("?", |(b, _)| b);
+        let base = paired_base(&line.ours.name).map_or("?", |(b, _, _)| b);
         format!("{base}, same loop")
     } else if line.peer.name == line.ours.name {
         format!("same, N={}", line.peer.n)
@@ -503,7 +526,8 @@ fn summary(pairs: &[Pair<'_>]) -> String {
 /// our row, then its peer, then N, so that a question's lines for one row
 /// sit together (the summary folds them into one line).
 fn sort_lines(lines: &mut [(Line, &Results)]) {
-    const ORDER: [&str; 10] = [
+    const ORDER: [&str; 11] = [
+        "roundtrip vs tower, same loop",
         "roundtrip vs tower",
         "retry vs balance, same loop",
         "retry vs balance",
@@ -706,9 +730,8 @@ mod tests {
                 )
             })
             .collect();
-        // 77 / 70 = 1.1 ≤ 1.15 on two threads; the rows timed in loops
-        // of their own are shown against the stack without the layer,
-        // but held only where they were timed in one loop.
+        // 77 / 70 = 1.1 ≤ 1.15; 55 / 50 = 1.1 ≤ 1.15; the no-op layer
+        // has no target; 60 / 50 = 1.2 > 1.15.
         assert_eq!(
             got,
             [
@@ -717,10 +740,10 @@ mod tests {
                     "roundtrip_least_in_flight_2_threads",
                     Some(true)
                 ),
-                ("full_stack", "failover_least_in_flight", None),
+                ("full_stack", "failover_least_in_flight", Some(true)),
                 ("least_in_flight_control", "least_in_flight", None),
                 ("noop_layer_least_in_flight", "least_in_flight", None),
-                ("retry_least_in_flight", "least_in_flight", None),
+                ("retry_least_in_flight", "least_in_flight", Some(false)),
             ]
         );
         assert!(
@@ -787,6 +810,55 @@ mod tests {
     }
 
     #[test]
+    fn a_paired_row_holds_the_target_in_place_of_rows_timed_apart() {
+        let mut results = Results::new();
+        for (name, mean) in [
+            ("least_in_flight", 60.0),
+            ("tower_p2c_pending", 200.0),
+            ("retry_least_in_flight", 75.0),
+            ("peak_ewma", 28.0),
+            ("tower_p2c_peak_ewma", 200.0),
+        ] {
+            results.insert(id("roundtrip", name, "10"), mean.into());
+        }
+        results.insert(id("paired", "least_in_flight", "10"), 0.24.into());
+        results.insert(id("paired", "retry_least_in_flight", "10"), 1.12.into());
+        let lines = main_lines(&results);
+        let target = |question: &str, name: &str| {
+            lines
+                .iter()
+                .find(|l| l.question == question && l.ours.name == name)
+                .map(|l| l.target)
+        };
+        // 60 / 200 = 0.3 and 75 / 60 = 1.25 would miss, but each was
+        // timed in one loop too: those hold the targets.
+        assert_eq!(target("roundtrip vs tower", "least_in_flight"), Some(None));
+        assert_eq!(
+            target("roundtrip vs tower, same loop", "least_in_flight"),
+            Some(Some(0.25))
+        );
+        assert_eq!(
+            target("retry vs balance", "retry_least_in_flight"),
+            Some(None)
+        );
+        assert_eq!(
+            target("retry vs balance, same loop", "retry_least_in_flight"),
+            Some(Some(1.15))
+        );
+        // Peak-EWMA has no paired row here: its rows timed apart hold it
+        // (28 / 200 = 0.14).
+        assert_eq!(target("roundtrip vs tower", "peak_ewma"), Some(Some(0.15)));
+        let held: Vec<_> = main_lines(&results)
+            .into_iter()
+            .map(|l| (l, &results))
+            .collect();
+        let pairs = pairs(&held);
+        let met = pairs.iter().filter(|p| p.met() == Some(true)).count();
+        let missed = pairs.iter().filter(|p| p.met() == Some(false)).count();
+        assert_eq!((met, missed), (3, 0));
+    }
+
+    #[test]
     fn the_summary_keeps_each_rows_lines_together() {
         let mut results = Results::new();
         for n in ["10", "100"] {
@@ -819,7 +891,7 @@ mod tests {
             [
                 "| roundtrip vs tower | least_in_flight | tower_p2c_pending | 0.250× | 0.250× |  |  | ≤ 0.25× met |",
                 "| roundtrip vs tower | retry_least_in_flight | tower_p2c_pending | 0.300× | 0.300× |  |  |  |",
-                "| retry vs balance | retry_least_in_flight | least_in_flight | 1.200× | 1.200× |  |  |  |",
+                "| retry vs balance | retry_least_in_flight | least_in_flight | 1.200× | 1.200× |  |  | ≤ 1.15× **missed** (N=10, 100) |",
                 "| retry vs tower retry | retry_least_in_flight | tower_retry_least_in_flight | 0.800× | 0.800× |  |  |  |",
                 "| 2 threads vs 1 | roundtrip_least_in_flight_2_threads | roundtrip_least_in_flight |  | 3.000× |  |  |  |",
             ],
