@@ -153,21 +153,6 @@ fn layer_base(name: &str) -> Option<(&'static str, Option<f64>)> {
     }
 }
 
-/// What a `paired` row was timed against in its loop, the question it
-/// answers, and the target.
-fn paired_base(name: &str) -> Option<(&'static str, &'static str, Option<f64>)> {
-    match name {
-        "least_in_flight" | "peak_ewma" => {
-            let (peer, target) = roundtrip_peer(name)?;
-            Some((peer, "roundtrip vs tower, same loop", target))
-        }
-        _ => {
-            let (base, target) = layer_base(name)?;
-            Some((base, "retry vs balance, same loop", target))
-        }
-    }
-}
-
 /// Whether a line's value is a ratio measured as such (a `paired` row,
 /// timed against its base in one loop) rather than two times.
 fn is_paired(id: &Id) -> bool {
@@ -214,8 +199,8 @@ fn main_lines(r: &Results) -> Vec<Line> {
             group: "paired".to_owned(),
             ..id.clone()
         };
-        let held_paired = |peer: &str| {
-            r.contains_key(&paired) && paired_base(name).is_some_and(|(base, _, _)| base == peer)
+        let held_paired = |base: &str| {
+            r.contains_key(&paired) && layer_base(name).is_some_and(|(b, _)| b == base)
         };
         match id.group.as_str() {
             "roundtrip" => {
@@ -224,7 +209,7 @@ fn main_lines(r: &Results) -> Vec<Line> {
                         question: "roundtrip vs tower",
                         ours: id.clone(),
                         peer: with_name(id, peer),
-                        target: target.filter(|_| !held_paired(peer)),
+                        target,
                     });
                 }
                 if name == "retry_least_in_flight" {
@@ -235,23 +220,24 @@ fn main_lines(r: &Results) -> Vec<Line> {
                         target: None,
                     });
                 }
-                if let Some((base, target)) = layer_base(name) {
-                    if name != "tower_retry_least_in_flight" {
-                        lines.push(Line {
-                            question: "retry vs balance",
-                            ours: id.clone(),
-                            peer: with_name(id, base),
-                            target: target.filter(|_| !held_paired(base)),
-                        });
-                    }
+                // tower's Retry has a line of its own, against ours.
+                if let Some((base, target)) =
+                    layer_base(name).filter(|_| name != "tower_retry_least_in_flight")
+                {
+                    lines.push(Line {
+                        question: "retry vs balance",
+                        ours: id.clone(),
+                        peer: with_name(id, base),
+                        target: target.filter(|_| !held_paired(base)),
+                    });
                 }
             }
             // The value is already the ratio to the base, timed in the
             // same loop: the line pairs the row with itself.
             "paired" => {
-                if let Some((_, question, target)) = paired_base(name) {
+                if let Some((_, target)) = layer_base(name) {
                     lines.push(Line {
-                        question,
+                        question: "retry vs balance, same loop",
                         ours: id.clone(),
                         peer: id.clone(),
                         target,
@@ -413,7 +399,7 @@ fn pairs<'a>(lines: &'a [(Line, &Results)]) -> Vec<Pair<'a>> {
 
 fn peer_name(line: &Line) -> String {
     if is_paired(&line.ours) {
-        let base = paired_base(&line.ours.name).map_or("?", |(b, _, _)| b);
+        let base = layer_base(&line.ours.name).map_or("?", |(b, _)| b);
         format!("{base}, same loop")
     } else if line.peer.name == line.ours.name {
         format!("same, N={}", line.peer.n)
@@ -526,8 +512,7 @@ fn summary(pairs: &[Pair<'_>]) -> String {
 /// our row, then its peer, then N, so that a question's lines for one row
 /// sit together (the summary folds them into one line).
 fn sort_lines(lines: &mut [(Line, &Results)]) {
-    const ORDER: [&str; 11] = [
-        "roundtrip vs tower, same loop",
+    const ORDER: [&str; 10] = [
         "roundtrip vs tower",
         "retry vs balance, same loop",
         "retry vs balance",
@@ -812,50 +797,58 @@ mod tests {
     #[test]
     fn a_paired_row_holds_the_target_in_place_of_rows_timed_apart() {
         let mut results = Results::new();
-        for (name, mean) in [
-            ("least_in_flight", 60.0),
-            ("tower_p2c_pending", 200.0),
-            ("retry_least_in_flight", 75.0),
-            ("peak_ewma", 28.0),
-            ("tower_p2c_peak_ewma", 200.0),
-        ] {
-            results.insert(id("roundtrip", name, "10"), mean.into());
+        for n in ["10", "100"] {
+            for (name, mean) in [
+                ("least_in_flight", 60.0),
+                ("tower_p2c_pending", 300.0),
+                ("retry_least_in_flight", 75.0),
+                ("failover_least_in_flight", 60.0),
+                ("full_stack", 75.0),
+            ] {
+                results.insert(id("roundtrip", name, n), mean.into());
+            }
         }
-        results.insert(id("paired", "least_in_flight", "10"), 0.24.into());
+        // Retry was also timed in one loop with Balance, at N = 10 only.
         results.insert(id("paired", "retry_least_in_flight", "10"), 1.12.into());
         let lines = main_lines(&results);
-        let target = |question: &str, name: &str| {
+        let target = |question: &str, name: &str, n: &str| {
             lines
                 .iter()
-                .find(|l| l.question == question && l.ours.name == name)
+                .find(|l| l.question == question && l.ours.name == name && l.ours.n == n)
                 .map(|l| l.target)
         };
-        // 60 / 200 = 0.3 and 75 / 60 = 1.25 would miss, but each was
-        // timed in one loop too: those hold the targets.
-        assert_eq!(target("roundtrip vs tower", "least_in_flight"), Some(None));
+        // 75 / 60 = 1.25 would miss at N = 10, but the paired row holds
+        // the target there; at N = 100 the rows timed apart still do, and
+        // so does the full stack, which was not paired.
         assert_eq!(
-            target("roundtrip vs tower, same loop", "least_in_flight"),
-            Some(Some(0.25))
-        );
-        assert_eq!(
-            target("retry vs balance", "retry_least_in_flight"),
+            target("retry vs balance", "retry_least_in_flight", "10"),
             Some(None)
         );
         assert_eq!(
-            target("retry vs balance, same loop", "retry_least_in_flight"),
+            target("retry vs balance, same loop", "retry_least_in_flight", "10"),
             Some(Some(1.15))
         );
-        // Peak-EWMA has no paired row here: its rows timed apart hold it
-        // (28 / 200 = 0.14).
-        assert_eq!(target("roundtrip vs tower", "peak_ewma"), Some(Some(0.15)));
-        let held: Vec<_> = main_lines(&results)
-            .into_iter()
-            .map(|l| (l, &results))
-            .collect();
+        assert_eq!(
+            target("retry vs balance", "retry_least_in_flight", "100"),
+            Some(Some(1.15))
+        );
+        assert_eq!(
+            target("retry vs balance", "full_stack", "10"),
+            Some(Some(1.15))
+        );
+        // Held against tower as before: 60 / 300 = 0.2.
+        assert_eq!(
+            target("roundtrip vs tower", "least_in_flight", "10"),
+            Some(Some(0.25))
+        );
+        let held: Vec<_> = lines.into_iter().map(|l| (l, &results)).collect();
         let pairs = pairs(&held);
         let met = pairs.iter().filter(|p| p.met() == Some(true)).count();
         let missed = pairs.iter().filter(|p| p.met() == Some(false)).count();
-        assert_eq!((met, missed), (3, 0));
+        // Met: least-in-flight and the full stack against tower at both N
+        // (0.2, 0.25), the paired Retry; missed: Retry at N = 100 and the
+        // full stack against Failover + Balance at both N.
+        assert_eq!((met, missed), (5, 3));
     }
 
     #[test]
