@@ -17,7 +17,10 @@
 //! ratio of the two (criterion prints it as `x`). `paired/
 //! least_in_flight_control` pairs least-in-flight `Balance` with a second
 //! one just like it: how close to 1 that reads is how far the pairing can
-//! be trusted. `full_stack` there is paired with `Failover` + `Balance`,
+//! be trusted. `arc_layer_least_in_flight` is a layer that does nothing
+//! but hold one shared reference per request: what any retry layer that
+//! still works after its client is dropped must pay at least.
+//! `full_stack` there is paired with `Failover` + `Balance`,
 //! every other row with least-in-flight `Balance`: each pair shares its
 //! pool, so neither side's data pushes the other's out of the cache.
 //! Rows of different balancers are not paired: alternating two working
@@ -35,7 +38,7 @@ use tokio::runtime::Runtime;
 use tower::balance::p2c;
 use tower::discover::ServiceList;
 use tower::load::{CompleteOnResponse, PeakEwmaDiscover, PendingRequestsDiscover};
-use tower::util::MapErrLayer;
+use tower::util::{MapErrLayer, MapResponseLayer};
 use tower::{Layer, Service};
 use tower_lb::balance::{
     BalanceLayer, LeastInFlight, PeakEwma, Random, RoundRobin, Strategy, WeightedRandom,
@@ -365,6 +368,24 @@ fn paired_group(c: &mut Criterion<Ratio>) {
             n,
             lif(),
             MapErrLayer::new(|e: tower_lb::Error| e).layer(lif()),
+        );
+        // A layer that does nothing but hold one shared reference while
+        // the request runs (tower's `MapResponse` with the identity, its
+        // closure holding an `Arc`, cloned into each request's future):
+        // the least a retry layer that can still retry after its client
+        // is dropped must pay.
+        let held = std::sync::Arc::new(0u64);
+        bench_paired(
+            &mut g,
+            &rt,
+            "arc_layer_least_in_flight",
+            n,
+            lif(),
+            MapResponseLayer::new(move |r: u64| {
+                black_box(&held);
+                r
+            })
+            .layer(lif()),
         );
         bench_paired(
             &mut g,

@@ -147,6 +147,7 @@ fn layer_base(name: &str) -> Option<(&'static str, Option<f64>)> {
         "retry_least_in_flight" => Some(("least_in_flight", Some(1.15))),
         "full_stack" => Some(("failover_least_in_flight", Some(1.15))),
         "noop_layer_least_in_flight"
+        | "arc_layer_least_in_flight"
         | "least_in_flight_control"
         | "tower_retry_least_in_flight" => Some(("least_in_flight", None)),
         _ => None,
