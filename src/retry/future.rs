@@ -138,12 +138,9 @@ where
         hedge_delay: Option<Duration>,
         call: impl FnOnce() -> S::Future,
     ) -> Self {
-        let deadline = local
-            .shared
-            .config
-            .deadline
-            .zip(started)
-            .map(|(d, s)| s + d);
+        // Only a timed request can have a deadline: an untimed one does
+        // not reach into the settings here.
+        let deadline = started.and_then(|s| local.shared.config.deadline.map(|d| s + d));
         let cold = (deadline.is_some() || hedge_delay.is_some()).then(|| {
             let mut cold = Cold::new(true);
             cold.started = started;

@@ -42,6 +42,30 @@ pub struct Retry<S, P> {
     own: Option<Own<S, P>>,
     /// Requests served without a lane of its own, up to `LANE_AFTER`.
     calls: u32,
+    /// What `call` needs of the settings, kept here so it does not reach
+    /// through the shared settings for it.
+    plan: CallPlan,
+}
+
+/// What each request needs of the client's settings at `call`.
+#[derive(Debug, Clone, Copy)]
+struct CallPlan {
+    /// Whether a copy of the request is kept for later attempts.
+    copies: bool,
+    /// Whether hedging is on.
+    hedges: bool,
+    /// Whether requests have a deadline.
+    deadline: bool,
+}
+
+impl CallPlan {
+    fn of(config: &Config) -> Self {
+        CallPlan {
+            copies: config.max_attempts > 1 || config.hedge.is_some(),
+            hedges: config.hedge.is_some(),
+            deadline: config.deadline.is_some(),
+        }
+    }
 }
 
 /// Requests a clone serves before it takes a lane of its own.
@@ -105,12 +129,14 @@ impl<S: Clone, P> Clone for Retry<S, P> {
             root: self.root.clone(),
             own: None,
             calls: 0,
+            plan: self.plan,
         }
     }
 }
 
 impl<S: Clone, P> Retry<S, P> {
     pub(crate) fn from_parts(inner: S, policy: P, config: Config) -> Self {
+        let plan = CallPlan::of(&config);
         let shared = Arc::new(Shared {
             proto: inner.clone(),
             policy,
@@ -121,6 +147,7 @@ impl<S: Clone, P> Retry<S, P> {
             root: Arc::new(Local { shared }),
             own: None,
             calls: 0,
+            plan,
         }
     }
 }
@@ -181,16 +208,18 @@ where
             }
         };
         let shared = &*local.shared;
-        let config = &shared.config;
-        let template = (config.max_attempts > 1 || config.hedge.is_some())
+        let plan = self.plan;
+        let template = plan
+            .copies
             .then(|| shared.policy.clone_request(&req))
             .flatten();
-        let hedge = config
-            .hedge
-            .as_ref()
+        let config = &shared.config;
+        let hedge = plan
+            .hedges
+            .then(|| config.hedge.as_ref())
+            .flatten()
             .filter(|_| template.is_some() && shared.policy.hedgeable(&req));
-        let started =
-            (config.deadline.is_some() || hedge.is_some_and(|h| h.learns())).then(Instant::now);
+        let started = (plan.deadline || hedge.is_some_and(|h| h.learns())).then(Instant::now);
         let hedge_delay = hedge.map(|h| h.delay(&config.latencies));
         // A first attempt has nothing to avoid; the endpoint it reaches is
         // reported back when it ends.
