@@ -384,6 +384,13 @@ impl Pair<'_> {
     }
 }
 
+/// How many targets were met and how many missed.
+fn targets(pairs: &[Pair<'_>]) -> (usize, usize) {
+    let met = pairs.iter().filter(|p| p.met() == Some(true)).count();
+    let missed = pairs.iter().filter(|p| p.met() == Some(false)).count();
+    (met, missed)
+}
+
 /// The lines whose two rows were both measured, in order.
 fn pairs<'a>(lines: &'a [(Line, &Results)]) -> Vec<Pair<'a>> {
     lines
@@ -606,8 +613,7 @@ fn main() -> ExitCode {
             table(&pairs)
         }
     );
-    let met = pairs.iter().filter(|p| p.met() == Some(true)).count();
-    let missed = pairs.iter().filter(|p| p.met() == Some(false)).count();
+    let (met, missed) = targets(&pairs);
     println!(
         "\nRatio = ours / peer, from mean times (a same-loop row measured the ratio itself). \
          Targets: {met} met, {missed} missed."
@@ -628,6 +634,17 @@ mod tests {
             name: name.to_owned(),
             n: n.to_owned(),
         }
+    }
+
+    /// `roundtrip` rows: each named row with its mean, at each N.
+    fn roundtrip_rows(ns: &[&str], rows: &[(&str, f64)]) -> Results {
+        let mut results = Results::new();
+        for n in ns {
+            for &(name, mean) in rows {
+                results.insert(id("roundtrip", name, n), mean.into());
+            }
+        }
+        results
     }
 
     /// Writes one benchmark in criterion's layout under `dir`.
@@ -797,18 +814,16 @@ mod tests {
 
     #[test]
     fn a_paired_row_holds_the_target_in_place_of_rows_timed_apart() {
-        let mut results = Results::new();
-        for n in ["10", "100"] {
-            for (name, mean) in [
+        let mut results = roundtrip_rows(
+            &["10", "100"],
+            &[
                 ("least_in_flight", 60.0),
                 ("tower_p2c_pending", 300.0),
                 ("retry_least_in_flight", 75.0),
                 ("failover_least_in_flight", 60.0),
                 ("full_stack", 75.0),
-            ] {
-                results.insert(id("roundtrip", name, n), mean.into());
-            }
-        }
+            ],
+        );
         // Retry was also timed in one loop with Balance, at N = 10 only.
         results.insert(id("paired", "retry_least_in_flight", "10"), 1.12.into());
         let lines = main_lines(&results);
@@ -820,51 +835,49 @@ mod tests {
         };
         // 75 / 60 = 1.25 would miss at N = 10, but the paired row holds
         // the target there; at N = 100 the rows timed apart still do, and
-        // so does the full stack, which was not paired.
-        assert_eq!(
-            target("retry vs balance", "retry_least_in_flight", "10"),
-            Some(None)
-        );
-        assert_eq!(
-            target("retry vs balance, same loop", "retry_least_in_flight", "10"),
-            Some(Some(1.15))
-        );
-        assert_eq!(
-            target("retry vs balance", "retry_least_in_flight", "100"),
-            Some(Some(1.15))
-        );
-        assert_eq!(
-            target("retry vs balance", "full_stack", "10"),
-            Some(Some(1.15))
-        );
-        // Held against tower as before: 60 / 300 = 0.2.
-        assert_eq!(
-            target("roundtrip vs tower", "least_in_flight", "10"),
-            Some(Some(0.25))
-        );
+        // so does the full stack, which was not paired; least-in-flight is
+        // held against tower as before (60 / 300 = 0.2).
+        for (question, name, n, want) in [
+            ("retry vs balance", "retry_least_in_flight", "10", None),
+            (
+                "retry vs balance, same loop",
+                "retry_least_in_flight",
+                "10",
+                Some(1.15),
+            ),
+            (
+                "retry vs balance",
+                "retry_least_in_flight",
+                "100",
+                Some(1.15),
+            ),
+            ("retry vs balance", "full_stack", "10", Some(1.15)),
+            ("roundtrip vs tower", "least_in_flight", "10", Some(0.25)),
+        ] {
+            assert_eq!(
+                target(question, name, n),
+                Some(want),
+                "{question}: {name}/{n}"
+            );
+        }
         let held: Vec<_> = lines.into_iter().map(|l| (l, &results)).collect();
-        let pairs = pairs(&held);
-        let met = pairs.iter().filter(|p| p.met() == Some(true)).count();
-        let missed = pairs.iter().filter(|p| p.met() == Some(false)).count();
         // Met: least-in-flight and the full stack against tower at both N
         // (0.2, 0.25), the paired Retry; missed: Retry at N = 100 and the
         // full stack against Failover + Balance at both N.
-        assert_eq!((met, missed), (5, 3));
+        assert_eq!(targets(&pairs(&held)), (5, 3));
     }
 
     #[test]
     fn the_summary_keeps_each_rows_lines_together() {
-        let mut results = Results::new();
-        for n in ["10", "100"] {
-            for (name, mean) in [
+        let mut results = roundtrip_rows(
+            &["10", "100"],
+            &[
                 ("least_in_flight", 50.0),
                 ("retry_least_in_flight", 60.0),
                 ("tower_retry_least_in_flight", 75.0),
                 ("tower_p2c_pending", 200.0),
-            ] {
-                results.insert(id("roundtrip", name, n), mean.into());
-            }
-        }
+            ],
+        );
         results.insert(
             id("contention", "roundtrip_least_in_flight", "100"),
             50.0.into(),
