@@ -214,11 +214,14 @@ where
             .then(|| shared.policy.clone_request(&req))
             .flatten();
         let config = &shared.config;
-        let hedge = plan
-            .hedges
-            .then(|| config.hedge.as_ref())
-            .flatten()
-            .filter(|_| template.is_some() && shared.policy.hedgeable(&req));
+        let hedge = if plan.hedges {
+            config
+                .hedge
+                .as_ref()
+                .filter(|_| template.is_some() && shared.policy.hedgeable(&req))
+        } else {
+            None
+        };
         let started = (plan.deadline || hedge.is_some_and(|h| h.learns())).then(Instant::now);
         let hedge_delay = hedge.map(|h| h.delay(&config.latencies));
         // A first attempt has nothing to avoid; the endpoint it reaches is
