@@ -230,3 +230,48 @@ where
         ResponseFuture::new(local, template, started, hedge_delay, || inner.call(req))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tower::Layer;
+    use tower::util::ServiceFn;
+
+    use super::*;
+    use crate::retry::{Hedge, RetryErrors, RetryLayer};
+
+    type Echo = ServiceFn<fn(u64) -> std::future::Ready<Result<u64, BoxError>>>;
+
+    fn echo() -> Echo {
+        tower::service_fn(|n| std::future::ready(Ok(n)))
+    }
+
+    /// The plan `call` reads, as each client and its clones hold it.
+    fn plan_of(layer: RetryLayer<RetryErrors>) -> [(bool, bool, bool); 2] {
+        let client = layer.layer(echo());
+        let clone = client.clone();
+        [client.plan, clone.plan].map(|p| (p.copies, p.hedges, p.deadline))
+    }
+
+    #[test]
+    fn the_call_plan_follows_the_settings_and_clones_keep_it() {
+        let base = || RetryLayer::new(RetryErrors::new());
+        // (copies the request, hedges, has a deadline)
+        assert_eq!(plan_of(base()), [(true, false, false); 2]);
+        assert_eq!(plan_of(base().max_attempts(1)), [(false, false, false); 2]);
+        assert_eq!(
+            plan_of(
+                base()
+                    .max_attempts(1)
+                    .hedge(Hedge::after(Duration::from_millis(5)))
+            ),
+            [(true, true, false); 2],
+            "a hedge needs a copy even without retries"
+        );
+        assert_eq!(
+            plan_of(base().deadline(Duration::from_secs(1))),
+            [(true, false, true); 2]
+        );
+    }
+}
