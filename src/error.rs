@@ -22,11 +22,15 @@ pub enum Error {
         /// How long the caller waited.
         waited: Duration,
     },
-    /// Endpoints exist but none may take the request.
-    #[error("none of the {total} endpoints is eligible")]
+    /// Endpoints exist but none may take the request (failover with
+    /// [`PanicMode::FailClosed`](crate::failover::PanicMode::FailClosed)
+    /// left every one out).
+    #[error("none of the {total} endpoints is eligible{why}")]
     NoneEligible {
         /// How many endpoints the pool holds.
         total: usize,
+        /// Why, per priority tier, when failover made the view.
+        why: Ineligible,
     },
     /// A discovery source reported a failure.
     #[error("discovery failed")]
@@ -49,16 +53,91 @@ pub enum Error {
     },
     /// The request's overall deadline passed, across all attempts and
     /// backoff; attempts still in flight were cancelled.
+    /// The last attempt that failed before the deadline, if one did, is
+    /// the source.
     #[error("deadline of {deadline:?} exceeded after {attempts} attempt(s)")]
     DeadlineExceeded {
         /// The deadline.
         deadline: std::time::Duration,
         /// Attempts started.
         attempts: u32,
+        /// Why the last attempt that ended failed, if one did.
+        #[source]
+        last: Option<Box<Error>>,
     },
 }
 
+/// Why no endpoint was eligible, per priority tier (see
+/// [`Error::NoneEligible`]); empty when no failover report was at hand.
+/// Prints as ` (tier 0: 3 down; tier 1: 1 ejected, 1 failing health checks)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Ineligible {
+    /// One entry per tier, lowest priority first.
+    pub tiers: Vec<TierIneligible>,
+}
+
+/// One tier's count of endpoints left out, by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TierIneligible {
+    /// The tier's priority.
+    pub priority: u8,
+    /// Endpoints in the tier.
+    pub endpoints: usize,
+    /// Marked down: they could not be reached.
+    pub down: usize,
+    /// Ejected by outlier detection.
+    pub ejected: usize,
+    /// Failing active health checks.
+    pub failing_checks: usize,
+}
+
+impl std::fmt::Display for Ineligible {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.tiers.is_empty() {
+            return Ok(());
+        }
+        f.write_str(" (")?;
+        for (i, t) in self.tiers.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "tier {}: ", t.priority)?;
+            let parts = [
+                (t.down, "down"),
+                (t.ejected, "ejected"),
+                (t.failing_checks, "failing health checks"),
+            ];
+            let mut any = false;
+            for (n, what) in parts.into_iter().filter(|(n, _)| *n > 0) {
+                if any {
+                    f.write_str(", ")?;
+                }
+                write!(f, "{n} {what}")?;
+                any = true;
+            }
+            if !any {
+                write!(f, "{} endpoint(s), none left out", t.endpoints)?;
+            }
+        }
+        f.write_str(")")
+    }
+}
+
 impl Error {
+    /// `NoneEligible` for a view of `total` endpoints, with the reasons
+    /// from its failover report.
+    pub(crate) fn none_eligible(
+        total: usize,
+        health: Option<&crate::failover::HealthReport>,
+    ) -> Error {
+        Error::NoneEligible {
+            total,
+            why: health.map(|h| h.ineligible()).unwrap_or_default(),
+        }
+    }
+
     /// Turns an inner service's error into this type: one of ours (from a
     /// balancer below) is kept as it is, anything else becomes
     /// [`Error::Inner`].
@@ -224,6 +303,39 @@ mod tests {
         assert_eq!(
             render_chain(&e),
             "discovery failed: record `k` is invalid: endpoint key is empty"
+        );
+        let e = Error::DeadlineExceeded {
+            deadline: Duration::from_secs(2),
+            attempts: 3,
+            last: Some(Box::new(Error::NoEndpoints)),
+        };
+        assert_eq!(
+            render_chain(&e),
+            "deadline of 2s exceeded after 3 attempt(s): no endpoints are available"
+        );
+        let e = Error::NoneEligible {
+            total: 5,
+            why: Ineligible {
+                tiers: vec![
+                    TierIneligible {
+                        priority: 0,
+                        endpoints: 3,
+                        down: 2,
+                        ejected: 1,
+                        failing_checks: 0,
+                    },
+                    TierIneligible {
+                        priority: 1,
+                        endpoints: 2,
+                        failing_checks: 2,
+                        ..TierIneligible::default()
+                    },
+                ],
+            },
+        };
+        assert_eq!(
+            e.to_string(),
+            "none of the 5 endpoints is eligible (tier 0: 2 down, 1 ejected; tier 1: 2 failing health checks)"
         );
     }
 }

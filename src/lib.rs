@@ -85,6 +85,7 @@
     allow(unused_variables, dead_code, clippy::if_same_then_else)
 )]
 
+pub mod attempt;
 pub mod balance;
 pub mod discover;
 pub mod endpoint;
@@ -98,10 +99,11 @@ pub mod retry;
 pub mod sim;
 mod trace;
 
+pub use attempt::Attempted;
 pub use endpoint::Endpoint;
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
-pub use error::{BoxError, DiscoveryError, Error, InvalidEndpoint};
+pub use error::{BoxError, DiscoveryError, Error, Ineligible, InvalidEndpoint, TierIneligible};

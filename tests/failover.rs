@@ -336,7 +336,7 @@ async fn when_every_endpoint_fails_panic_can_fail_closed() {
     for _ in 0..20 {
         let mut request = task::spawn(lb.clone().oneshot(Behaviour::Answer));
         let e = assert_ready_err!(request.poll(), "fail closed answers on the first poll");
-        assert!(matches!(e, Error::NoneEligible { total: 4 }), "{e:?}");
+        assert!(matches!(e, Error::NoneEligible { total: 4, .. }), "{e:?}");
     }
     assert_eq!(backends.total_calls(), before, "fail closed sends nothing");
 }
@@ -582,6 +582,7 @@ async fn a_flapping_primary_gets_traffic_back_only_after_staying_up_for_the_fail
     ];
     let backends = Backends::new();
     let config = FailoverConfig::new()
+        .overprovisioning(1.4)
         .failback_delay(FAILBACK)
         .outlier_detection(
             OutlierDetection::new()

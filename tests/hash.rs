@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_lb::Endpoint;
+use tower_lb::attempt::Tracked;
 use tower_lb::balance::hash::{DEFAULT_LOAD_FACTOR, crc32, xxh64};
 use tower_lb::balance::{
     Balance, BalanceLayer, BuildContext, KeyHash, Maglev, PickContext, PickRng, Picker, Rendezvous,
@@ -38,7 +39,9 @@ struct Echo {
     failing: Arc<Mutex<Option<String>>>,
 }
 
-impl Service<String> for Echo {
+// Any request: the tests send plain strings, and `Tracked` strings where a
+// retry must avoid the endpoint it tried.
+impl<R> Service<R> for Echo {
     type Response = String;
     type Error = &'static str;
     type Future = Ready<Result<String, &'static str>>;
@@ -47,7 +50,7 @@ impl Service<String> for Echo {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _req: String) -> Self::Future {
+    fn call(&mut self, _req: R) -> Self::Future {
         let failing = self.failing.lock().unwrap().as_deref() == Some(&*self.key);
         ready(if failing {
             Err("endpoint down")
@@ -641,7 +644,13 @@ async fn keyed_balance_sends_a_key_to_one_endpoint_and_keyless_requests_to_the_f
 /// second endpoint, every time; another key keeps its own endpoint.
 async fn retry_follows_the_key<St: Strategy + Clone>(name: &str, strategy: St, hash: KeyHash) {
     let failing: Arc<Mutex<Option<String>>> = Arc::default();
-    let lb = keyed(strategy.clone(), 6, failing.clone()).await;
+    // Tracked requests carry the record of where their attempts went.
+    let lb = BalanceLayer::new(strategy.clone())
+        .when_empty(WhenEmpty::FailFast)
+        .key(key_fn(|k: &Tracked<String>| {
+            (!k.is_empty()).then_some(k.as_bytes())
+        }))
+        .layer(pool_with(equal(6), failing.clone()).await);
     let snap = lb.snapshot();
     let endpoint_of = |key: &str, n: usize| {
         let i = lb
@@ -670,13 +679,16 @@ async fn retry_follows_the_key<St: Strategy + Clone>(name: &str, strategy: St, h
         .seed(SEED)
         .layer(lb);
     for _ in 0..5 {
-        let got = client.clone().oneshot("user-7".to_owned()).await;
+        let got = client
+            .clone()
+            .oneshot(Tracked::new("user-7".to_owned()))
+            .await;
         assert_eq!(
             got.unwrap(),
             second,
             "{name}: retry to the key's next endpoint"
         );
-        let got = client.clone().oneshot(other.clone()).await;
+        let got = client.clone().oneshot(Tracked::new(other.clone())).await;
         assert_eq!(got.unwrap(), other_first, "{name}: {other} stays put");
     }
 }

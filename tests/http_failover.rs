@@ -766,16 +766,19 @@ async fn a_dead_and_a_hung_backend_are_ejected_and_no_request_hangs() {
         .expect("shut the doomed backend down");
     let r = wait_report(
         lb.pool(),
-        "the dead backend ejected within 1 s",
+        "the dead backend down within 1 s",
         Duration::from_secs(1),
-        |r| is_ejected(r, &doomed_key),
+        |r| health(r, &doomed_key).down,
     )
     .await;
     assert!(
-        is_ejected(&r, &hung_key),
+        !health(&r, &hung_key).is_healthy(),
         "the hung backend is still out: {r:#?}"
     );
-    assert!(r.ejections >= 2, "both were ejected: {r:#?}");
+    assert!(
+        r.ejections >= 1 && r.downs >= 1,
+        "both were taken out: {r:#?}"
+    );
     assert!(load.done() > done_before_kill, "the load kept going");
 
     // With both out, requests succeed (bar those already on their way).

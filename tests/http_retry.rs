@@ -647,7 +647,9 @@ async fn the_deadline_bounds_slow_failures_and_cancels_attempts_in_flight() {
     for task in tasks {
         let (out, took) = task.await.expect("task");
         match out {
-            Err(GetError::Balance(Error::DeadlineExceeded { deadline, attempts })) => {
+            Err(GetError::Balance(Error::DeadlineExceeded {
+                deadline, attempts, ..
+            })) => {
                 assert_eq!(deadline, DEADLINE);
                 assert!(attempts >= 2, "a retry fitted in: {attempts}");
             }

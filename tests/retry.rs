@@ -27,6 +27,7 @@ use hyper::body::{Body, Frame};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, timeout};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
+use tower_lb::attempt::Tracked;
 use tower_lb::balance::{Balance, BalanceLayer, LeastInFlight, WhenEmpty};
 use tower_lb::discover::{StaticSource, Update, channel};
 use tower_lb::pool::DiscoverLayer;
@@ -399,15 +400,37 @@ async fn balancer(n: u16) -> (Balance<Backend, LeastInFlight>, Backends) {
     (lb, backends)
 }
 
-/// Retry over `Balance` for a request type that is not HTTP: one of three
-/// endpoints always fails. With only two attempts, a request whose retry
+/// A mock endpoint that takes `Tracked` behaviours, the form in which a
+/// plain request carries the record of its attempts.
+type Untracked = tower::util::MapRequest<Backend, fn(Tracked<Behaviour>) -> Behaviour>;
+
+/// Builds [`Untracked`] endpoints over `backends`.
+fn untracked(
+    backends: &Backends,
+) -> impl Service<tower_lb::Endpoint, Response = Untracked, Error = BoxError, Future: Send>
++ Clone
++ Send
++ 'static {
+    backends.connector().map_response(|b: Backend| {
+        tower::util::MapRequest::new(b, Tracked::into_inner as fn(_) -> _)
+    })
+}
+
+/// Retry over `Balance` for a request type that is not HTTP, wrapped in
+/// `Tracked` to carry its attempts: one of three endpoints always fails. With only two attempts, a request whose retry
 /// went back to the failing endpoint would fail, so 300 successes mean
 /// every retry went elsewhere; the failing endpoint got exactly one
 /// attempt per retried request.
 #[tokio::test(start_paused = true)]
 async fn retries_through_balance_avoid_the_endpoint_that_failed() {
     const REQUESTS: u64 = 300;
-    let (lb, backends) = balancer(3).await;
+    let backends = Backends::new();
+    let pool = DiscoverLayer::new(StaticSource::new((1..=3).map(ep))).layer(untracked(&backends));
+    assert!(pool.applied(1).await, "the static list was applied");
+    let lb = BalanceLayer::new(LeastInFlight)
+        .seed(SEED)
+        .when_empty(WhenEmpty::FailFast)
+        .layer(pool);
     backends.set(&key(1), Behaviour::Fail);
     let client = RetryLayer::new(RetryErrors::new())
         .budget(plenty())
@@ -417,9 +440,12 @@ async fn retries_through_balance_avoid_the_endpoint_that_failed() {
         .layer(lb);
 
     for i in 0..REQUESTS {
-        let answer = within("request", client.clone().oneshot(Behaviour::Answer))
-            .await
-            .unwrap_or_else(|e| panic!("request {i} failed: {}", chain(&e)));
+        let answer = within(
+            "request",
+            client.clone().oneshot(Tracked::new(Behaviour::Answer)),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("request {i} failed: {}", chain(&e)));
         assert_ne!(answer, key(1), "the failing endpoint never answers");
     }
     let stats = client.stats();
@@ -444,7 +470,7 @@ async fn retries_of_requests_that_waited_for_discovery_avoid_the_endpoint_that_f
     const REQUESTS: usize = 40;
     let (tx, source) = channel();
     let backends = Backends::new();
-    let pool = DiscoverLayer::new(SharedSource::new(source)).layer(backends.connector());
+    let pool = DiscoverLayer::new(SharedSource::new(source)).layer(untracked(&backends));
     let lb = BalanceLayer::new(LeastInFlight)
         .seed(SEED)
         .when_empty(WhenEmpty::Wait(Duration::from_secs(5)))
@@ -460,7 +486,7 @@ async fn retries_of_requests_that_waited_for_discovery_avoid_the_endpoint_that_f
     for _ in 0..REQUESTS {
         let client = client.clone();
         tasks.push(tokio::spawn(async move {
-            within("request", client.oneshot(Behaviour::Answer)).await
+            within("request", client.oneshot(Tracked::new(Behaviour::Answer))).await
         }));
     }
     // Let every request reach the balancer and start waiting.
@@ -830,9 +856,17 @@ async fn the_deadline_covers_attempts_and_pauses_and_cancels_the_attempt_in_flig
     let out = within("request", client.clone().oneshot(1)).await;
     let elapsed = start.elapsed();
     match out {
-        Err(Error::DeadlineExceeded { deadline, attempts }) => {
+        Err(Error::DeadlineExceeded {
+            deadline,
+            attempts,
+            last,
+        }) => {
             assert_eq!(deadline, Duration::from_secs(1));
             assert_eq!(attempts, 3);
+            assert!(
+                last.is_some(),
+                "the failed attempts before it are the cause"
+            );
         }
         other => panic!("expected DeadlineExceeded, got {other:?}"),
     }

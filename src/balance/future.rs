@@ -15,9 +15,10 @@ use tower_service::Service;
 use super::clock::LatencyClock;
 use super::service::{Balance, Pick, Timing};
 use super::{Classify, ErrorsAreFailures, NoKey, Strategy};
+use crate::attempt::Attempted;
 use crate::error::{BoxError, Error};
+use crate::failover::HealthReport;
 use crate::pool::EndpointStats;
-use crate::retry::attempt;
 
 /// When a timed request started, and how to time it.
 #[derive(Debug, Clone, Copy)]
@@ -62,43 +63,72 @@ impl InFlight {
         }
     }
 
-    /// Records the outcome, and tells a retry layer above (polling this
-    /// future on this thread) which endpoint the request went to.
+    /// Records the outcome.
     ///
     /// Always inlined, as the P2C pick is (`Pair::pick` in `p2c.rs` says
     /// why).
     #[inline(always)]
-    fn finish(&mut self, ok: bool) {
+    fn finish(&mut self, outcome: Outcome) {
         let Some(stats) = self.stats.take() else {
             return;
         };
-        attempt::completed(attempt::endpoint_id(&stats));
         if let Some((clock, inv_tau_ns)) = LatencyClock::untag(self.rate) {
             let now = clock.now_ns(stats.epoch());
-            stats.record_rtt(now.saturating_sub(self.start_ns) as f64, now, inv_tau_ns);
+            let rtt = now.saturating_sub(self.start_ns) as f64;
+            match outcome {
+                Outcome::Success => stats.record_rtt(rtt, now, inv_tau_ns),
+                // A failure never makes the endpoint look faster; the time
+                // a cancelled attempt ran is a lower bound of its latency.
+                Outcome::Failure { .. } => stats.record_rtt_at_least(rtt, now, inv_tau_ns, false),
+                Outcome::Cancelled => stats.record_rtt_at_least(rtt, now, inv_tau_ns, true),
+            }
         }
-        if ok {
-            stats.record_success();
-        } else {
-            stats.record_failure();
+        match outcome {
+            Outcome::Success => stats.record_success(),
+            Outcome::Failure { unreachable } => stats.record_failure(unreachable),
+            Outcome::Cancelled => {}
         }
         // Dropping `stats` ends the request's time in flight.
     }
 }
 
+impl Drop for InFlight {
+    /// A request dropped before it finished (a timeout above, a hedge that
+    /// lost, a caller that went away) is scored at the time it had run.
+    #[inline]
+    fn drop(&mut self) {
+        if self.stats.is_some() {
+            self.finish(Outcome::Cancelled);
+        }
+    }
+}
+
+/// How an attempt ended, for its endpoint's stats.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Success,
+    Failure {
+        /// The endpoint could not be reached.
+        unreachable: bool,
+    },
+    Cancelled,
+}
+
 /// Why a request failed before reaching an endpoint; kept small so the
 /// response future stays small.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) enum Failure {
     NoEndpoints,
-    NoneEligible(usize),
+    /// How many endpoints the view's source holds, and the view's health
+    /// report (which says why none is eligible).
+    NoneEligible(usize, Option<Arc<HealthReport>>),
 }
 
 impl Failure {
     fn into_error(self) -> Error {
         match self {
             Failure::NoEndpoints => Error::NoEndpoints,
-            Failure::NoneEligible(total) => Error::NoneEligible { total },
+            Failure::NoneEligible(total, health) => Error::none_eligible(total, health.as_deref()),
         }
     }
 }
@@ -234,6 +264,7 @@ where
     S::Error: Into<BoxError>,
     St: Strategy,
     C: Classify<S::Response, S::Error>,
+    Req: Attempted,
 {
     type Output = Result<S::Response, Error>;
 
@@ -243,7 +274,8 @@ where
             let next = match this.state.as_mut().project() {
                 StateProj::Waiting { wait, req } => {
                     let mut w = wait.as_mut().project();
-                    match w.balance.try_pick(*w.key) {
+                    let attempts = req.as_ref().and_then(|r| r.attempts());
+                    match w.balance.try_pick(*w.key, attempts) {
                         Pick::Picked(service, in_flight) => {
                             *this.in_flight = Some(in_flight);
                             State::Ready {
@@ -252,9 +284,16 @@ where
                             }
                         }
                         Pick::NoneEligible(total) => {
-                            return Poll::Ready(Err(Error::NoneEligible { total }));
+                            let health = w.balance.snapshot().health_arc();
+                            return Poll::Ready(Err(Error::none_eligible(
+                                total,
+                                health.as_deref(),
+                            )));
                         }
-                        Pick::Empty => {
+                        Pick::Empty { discovered } => {
+                            if w.balance.when_empty().fails_now(discovered) {
+                                return Poll::Ready(Err(Error::NoEndpoints));
+                            }
                             if w.notified.as_mut().poll(cx).is_ready() {
                                 // Re-arm before looking again, so a publish
                                 // between the look and the next poll wakes us.
@@ -275,8 +314,10 @@ where
                 }
                 StateProj::Ready { service, req } => {
                     if let Err(e) = ready!(service.poll_ready(cx)) {
+                        // An endpoint whose service cannot become ready
+                        // cannot be reached.
                         if let Some(f) = this.in_flight {
-                            f.finish(false);
+                            f.finish(Outcome::Failure { unreachable: true });
                         }
                         return Poll::Ready(Err(Error::Inner(e.into())));
                     }
@@ -284,17 +325,39 @@ where
                         Some(req) => State::Calling {
                             future: service.call(req),
                         },
-                        None => return Poll::Ready(Err(Error::NoneEligible { total: 0 })),
+                        None => return Poll::Ready(Err(Error::none_eligible(0, None))),
                     }
                 }
                 StateProj::Calling { future } => {
-                    let out = ready!(future.poll(cx));
-                    if let Some(f) = this.in_flight {
-                        f.finish(!this.classify.is_failure(out.as_ref()));
-                    }
-                    return Poll::Ready(out.map_err(|e| Error::Inner(e.into())));
+                    return Poll::Ready(match ready!(future.poll(cx)) {
+                        Ok(response) => {
+                            if let Some(f) = this.in_flight {
+                                f.finish(if this.classify.is_failure(Ok(&response)) {
+                                    Outcome::Failure { unreachable: false }
+                                } else {
+                                    Outcome::Success
+                                });
+                            }
+                            Ok(response)
+                        }
+                        Err(e) => {
+                            let failure = this.classify.is_failure(Err(&e));
+                            let e: BoxError = e.into();
+                            if let Some(f) = this.in_flight {
+                                let unreachable = this.classify.is_unreachable(&*e);
+                                f.finish(if failure || unreachable {
+                                    Outcome::Failure { unreachable }
+                                } else {
+                                    Outcome::Success
+                                });
+                            }
+                            Err(Error::Inner(e))
+                        }
+                    });
                 }
-                StateProj::Failed { failure } => return Poll::Ready(Err(failure.into_error())),
+                StateProj::Failed { failure } => {
+                    return Poll::Ready(Err(failure.clone().into_error()));
+                }
             };
             this.state.set(next);
         }

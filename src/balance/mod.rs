@@ -71,7 +71,7 @@ mod strategy;
 mod weighted_random;
 mod weighted_round_robin;
 
-pub use classify::{Classify, ClassifyFn, ErrorsAreFailures};
+pub use classify::{Classify, ClassifyFn, ErrorsAreFailures, unreachable};
 pub use hash::{
     KeyFn, KeyHash, KeyOf, Maglev, MaglevPicker, NoKey, Rendezvous, RendezvousPicker, Ring,
     RingPicker, key_fn,

@@ -11,9 +11,9 @@ use super::clock::{LatencyClock, inv_tau_ns};
 use super::future::{Failure, InFlight, ResponseFuture, Started};
 use super::hash::{KeyOf, NoKey, mix};
 use super::{BuildContext, Classify, ErrorsAreFailures, PickContext, PickRng, Picker, Strategy};
+use crate::attempt::{Attempted, Attempts};
 use crate::error::{BoxError, Error};
 use crate::pool::{Member, Pool, Snapshot};
-use crate::retry::attempt;
 
 /// What a balancer does when its pool has no endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,13 +25,38 @@ pub enum WhenEmpty {
     /// [`Error::NoEndpointsWithin`]. Waiting callers wake as soon as
     /// discovery publishes an endpoint, without needing another request.
     Wait(Duration),
+    /// Wait, up to this long, only while discovery has not delivered its
+    /// first update (start-up, or a source still connecting); once it has
+    /// and the pool is empty, fail at once with [`Error::NoEndpoints`]. A
+    /// request waiting when discovery delivers an empty set fails then.
+    UntilDiscovered(Duration),
 }
 
 impl Default for WhenEmpty {
-    /// Wait up to 5 seconds: long enough for discovery to catch up at
-    /// start-up, short enough that a missing service does not hang callers.
+    /// `UntilDiscovered(5 s)`: a request sent while the pool starts waits
+    /// for its first endpoints, but an empty registry answers at once.
     fn default() -> Self {
-        WhenEmpty::Wait(Duration::from_secs(5))
+        WhenEmpty::UntilDiscovered(Duration::from_secs(5))
+    }
+}
+
+impl WhenEmpty {
+    /// Whether a request that finds the pool empty fails now, given
+    /// whether discovery has delivered an update.
+    pub(super) fn fails_now(self, discovered: bool) -> bool {
+        match self {
+            WhenEmpty::FailFast => true,
+            WhenEmpty::Wait(_) => false,
+            WhenEmpty::UntilDiscovered(_) => discovered,
+        }
+    }
+
+    /// How long a request may wait for an endpoint.
+    pub(super) fn limit(self) -> Duration {
+        match self {
+            WhenEmpty::FailFast => Duration::ZERO,
+            WhenEmpty::Wait(limit) | WhenEmpty::UntilDiscovered(limit) => limit,
+        }
     }
 }
 
@@ -69,8 +94,11 @@ pub(super) struct Shared<S, P> {
 /// A snapshot and the pickers built for it, published together.
 pub(super) struct Routing<S, P> {
     pub(super) snapshot: Arc<Snapshot<S>>,
-    /// One per group with a share of traffic, in order.
+    /// One per group, in priority order, with or without a share of
+    /// traffic.
     lanes: Box<[Lane<P>]>,
+    /// The one lane with a share, when only one has: no draw needed.
+    only: Option<usize>,
     /// `Some` when responses feed Peak-EWMA.
     pub(super) ewma: Option<Timing>,
 }
@@ -87,6 +115,9 @@ pub(super) struct Timing {
 struct Lane<P> {
     /// Draws up to and including this value (of a `u32`) take this lane.
     until: u32,
+    /// Its share of first attempts; 0 for a tier that only takes retries
+    /// which found nothing untried in the tiers before it.
+    share: u32,
     /// The group's members in the full snapshot.
     members: Range<usize>,
     picker: P,
@@ -104,25 +135,37 @@ impl<S, P: Picker> Routing<S, P> {
         let mut until: u32 = 0;
         for group in snapshot.groups() {
             let range = group.members();
-            if group.share == 0 || range.is_empty() || range.end > all.len() {
+            if range.is_empty() || range.end > all.len() {
                 continue;
             }
             until = until.saturating_add(group.share);
             lanes.push(Lane {
                 until,
+                share: group.share,
                 picker: strategy.build(&all[range.clone()], &ctx),
                 members: range,
             });
         }
-        match lanes.last_mut() {
-            // Rounding must never leave a draw without a lane.
-            Some(last) => last.until = u32::MAX,
-            None => lanes.push(Lane {
+        // Rounding must never leave a draw without a lane: the last lane
+        // with a share takes what is left.
+        if let Some(last) = lanes.iter_mut().rev().find(|l| l.share > 0) {
+            last.until = u32::MAX;
+        } else if let Some(first) = lanes.first_mut() {
+            first.until = u32::MAX;
+            first.share = u32::MAX;
+        } else {
+            lanes.push(Lane {
                 until: u32::MAX,
+                share: u32::MAX,
                 picker: strategy.build(all, &ctx),
                 members: 0..all.len(),
-            }),
+            });
         }
+        let mut shared = lanes.iter().enumerate().filter(|(_, l)| l.share > 0);
+        let only = match (shared.next(), shared.next()) {
+            (Some((i, _)), None) => Some(i),
+            _ => None,
+        };
         let ewma = lanes[0].picker.ewma_decay().map(|d| Timing {
             clock: ctx.latency_clock(),
             inv_tau_ns: inv_tau_ns(d),
@@ -130,28 +173,37 @@ impl<S, P: Picker> Routing<S, P> {
         Routing {
             snapshot,
             lanes: lanes.into(),
+            only,
             ewma,
         }
     }
 }
 
 impl<S, P> Routing<S, P> {
-    /// The lane for this request: no draw when there is only one, and a
-    /// draw from the key when there is one.
+    /// The lane for this request, by its index: no draw when only one
+    /// has a share, and a draw from the key when there is one.
     #[inline]
-    fn lane(&self, rng: &PickRng, key: Option<u64>) -> &Lane<P> {
-        let lanes = &*self.lanes;
-        if lanes.len() == 1 {
-            return &lanes[0];
+    fn lane(&self, rng: &PickRng, key: Option<u64>) -> usize {
+        if let Some(only) = self.only {
+            return only;
         }
         let draw = match key {
             Some(key) => (mix(key, 0x1A4E) >> 32) as u32,
             None => rng.next_u64() as u32,
         };
-        lanes
+        self.lanes
             .iter()
-            .find(|l| draw <= l.until)
-            .unwrap_or(&lanes[lanes.len() - 1])
+            .position(|l| l.share > 0 && draw <= l.until)
+            .unwrap_or(self.lanes.len() - 1)
+    }
+
+    /// A lane's members in the snapshot.
+    #[inline]
+    fn members_of(&self, lane: &Lane<P>) -> &[Member<S>] {
+        self.snapshot
+            .members()
+            .get(lane.members.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -163,7 +215,11 @@ const AVOID_TRIES: usize = 3;
 /// The outcome of one pick attempt.
 pub(super) enum Pick<S> {
     Picked(S, InFlight),
-    Empty,
+    /// The pool is empty; `discovered` when discovery has delivered an
+    /// update (so it is empty for a reason, not still starting).
+    Empty {
+        discovered: bool,
+    },
     NoneEligible(usize),
 }
 
@@ -290,8 +346,8 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
     /// taking the `n`th choice of its fallback order (0: the first).
     pub fn pick_index_keyed(&self, key: Option<u64>, n: usize) -> Option<usize> {
         let routing = self.shared.routing.load();
-        let lane = routing.lane(&self.shared.rng, key);
-        let members = routing.snapshot.members().get(lane.members.clone())?;
+        let lane = &routing.lanes[routing.lane(&self.shared.rng, key)];
+        let members = routing.members_of(lane);
         let ctx = PickContext::new(&self.shared.rng).with_key(key);
         lane.picker
             .pick_nth(members, &ctx, n)
@@ -307,12 +363,16 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
         self.key.key_of(req, <St::Picker as Picker>::KEY_HASH)
     }
 
-    pub(super) fn try_pick(&self, key: Option<u64>) -> Pick<S>
+    /// Picks an endpoint for a request whose key hashed to `key`, avoiding
+    /// the endpoints in `attempts` while others are eligible, and records
+    /// the one it chose there.
+    pub(super) fn try_pick(&self, key: Option<u64>, attempts: Option<&Attempts>) -> Pick<S>
     where
         S: Clone,
     {
         let routing = self.shared.routing.load();
-        let lane = routing.lane(&self.shared.rng, key);
+        let index = routing.lane(&self.shared.rng, key);
+        let lane = &routing.lanes[index];
         // One clock read serves both the picker and the request's timing.
         let timing = routing.ewma.map(|t| Started {
             start_ns: t.clock.now_ns(routing.snapshot.epoch()),
@@ -320,50 +380,73 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
         });
         let mut ctx = PickContext::new(&self.shared.rng).with_key(key);
         ctx.now_ns = timing.map(|t| t.start_ns);
-        let members = routing
-            .snapshot
-            .members()
-            .get(lane.members.clone())
-            .unwrap_or_default();
+        let members = routing.members_of(lane);
         let mut chosen = lane.picker.pick(members, &ctx).and_then(|i| members.get(i));
-        // A retry above asks to avoid endpoints this request already tried:
-        // go on along the request's fallback order (the key's next
-        // endpoints, or fresh draws), then accept a tried one rather than
-        // fail.
-        if let (Some(attempts), Some(first)) = (attempt::current(), chosen) {
-            let tried = |m: &Member<S>| attempts.tried(m.stats().id());
-            if tried(first) {
-                for n in 1..=AVOID_TRIES {
-                    match lane
-                        .picker
-                        .pick_nth(members, &ctx, n)
-                        .and_then(|i| members.get(i))
-                    {
-                        Some(m) if !tried(m) => {
-                            chosen = Some(m);
-                            break;
-                        }
-                        _ => {}
-                    }
-                }
-                if chosen.is_some_and(tried) {
-                    chosen = members.iter().find(|m| !tried(m)).or(chosen);
-                }
+        if let Some(attempts) = attempts {
+            if chosen.is_none_or(|m| attempts.tried(m.stats().id())) {
+                chosen = avoid_tried(&routing, index, &ctx, attempts).or(chosen);
             }
         }
         match chosen {
             Some(member) => {
+                if let Some(attempts) = attempts {
+                    attempts.record(member.stats().id());
+                }
                 let in_flight = InFlight::start(member.stats().start_request(), timing);
                 Pick::Picked(member.service().clone(), in_flight)
             }
             None if routing.snapshot.is_empty() && routing.snapshot.upstream_len() == 0 => {
-                Pick::Empty
+                Pick::Empty {
+                    discovered: routing.snapshot.discovered(),
+                }
             }
             // A view that filtered everything out (failover closed), or a
             // picker that found nothing to pick.
             None => Pick::NoneEligible(routing.snapshot.upstream_len()),
         }
     }
+}
+
+/// A member no attempt of this request has been sent to: further along the
+/// request's fallback order in its own lane (the key's next endpoints, or
+/// fresh draws), then any in that lane, then the next tiers' lanes in
+/// priority order, then the tiers before it (Envoy's `previous_hosts` and
+/// `previous_priorities`). `None` when every eligible endpoint was tried.
+fn avoid_tried<'r, S, P: Picker>(
+    routing: &'r Routing<S, P>,
+    index: usize,
+    ctx: &PickContext<'_>,
+    attempts: &Attempts,
+) -> Option<&'r Member<S>> {
+    let untried = |m: &&Member<S>| !attempts.tried(m.stats().id());
+    let lane = &routing.lanes[index];
+    let members = routing.members_of(lane);
+    for n in 1..=AVOID_TRIES {
+        if let Some(m) = lane
+            .picker
+            .pick_nth(members, ctx, n)
+            .and_then(|i| members.get(i))
+            .filter(untried)
+        {
+            return Some(m);
+        }
+    }
+    if let Some(m) = members.iter().find(untried) {
+        return Some(m);
+    }
+    let lanes = &routing.lanes;
+    let others = lanes[index + 1..].iter().chain(&lanes[..index]);
+    for other in others {
+        let members = routing.members_of(other);
+        let first = other.picker.pick(members, ctx).and_then(|i| members.get(i));
+        if let Some(m) = first
+            .filter(untried)
+            .or_else(|| members.iter().find(untried))
+        {
+            return Some(m);
+        }
+    }
+    None
 }
 
 impl<S, St, C, K, Req> Service<Req> for Balance<S, St, C, K>
@@ -373,6 +456,7 @@ where
     St: Strategy,
     C: Classify<S::Response, S::Error>,
     K: KeyOf<Req>,
+    Req: Attempted,
 {
     type Response = S::Response;
     type Error = Error;
@@ -386,19 +470,21 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let key = self.key_of(&req);
-        match self.try_pick(key) {
+        match self.try_pick(key, req.attempts()) {
             Pick::Picked(service, in_flight) => {
                 ResponseFuture::ready(service, req, in_flight, self.classify.clone())
             }
-            Pick::NoneEligible(total) => {
-                ResponseFuture::failed(Failure::NoneEligible(total), self.classify.clone())
+            Pick::NoneEligible(total) => ResponseFuture::failed(
+                Failure::NoneEligible(total, self.snapshot().health_arc()),
+                self.classify.clone(),
+            ),
+            Pick::Empty { discovered } if self.shared.when_empty.fails_now(discovered) => {
+                ResponseFuture::failed(Failure::NoEndpoints, self.classify.clone())
             }
-            Pick::Empty => match self.shared.when_empty {
-                WhenEmpty::FailFast => {
-                    ResponseFuture::failed(Failure::NoEndpoints, self.classify.clone())
-                }
-                WhenEmpty::Wait(limit) => ResponseFuture::waiting(self.clone(), req, key, limit),
-            },
+            Pick::Empty { .. } => {
+                let limit = self.shared.when_empty.limit();
+                ResponseFuture::waiting(self.clone(), req, key, limit)
+            }
         }
     }
 }

@@ -73,10 +73,9 @@ impl Republish {
         let len = next.members.len();
         self.view.shared().publish(Snapshot::view(
             self.revision,
-            self.upstream.epoch(),
+            &self.upstream,
             next.members,
             next.groups,
-            self.upstream.len(),
             Arc::new(next.report),
         ));
         len

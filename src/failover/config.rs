@@ -21,11 +21,19 @@ pub enum PanicMode {
 /// Which outcomes are failures is the balancer's
 /// [classifier](crate::balance::Classify) (for HTTP,
 /// [`ServerErrorsAreFailures`](crate::http::ServerErrorsAreFailures) counts
-/// 5xx answers). An ejected endpoint stays out for `base_ejection ×
-/// times_ejected`, capped at `max_ejection`, then comes back (through slow
-/// start, if configured); each interval without an ejection lowers
+/// 5xx answers). The consecutive-failure detector acts on the failure that
+/// completes the streak, within milliseconds; the failure-percentage
+/// detector looks once per [interval](super::FailoverConfig::interval).
+///
+/// An ejected endpoint stays out for `base_ejection × times_ejected`,
+/// capped at `max_ejection`, and then comes back **on probation** (through
+/// slow start, if configured; only once it passes them, if active checks
+/// run): its first outcome decides. A success ends the probation; a
+/// failure ejects it again at once, for longer (Finagle's failure accrual
+/// probes the same way). Each interval without an ejection lowers
 /// `times_ejected` again. At most `max_ejection_percent` of a tier is
-/// ejected at once, but one endpoint may always be (gRPC A50).
+/// ejected at once, but one endpoint may always be (gRPC A50); endpoints
+/// that are *down* (unreachable) are not ejections and are not capped.
 #[derive(Debug, Clone)]
 pub struct OutlierDetection {
     pub(crate) consecutive_failures: Option<u32>,
@@ -42,14 +50,21 @@ pub(crate) struct FailurePercentage {
 }
 
 impl Default for OutlierDetection {
-    /// Eject after 5 consecutive failures, for 30 s × times ejected (at most
-    /// 300 s), at most 10 % of a tier at once.
+    /// Eject after 5 consecutive failures (Envoy's and gRPC's count), for
+    /// 1 s × times ejected, at most 3 s, at most 10 % of a tier at once
+    /// (Envoy, gRPC).
+    ///
+    /// The ejection times depart from Envoy's and gRPC's 30 s base: those
+    /// keep a recovered endpoint out for the whole time, whereas here the
+    /// end of an ejection is a probe, so it can be short. With these
+    /// values a recovered endpoint is back within about 3 s, and one that
+    /// stays broken costs one trial request every 3 s.
     fn default() -> Self {
         OutlierDetection {
             consecutive_failures: Some(5),
             failure_percentage: None,
-            base_ejection: Duration::from_secs(30),
-            max_ejection: Duration::from_secs(300),
+            base_ejection: Duration::from_secs(1),
+            max_ejection: Duration::from_secs(3),
             max_ejection_percent: 10,
         }
     }
@@ -120,6 +135,35 @@ pub struct SlowStart {
     pub(crate) min_weight_percent: u8,
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_backoff_follows_grpc_and_refuses_nonsense() {
+        let r = Reconnect::new();
+        let mid = |n| r.wait(n, 0.5).as_secs_f64();
+        assert!((mid(0) - 1.0).abs() < 1e-9);
+        assert!((mid(1) - 1.6).abs() < 1e-9);
+        assert!((mid(2) - 2.56).abs() < 1e-9);
+        assert!((mid(50) - 120.0).abs() < 1e-9, "capped");
+        assert!((r.wait(0, 0.0).as_secs_f64() - 0.8).abs() < 1e-9, "-20 %");
+        assert!(r.wait(0, 0.999_999).as_secs_f64() < 1.2 + 1e-6, "+20 %");
+        let s = Duration::from_secs(1);
+        assert_eq!(
+            Reconnect::try_new(Duration::ZERO, 2.0, s, 0.1),
+            Err(InvalidReconnect::ZeroInitial)
+        );
+        assert_eq!(
+            Reconnect::try_new(s, f64::NAN, s, 0.1).map_err(|e| e.to_string()),
+            Err("the backoff multiplier NaN is not a finite number of at least 1".into())
+        );
+        assert!(Reconnect::try_new(s, 2.0, s / 2, 0.1).is_err());
+        assert!(Reconnect::try_new(s, 2.0, s, 1.5).is_err());
+        assert!(Reconnect::try_new(s, 1.0, s, 0.0).is_ok());
+    }
+}
+
 impl SlowStart {
     /// A linear ramp over `window`, starting at 10 % of the weight.
     pub fn new(window: Duration) -> Self {
@@ -162,6 +206,104 @@ impl SlowStart {
     }
 }
 
+/// How endpoints that are *down* (could not be reached) are probed back:
+/// jittered exponential backoff, as gRPC reconnects a subchannel.
+///
+/// The first probe comes `initial` after the endpoint went down, each
+/// failed probe multiplies the wait by `multiplier` up to `max`, and each
+/// wait is moved by up to ± `jitter` of itself at random. Defaults are
+/// gRPC's connection backoff: 1 s, × 1.6, at most 120 s, ± 20 %.
+///
+/// The probe is the active [health check](super::FailoverConfig::health_check)
+/// when one is configured, else a TCP connect to the endpoint's address
+/// (bounded by 1 s); an endpoint without an address is let back in on
+/// probation, and its next request decides.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reconnect {
+    pub(crate) initial: Duration,
+    pub(crate) multiplier: f64,
+    pub(crate) max: Duration,
+    pub(crate) jitter: f64,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect {
+            initial: Duration::from_secs(1),
+            multiplier: 1.6,
+            max: Duration::from_secs(120),
+            jitter: 0.2,
+        }
+    }
+}
+
+/// Why a [`Reconnect`] setting was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidReconnect {
+    /// The first wait is zero.
+    #[error("the first probe wait must be longer than zero")]
+    ZeroInitial,
+    /// The multiplier is below 1 or not finite.
+    #[error("the backoff multiplier {0} is not a finite number of at least 1")]
+    Multiplier(f64),
+    /// The longest wait is shorter than the first.
+    #[error("the longest wait {max:?} is shorter than the first {initial:?}")]
+    MaxBelowInitial {
+        /// The first wait.
+        initial: Duration,
+        /// The longest wait.
+        max: Duration,
+    },
+    /// The jitter is outside 0..=1.
+    #[error("the jitter {0} is not between 0 and 1")]
+    Jitter(f64),
+}
+
+impl Reconnect {
+    /// gRPC's connection backoff (see [`Default`]).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A backoff from `initial`, × `multiplier` per failed probe, at most
+    /// `max`, each wait moved by up to ± `jitter` (a fraction, 0 to 1).
+    pub fn try_new(
+        initial: Duration,
+        multiplier: f64,
+        max: Duration,
+        jitter: f64,
+    ) -> Result<Self, InvalidReconnect> {
+        if initial.is_zero() {
+            return Err(InvalidReconnect::ZeroInitial);
+        }
+        if !(multiplier.is_finite() && multiplier >= 1.0) {
+            return Err(InvalidReconnect::Multiplier(multiplier));
+        }
+        if max < initial {
+            return Err(InvalidReconnect::MaxBelowInitial { initial, max });
+        }
+        if !(0.0..=1.0).contains(&jitter) {
+            return Err(InvalidReconnect::Jitter(jitter));
+        }
+        Ok(Reconnect {
+            initial,
+            multiplier,
+            max,
+            jitter,
+        })
+    }
+
+    /// The wait before the probe that follows `failed` failed probes,
+    /// given a uniform draw `u` in [0, 1) for the jitter.
+    pub(crate) fn wait(&self, failed: u32, u: f64) -> Duration {
+        let base = self.initial.as_secs_f64() * self.multiplier.powi(failed.min(1000) as i32);
+        let base = base.min(self.max.as_secs_f64());
+        let jittered = base * (1.0 + self.jitter * (2.0 * u - 1.0));
+        Duration::from_secs_f64(jittered.max(0.0))
+    }
+}
+
 /// How a [`FailoverLayer`](super::FailoverLayer) turns a pool into the
 /// eligible view.
 #[derive(Debug, Clone)]
@@ -174,15 +316,21 @@ pub struct FailoverConfig {
     pub(crate) panic_mode: PanicMode,
     pub(crate) slow_start: Option<SlowStart>,
     pub(crate) health_check: Option<HealthCheck>,
+    pub(crate) reconnect: Reconnect,
 }
 
 impl Default for FailoverConfig {
-    /// Overprovisioning 1.4, fail-back after 10 s, evaluated every second,
-    /// default outlier detection, panic (fail open) below 50 % healthy, no
-    /// slow start, no active checks.
+    /// Overprovisioning 1.5, fail-back after 10 s, failure rates evaluated
+    /// every second, default outlier detection, down endpoints probed back
+    /// with gRPC's backoff ([`Reconnect`]), panic (fail open) below 50 %
+    /// healthy, no slow start, no active checks.
+    ///
+    /// Envoy's overprovisioning factor is 1.4; 1.5 is chosen so that a
+    /// tier of three that loses one keeps all of its traffic (2/3 × 1.5 =
+    /// 100 %) instead of spilling 7 % to the backups.
     fn default() -> Self {
         FailoverConfig {
-            overprovisioning: 1.4,
+            overprovisioning: 1.5,
             failback_delay: Duration::from_secs(10),
             interval: Duration::from_secs(1),
             outliers: Some(OutlierDetection::default()),
@@ -190,6 +338,7 @@ impl Default for FailoverConfig {
             panic_mode: PanicMode::FailOpen,
             slow_start: None,
             health_check: None,
+            reconnect: Reconnect::default(),
         }
     }
 }
@@ -201,9 +350,10 @@ impl FailoverConfig {
     }
 
     /// How much headroom a tier is assumed to have: a tier's health is
-    /// `min(100 %, healthy share × factor)`, so with 1.4 a tier keeps all
-    /// its traffic until fewer than about 71 % of it is healthy (Envoy's
-    /// overprovisioning factor). Values below 1 (or not finite) mean 1.
+    /// `min(100 %, healthy share × factor)`, so with 1.5 a tier keeps all
+    /// its traffic until fewer than two thirds of it is healthy (Envoy's
+    /// overprovisioning factor, whose default is 1.4). Values below 1 (or
+    /// not finite) mean 1.
     #[must_use]
     pub fn overprovisioning(mut self, factor: f64) -> Self {
         self.overprovisioning = if factor.is_finite() && factor >= 1.0 {
@@ -223,8 +373,10 @@ impl FailoverConfig {
         self
     }
 
-    /// How often health is evaluated (ejections, re-admissions, the slow
-    /// start ramp). Zero means one millisecond.
+    /// How often failure rates are evaluated (the failure-percentage
+    /// detector, and the decay of `times_ejected`). Failures, ends of
+    /// ejections and probes are acted on as they happen, not at this
+    /// interval. Zero means one millisecond.
     #[must_use]
     pub fn interval(mut self, d: Duration) -> Self {
         self.interval = d.max(Duration::from_millis(1));
@@ -268,10 +420,18 @@ impl FailoverConfig {
     }
 
     /// Probe endpoints actively; an endpoint that fails its checks is left
-    /// out just as an ejected one is.
+    /// out just as an ejected one is, and the check is also what probes a
+    /// down endpoint back.
     #[must_use]
     pub fn health_check(mut self, check: HealthCheck) -> Self {
         self.health_check = Some(check);
+        self
+    }
+
+    /// How down (unreachable) endpoints are probed back.
+    #[must_use]
+    pub fn reconnect(mut self, reconnect: Reconnect) -> Self {
+        self.reconnect = reconnect;
         self
     }
 }

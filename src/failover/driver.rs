@@ -2,12 +2,12 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::config::FailoverConfig;
-use super::health;
-use super::state::Tracker;
+use super::health::{self, HealthCheck};
+use super::state::{ProbeBy, Tracker};
 use crate::endpoint::Endpoint;
 use crate::pool::pool::Shared;
 use crate::pool::{Pool, Snapshot};
@@ -23,6 +23,12 @@ impl Drop for AbortOnDrop {
 /// Follows `upstream`, evaluates health and republishes the eligible view
 /// into `view` whenever it changes. Runs until aborted (when the view pool
 /// is dropped).
+///
+/// It wakes when the upstream publishes, when a request fails (the pool's
+/// outcome signal: a streak is ejected and an unreachable endpoint marked
+/// down within the same wake-up), when a probe or an active check reports,
+/// when an ejection, a probe or a fail-back delay is due, and once per
+/// interval for the failure-rate detector (on the ticks' own schedule).
 pub(crate) async fn run<S>(config: FailoverConfig, upstream: Pool<S>, view: Arc<Shared<S>>)
 where
     S: Clone + Send + Sync + 'static,
@@ -39,6 +45,7 @@ where
         }
         None => false,
     });
+    let outcomes = upstream.outcomes().clone();
 
     // Active checks run in their own task, fed the endpoint list.
     let (targets_tx, targets_rx) = watch::channel::<Arc<[Endpoint]>>(Arc::from(Vec::new()));
@@ -51,14 +58,25 @@ where
             verdict_tx,
         )))
     });
+    // What probes a down endpoint back: the active check, else a connect.
+    let probe = Arc::new(
+        config
+            .health_check
+            .clone()
+            .unwrap_or_else(|| HealthCheck::tcp().timeout(Duration::from_secs(1))),
+    );
+    // Dropping the set (with this future) aborts the probes in flight.
+    let mut probes: JoinSet<(Arc<str>, bool)> = JoinSet::new();
 
-    let mut period = config.interval;
-    if let Some(ss) = &config.slow_start {
-        period = period.min(ss.window / 20).max(Duration::from_millis(1));
-    }
-    let mut ticks = tokio::time::interval(period);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut next_detect = Instant::now();
+    // The failure-rate detector's schedule, and the slow-start ramp's.
+    let mut detect_ticks = tokio::time::interval(config.interval);
+    detect_ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut ramp_ticks = config.slow_start.as_ref().map(|ss| {
+        let mut t = tokio::time::interval((ss.window / 20).max(Duration::from_millis(1)));
+        t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        t
+    });
+    let mut detect = false;
     let mut last_upstream: Option<Arc<Snapshot<S>>> = None;
     let mut revision = 0u64;
 
@@ -76,34 +94,52 @@ where
             targets_tx.send_replace(endpoints.into());
         }
         let now = Instant::now();
-        let detect = now >= next_detect;
-        if detect {
-            next_detect = now + config.interval;
-        }
-        let next = tracker.evaluate(&snapshot, now, detect);
+        let next = tracker.evaluate(&snapshot, now, std::mem::take(&mut detect));
         if fresh || !next.same_as(&view.current()) {
             revision += 1;
             view.publish(Snapshot::view(
                 revision,
-                snapshot.epoch(),
+                &snapshot,
                 next.members,
                 next.groups,
-                snapshot.len(),
                 Arc::new(next.report),
             ));
         }
         view.set_evaluated(snapshot.revision());
+        for ProbeBy::Check(endpoint) in tracker.due_probes(&snapshot, now) {
+            let probe = probe.clone();
+            probes.spawn(async move {
+                let ok = health::passes(&probe, &endpoint).await;
+                (endpoint.key_arc().clone(), ok)
+            });
+        }
         last_upstream = Some(snapshot);
 
         let deadline = tracker.next_deadline();
         tokio::select! {
             () = changed.notified() => {}
-            _ = ticks.tick() => {}
+            () = outcomes.notified() => {}
+            _ = detect_ticks.tick() => detect = true,
+            _ = tick_opt(&mut ramp_ticks), if ramp_ticks.is_some() => {}
             Some(v) = verdicts.recv(), if checking => {
                 tracker.set_active(&v.key, v.healthy, Instant::now());
             }
+            Some(done) = probes.join_next(), if !probes.is_empty() => {
+                if let (Ok((key, ok)), Some(last)) = (done, &last_upstream) {
+                    tracker.probed(last, &key, ok, Instant::now());
+                }
+            }
             () = sleep_until_opt(deadline), if deadline.is_some() => {}
         }
+    }
+}
+
+async fn tick_opt(ticks: &mut Option<tokio::time::Interval>) {
+    match ticks {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

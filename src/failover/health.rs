@@ -380,6 +380,12 @@ async fn probe_all(
     outcomes
 }
 
+/// Whether one probe of `endpoint` passes; for probing a down endpoint
+/// back.
+pub(crate) async fn passes(check: &HealthCheck, endpoint: &Endpoint) -> bool {
+    check_once(check, endpoint).await.is_ok()
+}
+
 /// One probe of one endpoint, bounded by the check's timeout.
 async fn check_once(check: &HealthCheck, endpoint: &Endpoint) -> Result<(), Failure> {
     let probe = async {

@@ -82,7 +82,9 @@ mod layer;
 mod report;
 mod state;
 
-pub use config::{FailoverConfig, OutlierDetection, PanicMode, SlowStart};
+pub use config::{
+    FailoverConfig, InvalidReconnect, OutlierDetection, PanicMode, Reconnect, SlowStart,
+};
 pub use health::{CheckFuture, HealthCheck, Probe};
 pub use layer::FailoverLayer;
 pub use report::{EndpointHealth, HealthReport, TierReport};

@@ -16,6 +16,11 @@ pub struct HealthReport {
     pub endpoints: Vec<EndpointHealth>,
     /// Ejections since the failover layer started.
     pub ejections: u64,
+    /// Times endpoints were marked down since the failover layer started.
+    pub downs: u64,
+    /// Failure-rate passes made (one per
+    /// [interval](super::FailoverConfig::interval)).
+    pub detections: u64,
 }
 
 /// One priority tier's health and share of traffic.
@@ -26,9 +31,13 @@ pub struct TierReport {
     pub priority: u8,
     /// Endpoints in the tier.
     pub endpoints: usize,
-    /// Of those, how many are healthy (neither ejected nor failing active
-    /// checks).
+    /// Of those, how many are healthy (neither down, nor ejected, nor
+    /// failing active checks).
     pub healthy: usize,
+    /// Of those, how many are down (could not be reached).
+    pub down: usize,
+    /// Of those, how many are ejected by outlier detection.
+    pub ejected: usize,
     /// The tier's health in percent (healthy share × overprovisioning,
     /// capped at 100), as used for the load split: a recovering tier's
     /// health rises only after the fail-back delay.
@@ -45,8 +54,14 @@ pub struct EndpointHealth {
     pub key: Arc<str>,
     /// Its priority tier.
     pub priority: u8,
+    /// Whether it is down: a request found it unreachable, and it has not
+    /// passed a probe since.
+    pub down: bool,
     /// Until when it stays ejected, if it is.
     pub ejected_until: Option<Instant>,
+    /// Whether it is back from an ejection on probation (its next outcome
+    /// decides).
+    pub probation: bool,
     /// How many times it has been ejected (lowered again while it behaves).
     pub times_ejected: u32,
     /// Whether it passes active health checks (true when none run).
@@ -59,6 +74,36 @@ pub struct EndpointHealth {
 impl EndpointHealth {
     /// Whether the endpoint may take requests outside panic mode.
     pub fn is_healthy(&self) -> bool {
-        self.ejected_until.is_none() && self.active_healthy
+        !self.down && self.ejected_until.is_none() && self.active_healthy
+    }
+}
+
+impl HealthReport {
+    /// Per tier, how many endpoints are left out and why.
+    pub(crate) fn ineligible(&self) -> crate::error::Ineligible {
+        let mut tiers: Vec<crate::error::TierIneligible> = Vec::new();
+        for e in &self.endpoints {
+            let at = match tiers.iter().position(|t| t.priority == e.priority) {
+                Some(at) => at,
+                None => {
+                    tiers.push(crate::error::TierIneligible {
+                        priority: e.priority,
+                        ..Default::default()
+                    });
+                    tiers.len() - 1
+                }
+            };
+            let t = &mut tiers[at];
+            t.endpoints += 1;
+            if e.down {
+                t.down += 1;
+            } else if e.ejected_until.is_some() {
+                t.ejected += 1;
+            } else if !e.active_healthy {
+                t.failing_checks += 1;
+            }
+        }
+        tiers.sort_by_key(|t| t.priority);
+        crate::error::Ineligible { tiers }
     }
 }

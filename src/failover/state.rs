@@ -4,10 +4,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
 use super::config::FailoverConfig;
 use super::report::{EndpointHealth, HealthReport, TierReport};
+use crate::endpoint::Endpoint;
 use crate::pool::{Group, Member, Snapshot};
 use crate::trace::event;
 
@@ -16,19 +19,54 @@ use crate::trace::event;
 struct EndpointState {
     key: Arc<str>,
     priority: u8,
+    /// Set while the endpoint cannot be reached.
+    down: Option<Down>,
+    /// Unreachable failures seen so far (of its stats' count).
+    seen_unreachable: u64,
     ejected_until: Option<Instant>,
     times_ejected: u32,
+    /// Back from an ejection: its counters then; the next outcome decides.
+    probation: Option<Counters>,
     active_healthy: bool,
     /// When its slow-start ramp began, while it ramps.
     warm_since: Option<Instant>,
-    /// Counters at the last evaluation, for per-interval failure rates.
-    last_successes: u64,
-    last_failures: u64,
+    /// Counters at the last failure-rate pass.
+    last: Counters,
+}
+
+/// An endpoint's success and failure counts at some instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counters {
+    successes: u64,
+    failures: u64,
+}
+
+impl Counters {
+    fn of<S>(m: &Member<S>) -> Self {
+        Counters {
+            successes: m.stats().successes(),
+            failures: m.stats().failures(),
+        }
+    }
+}
+
+/// A down endpoint's probing.
+#[derive(Debug, Clone, Copy)]
+struct Down {
+    /// Probes that failed since it went down.
+    failed: u32,
+    /// When the next probe is due.
+    next_probe: Instant,
+    /// Whether a probe is running.
+    probing: bool,
+    /// Its counters when it went down: a success after that (in panic
+    /// mode, which may send it requests) brings it back too.
+    at: Counters,
 }
 
 impl EndpointState {
     fn healthy(&self) -> bool {
-        self.ejected_until.is_none() && self.active_healthy
+        self.down.is_none() && self.ejected_until.is_none() && self.active_healthy
     }
 }
 
@@ -59,6 +97,13 @@ impl<S> View<S> {
     }
 }
 
+/// How a down endpoint is probed back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ProbeBy {
+    /// The configured check, or a TCP connect, of this endpoint.
+    Check(Endpoint),
+}
+
 /// Endpoint health and tier state across evaluations.
 pub(crate) struct Tracker {
     config: FailoverConfig,
@@ -70,6 +115,10 @@ pub(crate) struct Tracker {
     panic: bool,
     loads: Vec<(u8, u32)>,
     ejections: u64,
+    downs: u64,
+    detections: u64,
+    /// Draws the reconnect backoff's jitter.
+    rng: StdRng,
 }
 
 impl Tracker {
@@ -82,7 +131,17 @@ impl Tracker {
             panic: false,
             loads: Vec::new(),
             ejections: 0,
+            downs: 0,
+            detections: 0,
+            rng: StdRng::from_os_rng(),
         }
+    }
+
+    /// Draws the reconnect jitter from `seed`, for repeatable tests.
+    #[cfg(test)]
+    pub(crate) fn seeded(mut self, seed: u64) -> Self {
+        self.rng = StdRng::seed_from_u64(seed);
+        self
     }
 
     /// Records an active health check verdict.
@@ -98,19 +157,20 @@ impl Tracker {
         }
     }
 
-    /// Brings the tracked set in line with `snapshot`, runs outlier
-    /// detection if `detect` (once per interval), and computes the view.
+    /// Brings the tracked set in line with `snapshot`; marks down what
+    /// could not be reached; ejects endpoints whose failures reached the
+    /// streak (or that failed on probation); runs the failure-rate
+    /// detector if `interval` (once per interval); and computes the view.
     pub(crate) fn evaluate<S: Clone>(
         &mut self,
         snapshot: &Snapshot<S>,
         now: Instant,
-        detect: bool,
+        interval: bool,
     ) -> View<S> {
         self.sync(snapshot, now);
+        self.reachability(snapshot, now);
         self.readmit(snapshot, now);
-        if detect {
-            self.detect(snapshot, now);
-        }
+        self.detect(snapshot, now, interval);
         self.view(snapshot, now)
     }
 
@@ -138,12 +198,14 @@ impl Tracker {
                         .unwrap_or_else(|| EndpointState {
                             key: m.endpoint().key_arc().clone(),
                             priority: m.endpoint().priority(),
+                            down: None,
+                            seen_unreachable: m.stats().unreachable_failures(),
                             ejected_until: None,
                             times_ejected: 0,
+                            probation: None,
                             active_healthy: true,
                             warm_since: ramp.then_some(now),
-                            last_successes: m.stats().successes(),
-                            last_failures: m.stats().failures(),
+                            last: Counters::of(m),
                         })
                 })
                 .collect();
@@ -156,18 +218,115 @@ impl Tracker {
         }
     }
 
+    /// Marks down, at once and uncapped, every endpoint with a new
+    /// unreachable failure; brings back a down endpoint that served a
+    /// request since (panic mode may send it some).
+    fn reachability<S>(&mut self, snapshot: &Snapshot<S>, now: Instant) {
+        let reconnect = self.config.reconnect;
+        for (st, m) in self.states.iter_mut().zip(snapshot.members()) {
+            let unreachable = m.stats().unreachable_failures();
+            if unreachable > st.seen_unreachable {
+                st.seen_unreachable = unreachable;
+                if st.down.is_none() {
+                    let wait = reconnect.wait(0, self.rng.random());
+                    st.down = Some(Down {
+                        failed: 0,
+                        next_probe: now + wait,
+                        probing: false,
+                        at: Counters::of(m),
+                    });
+                    st.probation = None;
+                    self.downs += 1;
+                    event!(warn, endpoint = %m.endpoint(), probe_in_ms = wait.as_millis() as u64, "endpoint down: it could not be reached");
+                }
+            } else if st
+                .down
+                .is_some_and(|d| m.stats().successes() > d.at.successes)
+            {
+                Self::up(st, m, now, self.config.slow_start.is_some());
+                event!(info, endpoint = %m.endpoint(), "endpoint reachable again: it answered a request");
+            }
+        }
+    }
+
+    /// Brings a down endpoint back.
+    fn up<S>(st: &mut EndpointState, m: &Member<S>, now: Instant, slow: bool) {
+        st.down = None;
+        st.seen_unreachable = m.stats().unreachable_failures();
+        m.stats().reset_consecutive_failures();
+        st.last = Counters::of(m);
+        if slow {
+            st.warm_since = Some(now);
+        }
+    }
+
+    /// Down endpoints whose probe is due, marked as probing: the driver
+    /// probes each and reports with [`probed`](Tracker::probed). An
+    /// endpoint that cannot be probed (no address, no check) is let back
+    /// in on probation instead: its next request decides.
+    pub(crate) fn due_probes<S>(&mut self, snapshot: &Snapshot<S>, now: Instant) -> Vec<ProbeBy> {
+        let checks = self.config.health_check.is_some();
+        let slow = self.config.slow_start.is_some();
+        let mut due = Vec::new();
+        for (st, m) in self.states.iter_mut().zip(snapshot.members()) {
+            let Some(down) = st.down.as_mut() else {
+                continue;
+            };
+            if down.probing || down.next_probe > now {
+                continue;
+            }
+            if checks || m.endpoint().address().is_some() {
+                down.probing = true;
+                due.push(ProbeBy::Check(m.endpoint().clone()));
+            } else {
+                Self::up(st, m, now, slow);
+                st.probation = Some(Counters::of(m));
+                event!(info, endpoint = %m.endpoint(), "down endpoint let back in on probation");
+            }
+        }
+        due
+    }
+
+    /// Records a probe of a down endpoint: passing brings it back,
+    /// failing schedules the next probe further out.
+    pub(crate) fn probed<S>(&mut self, snapshot: &Snapshot<S>, key: &str, ok: bool, now: Instant) {
+        let slow = self.config.slow_start.is_some();
+        let reconnect = self.config.reconnect;
+        let found = self
+            .states
+            .iter_mut()
+            .zip(snapshot.members())
+            .find(|(st, _)| &*st.key == key);
+        let Some((st, m)) = found else {
+            return;
+        };
+        let Some(down) = st.down.as_mut() else {
+            return;
+        };
+        if ok {
+            Self::up(st, m, now, slow);
+            event!(info, endpoint = %m.endpoint(), "endpoint reachable again: it passed a probe");
+        } else {
+            down.failed = down.failed.saturating_add(1);
+            down.probing = false;
+            let wait = reconnect.wait(down.failed, self.rng.random());
+            down.next_probe = now + wait;
+            event!(debug, endpoint = %m.endpoint(), failed = down.failed, probe_in_ms = wait.as_millis() as u64, "down endpoint failed its probe");
+        }
+    }
+
     fn readmit<S>(&mut self, snapshot: &Snapshot<S>, now: Instant) {
         let slow = self.config.slow_start.as_ref();
         for (st, m) in self.states.iter_mut().zip(snapshot.members()) {
             if st.ejected_until.is_some_and(|until| until <= now) {
                 st.ejected_until = None;
                 m.stats().reset_consecutive_failures();
-                st.last_successes = m.stats().successes();
-                st.last_failures = m.stats().failures();
+                st.last = Counters::of(m);
+                st.probation = Some(st.last);
                 if slow.is_some() {
                     st.warm_since = Some(now);
                 }
-                event!(info, endpoint = %m.endpoint(), times_ejected = st.times_ejected, "endpoint re-admitted");
+                event!(info, endpoint = %m.endpoint(), times_ejected = st.times_ejected, "endpoint re-admitted on probation");
             }
             if let (Some(since), Some(ss)) = (st.warm_since, slow) {
                 if now.saturating_duration_since(since) >= ss.window {
@@ -177,7 +336,15 @@ impl Tracker {
         }
     }
 
-    fn detect<S>(&mut self, snapshot: &Snapshot<S>, now: Instant) {
+    /// Ejects endpoints whose failure streak reached the threshold, and
+    /// those on probation whose next outcome failed; ends the probation of
+    /// those whose next outcome succeeded. With `interval`, also runs the
+    /// failure-percentage detector and lowers `times_ejected` of endpoints
+    /// that behaved.
+    fn detect<S>(&mut self, snapshot: &Snapshot<S>, now: Instant, interval: bool) {
+        if interval {
+            self.detections += 1;
+        }
         let Some(od) = self.config.outliers.clone() else {
             return;
         };
@@ -193,30 +360,44 @@ impl Tracker {
         let members = snapshot.members();
         let mut candidates = Vec::new();
         for (i, (st, m)) in self.states.iter_mut().zip(members).enumerate() {
-            let (s, f) = (m.stats().successes(), m.stats().failures());
-            let (ds, df) = (
-                s.saturating_sub(st.last_successes),
-                f.saturating_sub(st.last_failures),
-            );
-            st.last_successes = s;
-            st.last_failures = f;
-            if st.ejected_until.is_some() {
+            let now_counts = Counters::of(m);
+            let since = st.last;
+            if interval {
+                st.last = now_counts;
+            }
+            if st.ejected_until.is_some() || st.down.is_some() {
                 continue;
+            }
+            if let Some(at) = st.probation {
+                if now_counts.failures > at.failures {
+                    candidates.push((i, Reason::Probation, 1, 1));
+                    continue;
+                }
+                if now_counts.successes > at.successes {
+                    st.probation = None;
+                    event!(info, endpoint = %m.endpoint(), "endpoint passed its probation");
+                }
             }
             let streak = od
                 .consecutive_failures
                 .is_some_and(|n| m.stats().consecutive_failures() >= n);
-            let rate = od.failure_percentage.is_some_and(|fp| {
-                let total = ds + df;
-                total >= fp.min_requests && df as f64 >= fp.threshold * total as f64
-            });
+            let (ds, df) = (
+                now_counts.successes.saturating_sub(since.successes),
+                now_counts.failures.saturating_sub(since.failures),
+            );
+            let rate = interval
+                && od.failure_percentage.is_some_and(|fp| {
+                    let total = ds + df;
+                    total >= fp.min_requests && df as f64 >= fp.threshold * total as f64
+                });
             if streak || rate {
-                candidates.push((i, streak, ds + df, df));
-            } else {
+                let reason = if streak { Reason::Streak } else { Reason::Rate };
+                candidates.push((i, reason, ds + df, df));
+            } else if interval && st.probation.is_none() {
                 st.times_ejected = st.times_ejected.saturating_sub(1);
             }
         }
-        for (i, streak, total, failed) in candidates {
+        for (i, reason, total, failed) in candidates {
             let st = &mut self.states[i];
             let endpoint = members[i].endpoint();
             let tier_size = size.get(&st.priority).copied().unwrap_or(0);
@@ -227,6 +408,7 @@ impl Tracker {
                 continue;
             }
             *out += 1;
+            st.probation = None;
             st.times_ejected = st.times_ejected.saturating_add(1);
             let duration = od
                 .base_ejection
@@ -234,10 +416,10 @@ impl Tracker {
                 .min(od.max_ejection.max(od.base_ejection));
             st.ejected_until = Some(now + duration);
             self.ejections += 1;
-            let reason = if streak {
-                "consecutive failures"
-            } else {
-                "failure percentage"
+            let reason = match reason {
+                Reason::Streak => "consecutive failures",
+                Reason::Rate => "failure percentage",
+                Reason::Probation => "failed on probation",
             };
             event!(warn, endpoint = %endpoint, reason, requests = total, failures = failed, times_ejected = st.times_ejected, ejection_ms = duration.as_millis() as u64, "endpoint ejected");
         }
@@ -352,7 +534,15 @@ impl Tracker {
         let mut groups = Vec::new();
         if panic {
             if self.config.panic_mode == super::PanicMode::FailOpen {
-                view.extend((0..members.len()).map(pick));
+                // Panic guards against a detector fooled into ejecting too
+                // much; an endpoint known to be unreachable is left out
+                // even then, unless every one is.
+                let all_down = states.iter().all(|st| st.down.is_some());
+                view.extend(
+                    (0..members.len())
+                        .filter(|&i| all_down || states[i].down.is_none())
+                        .map(pick),
+                );
                 groups.push(Group {
                     members: 0..view.len(),
                     share: u32::MAX,
@@ -360,10 +550,10 @@ impl Tracker {
                 });
             }
         } else {
+            // Every tier's healthy endpoints are in the view; a tier with
+            // no load gets a group without a share, which takes only
+            // retries that found nothing untried in the tiers before it.
             for ((&priority, (indices, _)), &load) in tiers.iter().zip(&loads) {
-                if load <= 0.0 {
-                    continue;
-                }
                 let start = view.len();
                 view.extend(
                     indices
@@ -401,6 +591,11 @@ impl Tracker {
                     priority,
                     endpoints: all.len(),
                     healthy: *healthy,
+                    down: all.iter().filter(|&&i| states[i].down.is_some()).count(),
+                    ejected: all
+                        .iter()
+                        .filter(|&&i| states[i].ejected_until.is_some())
+                        .count(),
                     health_percent: eff,
                     load_percent: if panic { 0.0 } else { load },
                 })
@@ -410,13 +605,17 @@ impl Tracker {
                 .map(|st| EndpointHealth {
                     key: st.key.clone(),
                     priority: st.priority,
+                    down: st.down.is_some(),
                     ejected_until: st.ejected_until,
+                    probation: st.probation.is_some(),
                     times_ejected: st.times_ejected,
                     active_healthy: st.active_healthy,
                     weight_factor: factor(st),
                 })
                 .collect(),
             ejections: self.ejections,
+            downs: self.downs,
+            detections: self.detections,
         };
         View {
             members: view,
@@ -425,16 +624,29 @@ impl Tracker {
         }
     }
 
-    /// The earliest instant at which an ejection ends or a fail-back delay
-    /// elapses, so the driver can wake for it.
+    /// The earliest instant at which an ejection ends, a down endpoint's
+    /// probe is due or a fail-back delay elapses, so the driver can wake
+    /// for it.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let ejections = self.states.iter().filter_map(|e| e.ejected_until);
+        let probes = self
+            .states
+            .iter()
+            .filter_map(|e| e.down.filter(|d| !d.probing).map(|d| d.next_probe));
         let failbacks = self
             .tiers
             .values()
             .filter_map(|t| t.rising_since.map(|s| s + self.config.failback_delay));
-        ejections.chain(failbacks).min()
+        ejections.chain(probes).chain(failbacks).min()
     }
+}
+
+/// Why an endpoint is ejected.
+#[derive(Debug, Clone, Copy)]
+enum Reason {
+    Streak,
+    Rate,
+    Probation,
 }
 
 /// How finely slow start divides weights while an endpoint ramps.
@@ -480,7 +692,7 @@ mod tests {
 
     fn fail(snap: &Snapshot<()>, i: usize, times: usize) {
         for _ in 0..times {
-            snap.members()[i].stats().record_failure();
+            snap.members()[i].stats().record_failure(false);
         }
     }
 
@@ -506,14 +718,18 @@ mod tests {
         let now = Instant::now();
         let v = t.evaluate(&snap, now, true);
         assert_eq!(loads(&v), [(0, 100), (1, 0)]);
-        assert_eq!(v.groups.len(), 1);
-        assert_eq!(v.members.len(), 3);
+        // The backups are in the view without a share: only retries that
+        // find nothing untried among the primaries reach them.
+        assert_eq!(v.groups.len(), 2);
+        assert_eq!((v.groups[0].share, v.groups[1].share), (u32::MAX, 0));
+        assert_eq!(v.members.len(), 5);
 
         fail(&snap, 0, 5);
-        let v = t.evaluate(&snap, now, true);
-        // 2/3 healthy × 1.5 = 100 %: nothing spills.
+        let v = t.evaluate(&snap, now, false);
+        // Ejected on the failure itself, not at the next interval; 2/3
+        // healthy × 1.5 = 100 %: nothing spills.
         assert_eq!(loads(&v), [(0, 100), (1, 0)]);
-        assert_eq!(v.members.len(), 2);
+        assert_eq!(v.members.len(), 4);
 
         fail(&snap, 1, 5);
         let v = t.evaluate(&snap, now, true);
@@ -528,13 +744,126 @@ mod tests {
         assert!(!v.report.panic);
         assert!(v.members.iter().all(|m| m.endpoint().priority() == 1));
 
-        // Ejections end after 30 s; the tier's share waits for the delay.
-        let later = now + Duration::from_secs(31);
+        // Ejections end after a second; the tier's share waits for the delay.
+        let later = now + Duration::from_secs(1);
         let v = t.evaluate(&snap, later, false);
         assert_eq!(loads(&v), [(0, 0), (1, 100)], "within the fail-back delay");
         assert_eq!(t.next_deadline(), Some(later + Duration::from_secs(10)));
         let v = t.evaluate(&snap, later + Duration::from_secs(10), false);
         assert_eq!(loads(&v), [(0, 100), (1, 0)], "after the fail-back delay");
+    }
+
+    fn refuse(snap: &Snapshot<()>, i: usize) {
+        snap.members()[i].stats().record_failure(true);
+    }
+
+    fn down(v: &View<()>) -> Vec<bool> {
+        v.report.endpoints.iter().map(|e| e.down).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unreachable_endpoints_are_down_at_once_uncapped_and_probed_back_with_backoff() {
+        let snap = snapshot(&[(1, 0), (2, 0), (3, 0), (4, 0), (5, 0)]);
+        let reconnect = crate::failover::Reconnect::try_new(
+            Duration::from_secs(1),
+            2.0,
+            Duration::from_secs(3),
+            0.0,
+        )
+        .unwrap();
+        let mut t = Tracker::new(FailoverConfig::new().reconnect(reconnect)).seeded(1);
+        let now = Instant::now();
+        t.evaluate(&snap, now, true);
+        // Two of five refuse: both down at once (the 10 % cap would allow
+        // one ejection), and out of the view.
+        refuse(&snap, 1);
+        refuse(&snap, 3);
+        let v = t.evaluate(&snap, now, false);
+        assert_eq!(down(&v), [false, true, false, true, false]);
+        assert_eq!(v.members.len(), 3);
+        assert_eq!(v.report.tiers[0].down, 2);
+        assert_eq!(v.report.downs, 2);
+        // Not a streak either: no ejection on top.
+        assert!(v.report.endpoints.iter().all(|e| e.ejected_until.is_none()));
+
+        // The first probe is due after 1 s.
+        assert!(t.due_probes(&snap, now).is_empty());
+        assert_eq!(t.next_deadline(), Some(now + Duration::from_secs(1)));
+        let at = now + Duration::from_secs(1);
+        let due = t.due_probes(&snap, at);
+        assert_eq!(due.len(), 2);
+        assert!(t.due_probes(&snap, at).is_empty(), "one probe at a time");
+        let key = |i: usize| snap.members()[i].endpoint().key().to_owned();
+        // One fails: the next probe waits 2 s; the other passes: back.
+        t.probed(&snap, &key(1), false, at);
+        t.probed(&snap, &key(3), true, at);
+        let v = t.evaluate(&snap, at, false);
+        assert_eq!(down(&v), [false, true, false, false, false]);
+        assert_eq!(t.next_deadline(), Some(at + Duration::from_secs(2)));
+        let at = at + Duration::from_secs(2);
+        assert_eq!(t.due_probes(&snap, at).len(), 1);
+        t.probed(&snap, &key(1), false, at);
+        // 1 s × 2² = 4 s, capped at 3 s.
+        assert_eq!(t.next_deadline(), Some(at + Duration::from_secs(3)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn panic_leaves_down_endpoints_out_unless_all_are_down() {
+        let snap = snapshot(&[(1, 0), (2, 0), (3, 0)]);
+        let mut t = Tracker::new(FailoverConfig::new());
+        let now = Instant::now();
+        t.evaluate(&snap, now, true);
+        refuse(&snap, 0);
+        refuse(&snap, 1);
+        let v = t.evaluate(&snap, now, false);
+        assert!(v.report.panic, "a third healthy: panic");
+        assert_eq!(v.members.len(), 1, "the two down ones stay out");
+        refuse(&snap, 2);
+        let v = t.evaluate(&snap, now, false);
+        assert_eq!(v.members.len(), 3, "all down: fail open over all of them");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ejected_endpoint_comes_back_on_probation_and_its_next_outcome_decides() {
+        let snap = snapshot(&[(1, 0), (2, 0), (3, 0)]);
+        let mut t = Tracker::new(FailoverConfig::new());
+        let now = Instant::now();
+        t.evaluate(&snap, now, true);
+        fail(&snap, 0, 5);
+        let v = t.evaluate(&snap, now, false);
+        let until = v.report.endpoints[0].ejected_until;
+        assert_eq!(until, Some(now + Duration::from_secs(1)), "1 s first");
+
+        // Back after 1 s, on probation; one failure ejects it again, for 2 s.
+        let at = now + Duration::from_secs(1);
+        let v = t.evaluate(&snap, at, false);
+        assert!(v.report.endpoints[0].probation);
+        assert_eq!(v.members.len(), 3);
+        fail(&snap, 0, 1);
+        let v = t.evaluate(&snap, at, false);
+        assert_eq!(
+            v.report.endpoints[0].ejected_until,
+            Some(at + Duration::from_secs(2))
+        );
+
+        // Back again; a success ends the probation.
+        let at = at + Duration::from_secs(2);
+        t.evaluate(&snap, at, false);
+        snap.members()[0].stats().record_success();
+        let v = t.evaluate(&snap, at, false);
+        assert!(!v.report.endpoints[0].probation);
+        assert_eq!(v.members.len(), 3);
+        // Later ejections grow to the 3 s cap.
+        for _ in 0..3 {
+            fail(&snap, 0, 5);
+            let at = t.next_deadline().unwrap_or(at);
+            t.evaluate(&snap, at, false);
+        }
+        let v = t.evaluate(&snap, at, false);
+        let longest = v.report.endpoints[0]
+            .ejected_until
+            .map(|u| u.saturating_duration_since(at));
+        assert!(longest <= Some(Duration::from_secs(3)), "{longest:?}");
     }
 
     #[tokio::test(start_paused = true)]

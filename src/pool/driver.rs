@@ -108,7 +108,9 @@ where
                 .iter()
                 .zip(current.members())
                 .all(|(w, m)| w == m.endpoint());
-        if !unchanged {
+        // The first update is published even when it changes nothing (an
+        // empty set on an empty pool): the pool now knows it is empty.
+        if !unchanged || !current.discovered() {
             let members = self.members_for(&current, wanted).await;
             event!(
                 debug,
@@ -154,8 +156,10 @@ where
             } else {
                 by_key.get(endpoint.key()).copied()
             };
-            let stats =
-                previous.map_or_else(|| StatsHandle::new(current.epoch()), |m| m.stats().clone());
+            let stats = previous.map_or_else(
+                || StatsHandle::with_signal(current.epoch(), self.shared.outcomes().clone()),
+                |m| m.stats().clone(),
+            );
             let service = match previous {
                 Some(m) if m.endpoint().address() == endpoint.address() => m.service().clone(),
                 _ => match self.connect(&endpoint).await {

@@ -46,6 +46,8 @@ pub(crate) struct Shared<S> {
     /// Held while publishing, so subscribers see snapshots in order.
     subscribers: Mutex<Vec<Subscriber<S>>>,
     notify: Arc<Notify>,
+    /// Woken by every failure recorded in this pool's endpoint stats.
+    outcomes: Arc<Notify>,
     status: Mutex<DiscoveryStatus>,
     /// For a view: 1 + the revision of the upstream snapshot it last
     /// evaluated (0 before any).
@@ -154,9 +156,10 @@ impl<S: Clone + Send + Sync + 'static> Pool<S> {
     pub(crate) fn empty() -> Self {
         Pool {
             shared: Arc::new(Shared {
-                current: ArcSwap::from_pointee(Snapshot::new(0, Instant::now(), Vec::new())),
+                current: ArcSwap::from_pointee(Snapshot::initial(Instant::now())),
                 subscribers: Mutex::new(Vec::new()),
                 notify: Arc::new(Notify::new()),
+                outcomes: Arc::new(Notify::new()),
                 evaluated: AtomicU64::new(0),
                 status: Mutex::new(DiscoveryStatus::default()),
             }),
@@ -272,6 +275,12 @@ impl<S> Pool<S> {
         &self.shared.notify
     }
 
+    /// Woken (one permit) by every failure recorded in the stats of the
+    /// pool discovery feeds; what failover waits on to act at once.
+    pub(crate) fn outcomes(&self) -> &Arc<Notify> {
+        &self.root().shared.outcomes
+    }
+
     /// Calls `f` with the current snapshot now and with every snapshot
     /// published later, until `f` returns `false`.
     pub(crate) fn subscribe(&self, mut f: impl FnMut(&Arc<Snapshot<S>>) -> bool + Send + 'static) {
@@ -283,6 +292,10 @@ impl<S> Pool<S> {
 }
 
 impl<S> Shared<S> {
+    pub(crate) fn outcomes(&self) -> &Arc<Notify> {
+        &self.outcomes
+    }
+
     pub(crate) fn current(&self) -> Arc<Snapshot<S>> {
         self.current.load_full()
     }

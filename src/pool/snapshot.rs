@@ -22,6 +22,8 @@ pub struct Snapshot<S> {
     /// such as failover left some out).
     upstream: usize,
     health: Option<Arc<crate::failover::HealthReport>>,
+    /// Whether discovery had delivered an update when this was published.
+    discovered: bool,
 }
 
 /// A run of a snapshot's members that receives a fixed share of traffic:
@@ -62,6 +64,7 @@ pub struct Member<S> {
 }
 
 impl<S> Snapshot<S> {
+    /// A set discovery delivered.
     pub(crate) fn new(revision: u64, epoch: Instant, members: Vec<Member<S>>) -> Self {
         let upstream = members.len();
         Snapshot {
@@ -71,6 +74,15 @@ impl<S> Snapshot<S> {
             groups: Box::new([]),
             upstream,
             health: None,
+            discovered: true,
+        }
+    }
+
+    /// The empty set of a pool that has not heard from discovery yet.
+    pub(crate) fn initial(epoch: Instant) -> Self {
+        Snapshot {
+            discovered: false,
+            ..Snapshot::new(0, epoch, Vec::new())
         }
     }
 
@@ -78,20 +90,27 @@ impl<S> Snapshot<S> {
     /// order), out of `upstream` endpoints, with a health report.
     pub(crate) fn view(
         revision: u64,
-        epoch: Instant,
+        of: &Snapshot<S>,
         members: Vec<Member<S>>,
         groups: Vec<Group>,
-        upstream: usize,
         health: Arc<crate::failover::HealthReport>,
     ) -> Self {
         Snapshot {
             revision,
-            epoch,
+            epoch: of.epoch,
             members,
             groups: groups.into(),
-            upstream,
+            upstream: of.len(),
             health: Some(health),
+            discovered: of.discovered,
         }
+    }
+
+    /// Whether discovery had delivered at least one update (possibly an
+    /// empty one) when this snapshot was published: an empty snapshot
+    /// that is not discovered is a pool still starting.
+    pub fn discovered(&self) -> bool {
+        self.discovered
     }
 
     /// How traffic splits between runs of members. Empty for a plain pool:
@@ -109,6 +128,10 @@ impl<S> Snapshot<S> {
     /// The failover health report behind this view, when it is one.
     pub fn health(&self) -> Option<&crate::failover::HealthReport> {
         self.health.as_deref()
+    }
+
+    pub(crate) fn health_arc(&self) -> Option<Arc<crate::failover::HealthReport>> {
+        self.health.clone()
     }
 
     /// The revision of the last discovery update that changed this set

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Live counters for one endpoint, shared by every snapshot that holds it.
@@ -44,6 +45,12 @@ struct Outcomes {
     successes: AtomicU64,
     failures: AtomicU64,
     consecutive_failures: AtomicU32,
+    /// Failures that showed the endpoint could not be reached (a subset
+    /// of `failures`).
+    unreachable: AtomicU64,
+    /// Woken on every failure, so failover reacts to it at once rather
+    /// than at its next tick.
+    signal: Arc<Notify>,
 }
 
 /// A shared reference to one endpoint's [`EndpointStats`] (it derefs to
@@ -61,7 +68,13 @@ pub struct StatsHandle {
 }
 
 impl StatsHandle {
+    /// Stats whose failures wake nothing; for tests.
     pub(crate) fn new(epoch: Instant) -> Self {
+        Self::with_signal(epoch, Arc::new(Notify::new()))
+    }
+
+    /// Stats whose failures wake `signal` (the pool's).
+    pub(crate) fn with_signal(epoch: Instant, signal: Arc<Notify>) -> Self {
         StatsHandle {
             stats: Arc::new(EndpointStats {
                 epoch,
@@ -72,6 +85,8 @@ impl StatsHandle {
                     successes: AtomicU64::new(0),
                     failures: AtomicU64::new(0),
                     consecutive_failures: AtomicU32::new(0),
+                    unreachable: AtomicU64::new(0),
+                    signal,
                 },
             }),
         }
@@ -92,8 +107,8 @@ impl StatsHandle {
 
     /// The endpoint's identity for a retry layer's "already tried" set.
     #[inline]
-    pub(crate) fn id(&self) -> crate::retry::attempt::EndpointId {
-        crate::retry::attempt::endpoint_id(&self.stats)
+    pub(crate) fn id(&self) -> crate::attempt::EndpointId {
+        crate::attempt::endpoint_id(&self.stats)
     }
 
     /// Starts a request: the returned reference counts it as in flight
@@ -160,6 +175,14 @@ impl EndpointStats {
         self.outcomes.consecutive_failures.load(Relaxed)
     }
 
+    /// Failures that showed the endpoint could not be reached: connection
+    /// refused or reset before an answer, a connect timeout, the endpoint
+    /// service not becoming ready (see
+    /// [`Classify::is_unreachable`](crate::balance::Classify::is_unreachable)).
+    pub fn unreachable_failures(&self) -> u64 {
+        self.outcomes.unreachable.load(Relaxed)
+    }
+
     /// The Peak-EWMA latency estimate as of its last sample, if any.
     pub fn ewma_latency(&self) -> Option<Duration> {
         let ns = f64::from_bits(self.ewma_ns.load(Relaxed));
@@ -180,10 +203,37 @@ impl EndpointStats {
         self.outcomes.consecutive_failures.store(0, Relaxed);
     }
 
-    /// Records a failure.
-    pub(crate) fn record_failure(&self) {
+    /// Records a failure (`unreachable` when it showed the endpoint could
+    /// not be reached), and wakes whoever watches the pool's outcomes.
+    pub(crate) fn record_failure(&self, unreachable: bool) {
         self.outcomes.failures.fetch_add(1, Relaxed);
         self.outcomes.consecutive_failures.fetch_add(1, Relaxed);
+        if unreachable {
+            self.outcomes.unreachable.fetch_add(1, Relaxed);
+        }
+        self.outcomes.signal.notify_one();
+    }
+
+    /// Scores an attempt that failed or was cancelled after `rtt_ns`:
+    /// never below the current estimate, so that an endpoint that fails
+    /// fast, or whose attempts are given up on, never looks cheaper for
+    /// it. With no estimate yet, `rtt_ns` becomes the first one only when
+    /// `bound` (it is then a lower bound of the latency, as a cancelled
+    /// attempt's running time is); a fast failure leaves it unset, so the
+    /// endpoint keeps being costed at its rival's estimate.
+    #[inline]
+    pub(crate) fn record_rtt_at_least(
+        &self,
+        rtt_ns: f64,
+        now_ns: u64,
+        inv_tau_ns: f64,
+        bound: bool,
+    ) {
+        match self.rtt_estimate(now_ns, inv_tau_ns) {
+            Some(estimate) => self.record_rtt(rtt_ns.max(estimate), now_ns, inv_tau_ns),
+            None if bound => self.record_rtt(rtt_ns, now_ns, inv_tau_ns),
+            None => {}
+        }
     }
 
     /// Folds one round trip into the Peak-EWMA estimate: a sample above the
@@ -299,6 +349,36 @@ mod tests {
     }
 
     #[test]
+    fn failures_and_cancellations_never_lower_the_estimate() {
+        let s = StatsHandle::new(Instant::now());
+        let tau = 1e-9;
+        // A fast failure with no estimate sets none; a cancelled attempt's
+        // running time does.
+        s.record_rtt_at_least(100.0, 0, tau, false);
+        assert_eq!(s.rtt_estimate(0, tau), None);
+        s.record_rtt_at_least(5000.0, 0, tau, true);
+        assert_eq!(s.rtt_estimate(0, tau), Some(5000.0));
+        // Faster failures keep it where it is; a slower one raises it.
+        for _ in 0..100 {
+            s.record_rtt_at_least(10.0, 1, tau, false);
+        }
+        assert!(s.rtt_estimate(1, tau).unwrap() >= 4999.9);
+        s.record_rtt_at_least(9000.0, 2, tau, true);
+        assert_eq!(s.rtt_estimate(2, tau), Some(9000.0));
+    }
+
+    #[tokio::test]
+    async fn failures_wake_the_signal() {
+        let signal = Arc::new(Notify::new());
+        let s = StatsHandle::with_signal(Instant::now(), signal.clone());
+        s.record_success();
+        s.record_failure(false);
+        tokio::time::timeout(Duration::from_secs(1), signal.notified())
+            .await
+            .expect("a failure stores a wake-up");
+    }
+
+    #[test]
     fn decay_matches_exp() {
         let mut x = 0.0f64;
         while x < 800.0 {
@@ -320,10 +400,10 @@ mod tests {
         let r1 = h.start_request();
         let r2 = h.start_request();
         assert_eq!((h.in_flight(), h2.in_flight()), (2, 2));
-        r1.record_failure();
+        r1.record_failure(false);
         drop(r1);
         let r3 = h.start_request();
-        r3.record_failure();
+        r3.record_failure(true);
         drop(r3);
         assert_eq!(h.consecutive_failures(), 2);
         r2.record_success();
@@ -338,6 +418,7 @@ mod tests {
             ),
             (0, 1, 2, 0)
         );
+        assert_eq!(h.unreachable_failures(), 1);
         // A request may outlive every handle.
         let r = h.start_request();
         drop(h);

@@ -12,10 +12,10 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep, sleep_until};
 use tower_service::Service;
 
-use super::attempt::{self, Attempts};
 use super::layer::Config;
 use super::service::Local;
 use super::{Decision, Policy};
+use crate::attempt::{Attempted, Attempts};
 use crate::error::{BoxError, Error};
 use crate::trace::event;
 
@@ -51,6 +51,8 @@ pin_project! {
         // them, so a request that succeeds first time allocates nothing
         // and stays small.
         cold: Option<Pin<Box<Cold<S, Req>>>>,
+        // The record the first attempt carries, until `cold` holds it.
+        tried: Option<Attempts>,
     }
 }
 
@@ -76,6 +78,8 @@ pin_project! {
         last: Option<Result<S::Response, S::Error>>,
         // The copy the next retry sends, made before the budget is asked.
         next: Option<Req>,
+        // Where this request's attempts were sent, filled in by the
+        // balancer below as each is sent; attached to every attempt.
         tried: Attempts,
         started: Option<Instant>,
         // Whether the first attempt still runs.
@@ -86,7 +90,7 @@ pin_project! {
 }
 
 impl<S: Service<Req>, Req> Cold<S, Req> {
-    fn new(first_running: bool) -> Self {
+    fn new(first_running: bool, tried: Option<Attempts>) -> Self {
         Cold {
             retry: None,
             hedge: None,
@@ -96,7 +100,7 @@ impl<S: Service<Req>, Req> Cold<S, Req> {
             service: None,
             last: None,
             next: None,
-            tried: Attempts::default(),
+            tried: tried.unwrap_or_default(),
             started: None,
             first_running,
             attempts: 1,
@@ -129,20 +133,33 @@ impl<S, P, Req> ResponseFuture<S, P, Req>
 where
     S: Service<Req>,
 {
-    /// The future of a request whose first attempt `call` makes.
+    /// The future of a request whose first attempt `call` makes with
+    /// `req`.
     #[inline]
     pub(super) fn new(
         local: &Arc<Local<S, P>>,
         template: Option<Req>,
         started: Option<Instant>,
         hedge_delay: Option<Duration>,
-        call: impl FnOnce() -> S::Future,
-    ) -> Self {
+        mut req: Req,
+        call: impl FnOnce(Req) -> S::Future,
+    ) -> Self
+    where
+        Req: Attempted,
+    {
         // Only a timed request can have a deadline: an untimed one does
         // not reach into the settings here.
         let deadline = started.and_then(|s| local.shared.config.deadline.map(|d| s + d));
+        // A request that may be repeated carries the record of where its
+        // attempts went from the first one on, so a retry or a hedge
+        // avoids it; a type that cannot carry one skips this.
+        let mut tried = (Req::CARRIES && template.is_some()).then(|| {
+            let tried = Attempts::new();
+            req.set_attempts(tried.clone());
+            tried
+        });
         let cold = (deadline.is_some() || hedge_delay.is_some()).then(|| {
-            let mut cold = Cold::new(true);
+            let mut cold = Cold::new(true, tried.take());
             cold.started = started;
             cold.deadline = deadline.map(sleep_until);
             if let Some(d) = hedge_delay {
@@ -156,10 +173,11 @@ where
         // reference to the settings is taken after it (taken before, its
         // atomic add measured slower).
         ResponseFuture {
-            first: call(),
+            first: call(req),
             local: local.clone(),
             template,
             cold,
+            tried,
         }
     }
 }
@@ -179,6 +197,7 @@ where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     P: Policy<Req, S::Response, S::Error>,
+    Req: Attempted,
 {
     type Output = Result<S::Response, Error>;
 
@@ -203,7 +222,7 @@ where
                 retry => (Err(e), retry),
             },
         };
-        *this.cold = Some(Box::pin(Cold::new(false)));
+        *this.cold = Some(Box::pin(Cold::new(false, this.tried.take())));
         poll_slow(this, cx, Some(landed))
     }
 }
@@ -240,6 +259,7 @@ where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     P: Policy<Req, S::Response, S::Error>,
+    Req: Attempted,
 {
     let Some(cold) = this.cold.as_mut() else {
         // `poll` sets `cold` before it comes here; nothing to drive.
@@ -263,9 +283,15 @@ where
                     deadline_ms = limit.as_millis() as u64,
                     "request deadline exceeded"
                 );
+                // The last attempt that failed is the cause.
+                let last = match c.last.take() {
+                    Some(Err(e)) => Some(Box::new(Error::from_inner(e))),
+                    _ => None,
+                };
                 return Poll::Ready(Err(Error::DeadlineExceeded {
                     deadline: limit,
                     attempts: *c.attempts,
+                    last,
                 }));
             }
         }
@@ -306,12 +332,6 @@ where
                 }
                 Decision::Retry { after } => after,
             };
-            // A balancer below reported, as the attempt ended, which
-            // endpoint it went to: read it only when it matters, in the
-            // same poll, before anything else can complete.
-            if let Some(id) = attempt::take_completed() {
-                c.tried.remember(id);
-            }
             if still_running {
                 // Another attempt may still succeed.
                 *c.last = Some(out);
@@ -360,7 +380,7 @@ where
                 let out = c.last.take();
                 return Poll::Ready(match out {
                     Some(out) => out.map_err(Error::from_inner),
-                    None => Err(Error::NoneEligible { total: 0 }),
+                    None => Err(Error::none_eligible(0, None)),
                 });
             }
             return Poll::Pending;
@@ -407,10 +427,11 @@ where
         }
         c.timer.set(None);
         *c.timer_kind = Timer::None;
-        let Some(req) = c.next.take() else {
+        let Some(mut req) = c.next.take() else {
             continue;
         };
-        let future = attempt::scope(*c.tried, || service.call(req));
+        req.set_attempts(c.tried.clone());
+        let future = service.call(req);
         *c.attempts += 1;
         match kind {
             Timer::Hedge => {

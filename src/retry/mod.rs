@@ -10,10 +10,13 @@
 //! honouring `Retry-After`, under an optional overall deadline.
 //!
 //! Above a [`Balance`](crate::balance::Balance), each retry avoids the
-//! endpoints the request already tried (Envoy's `previous_hosts`): the
-//! layer tells the balancer through a context set for the duration of
-//! `call`, so this works for any request type, as long as nothing between
-//! the two defers `call` to another task (as `Buffer` does).
+//! endpoints the request already tried (Envoy's `previous_hosts`), and a
+//! hedge avoids the endpoint whose attempt still runs: the layer attaches
+//! an [`Attempts`](crate::attempt::Attempts) record to each attempt,
+//! which the balancer fills in as it sends it (see [`attempt`](crate::attempt)),
+//! so this works through a `Buffer` too. When the request's tier has no
+//! endpoint left that it has not tried, the retry goes to the next tier
+//! (Envoy's `previous_priorities`).
 //!
 //! [`Hedge`] sends a backup copy of a slow request to another endpoint
 //! ("The Tail at Scale"); the first answer wins, the other attempt is
@@ -43,7 +46,6 @@
 //! # }
 //! ```
 
-pub(crate) mod attempt;
 mod backoff;
 #[cfg(feature = "http")]
 mod body;

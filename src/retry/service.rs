@@ -8,6 +8,7 @@ use super::Policy;
 use super::future::ResponseFuture;
 use super::layer::{Config, RetryStats};
 use super::tally::Lane;
+use crate::attempt::Attempted;
 use crate::error::{BoxError, Error};
 
 /// Retries requests through any service: a budget shared by all clones,
@@ -179,6 +180,7 @@ where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     P: Policy<Req, S::Response, S::Error>,
+    Req: Attempted,
 {
     type Response = S::Response;
     type Error = Error;
@@ -224,10 +226,13 @@ where
         };
         let started = (plan.deadline || hedge.is_some_and(|h| h.learns())).then(Instant::now);
         let hedge_delay = hedge.map(|h| h.delay(&config.latencies));
-        // A first attempt has nothing to avoid; the endpoint it reaches is
-        // reported back when it ends.
+        // A first attempt has nothing to avoid; with a deadline or a hedge
+        // it carries the request's record, so the balancer notes where it
+        // went.
         let inner = &mut self.inner;
-        ResponseFuture::new(local, template, started, hedge_delay, || inner.call(req))
+        ResponseFuture::new(local, template, started, hedge_delay, req, |req| {
+            inner.call(req)
+        })
     }
 }
 

@@ -39,6 +39,9 @@ pub enum Behaviour {
     Never,
 }
 
+// Plain requests: they carry no record of their attempts.
+impl tower_lb::Attempted for Behaviour {}
+
 /// A latch that held requests wait on; opening it releases all of them,
 /// including those that start waiting later.
 #[derive(Clone, Debug)]
