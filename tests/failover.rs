@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, sleep, timeout};
 use tokio_test::{assert_ready_err, task};
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Layer, ServiceBuilder, ServiceExt};
 use tower_lb::balance::{Balance, BalanceLayer, RoundRobin, Strategy, WeightedRoundRobin};
 use tower_lb::discover::{Registration, Registry};
 use tower_lb::failover::{
@@ -831,5 +831,242 @@ async fn active_checks_stop_when_the_client_is_dropped() {
         probes.load(Ordering::SeqCst),
         at_drop,
         "no probe runs once the client is gone"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Acting on failures as they happen
+
+/// The failure-rate detector runs once per interval, on the interval's own
+/// schedule: 50 passes in 5 s at 100 ms, not every other tick.
+#[tokio::test(start_paused = true)]
+async fn failure_rates_are_evaluated_once_per_interval() {
+    let registry = Registry::new();
+    let _regs = register_ports(&registry, 3);
+    let backends = Backends::new();
+    let config = FailoverConfig::new().interval(Duration::from_millis(100));
+    let lb = client(&registry, &backends, RoundRobin, config);
+    wait_report(lb.pool(), "three endpoints", INTERVAL, |r| {
+        r.endpoints.len() == 3
+    })
+    .await;
+    let before = report(lb.pool()).detections;
+    for _ in 0..50 {
+        // Traffic and failures in between must not shift the schedule.
+        let _ = burst(&lb, 3).await;
+        sleep(Duration::from_millis(100)).await;
+    }
+    let passes = report(lb.pool()).detections - before;
+    assert!(
+        (49..=51).contains(&passes),
+        "{passes} passes in 50 intervals"
+    );
+}
+
+/// Five failures in a row eject at once, not at the next interval; an
+/// unreachable endpoint is down after its first failure, whatever the cap.
+#[tokio::test(start_paused = true)]
+async fn a_streak_ejects_and_an_unreachable_endpoint_goes_down_on_the_failure_itself() {
+    let registry = Registry::new();
+    // Six, so that with three out half stay healthy: no panic.
+    let _regs = register_ports(&registry, 6);
+    let backends = Backends::new();
+    let lb = client(&registry, &backends, RoundRobin, FailoverConfig::new());
+    wait_report(lb.pool(), "six endpoints", INTERVAL, |r| {
+        r.endpoints.len() == 6
+    })
+    .await;
+    let start = Instant::now();
+    backends.set(&key(1), Behaviour::Fail);
+    while backends.calls(&key(1)) < 5 {
+        let _ = burst(&lb, 1).await;
+    }
+    let r = wait_report(
+        lb.pool(),
+        "ejected at once",
+        Duration::from_millis(5),
+        |r| health(r, 1).ejected_until.is_some(),
+    )
+    .await;
+    assert!(start.elapsed() < INTERVAL / 10, "{:?}", start.elapsed());
+    assert_eq!(r.tiers[0].ejected, 1);
+
+    // Two more refuse: both down after one failure each, though the cap
+    // (10 % of six, at least one) is used up.
+    backends.set(&key(2), Behaviour::Refuse);
+    backends.set(&key(3), Behaviour::Refuse);
+    let (b2, b3) = (backends.calls(&key(2)), backends.calls(&key(3)));
+    while backends.calls(&key(2)) == b2 || backends.calls(&key(3)) == b3 {
+        let _ = burst(&lb, 1).await;
+    }
+    let r = wait_report(lb.pool(), "down at once", Duration::from_millis(5), |r| {
+        health(r, 2).down && health(r, 3).down
+    })
+    .await;
+    assert_eq!((r.tiers[0].down, r.tiers[0].ejected), (2, 1), "{r:#?}");
+    let (c2, c3) = (backends.calls(&key(2)), backends.calls(&key(3)));
+    let out = burst(&lb, 100).await;
+    assert_eq!(
+        out.answered, 100,
+        "only the three healthy ones are picked: {out:?}"
+    );
+    assert_eq!(
+        (backends.calls(&key(2)), backends.calls(&key(3))),
+        (c2, c3),
+        "nothing more reaches the down ones"
+    );
+}
+
+/// All primaries refuse: the first failures mark them down and traffic
+/// moves to the backup at once, not after an ejection interval.
+#[tokio::test(start_paused = true)]
+async fn primaries_that_refuse_hand_their_traffic_to_the_backups() {
+    let registry = Registry::new();
+    let _regs = [
+        register(&registry, ep(1)),
+        register(&registry, ep(2)),
+        register(&registry, ep(3).with_priority(1)),
+    ];
+    let backends = Backends::new();
+    backends.set(&key(1), Behaviour::Refuse);
+    backends.set(&key(2), Behaviour::Refuse);
+    let lb = client(&registry, &backends, RoundRobin, FailoverConfig::new());
+    wait_report(lb.pool(), "three endpoints", INTERVAL, |r| {
+        r.endpoints.len() == 3
+    })
+    .await;
+    let first = burst(&lb, 2).await;
+    sleep(Duration::from_millis(1)).await;
+    let r = report(lb.pool());
+    assert_eq!(r.tiers[0].down, 2, "{first:?} {r:#?}");
+    assert!((load_of(&r, 1) - 100.0).abs() < 0.01, "{r:#?}");
+    let out = burst(&lb, 50).await;
+    assert_eq!(out.answered, 50, "{out:?}");
+}
+
+/// With a retry above, a request whose primaries have all been tried goes
+/// to a backup (which has no share of first attempts), even before
+/// failover has taken the primaries out.
+#[tokio::test(start_paused = true)]
+async fn a_retry_moves_to_the_next_tier_when_its_own_has_nothing_untried() {
+    use tower_lb::attempt::Tracked;
+    use tower_lb::retry::{Backoff, RetryBudget, RetryErrors, RetryLayer};
+    let registry = Registry::new();
+    let _regs = [
+        register(&registry, ep(1)),
+        register(&registry, ep(2)),
+        register(&registry, ep(3).with_priority(1)),
+    ];
+    let backends = Backends::new();
+    backends.set(&key(1), Behaviour::Fail);
+    backends.set(&key(2), Behaviour::Fail);
+    let pool = FailoverLayer::new(FailoverConfig::new()).layer(
+        DiscoverLayer::new(registry.watch(SERVICE).expect("watch"))
+            .layer(mock::untracked(&backends)),
+    );
+    let lb = BalanceLayer::new(RoundRobin).seed(SEED).layer(pool);
+    wait_report(lb.pool(), "three endpoints", INTERVAL, |r| {
+        r.endpoints.len() == 3
+    })
+    .await;
+    let client = RetryLayer::new(RetryErrors::new())
+        .budget(RetryBudget::new(Duration::from_secs(10), 10.0, 100))
+        .backoff(Backoff::new(
+            Duration::from_millis(1),
+            Duration::from_millis(2),
+        ))
+        .max_attempts(3)
+        .seed(SEED)
+        .layer(lb);
+    // Four requests: eight failures, short of either primary's streak.
+    for i in 0..4 {
+        let got = timeout(
+            REQUEST_LIMIT,
+            client.clone().oneshot(Tracked::new(Behaviour::Answer)),
+        )
+        .await
+        .expect("in time");
+        assert_eq!(got.ok().as_deref(), Some(&*key(3)), "request {i}");
+    }
+    assert_eq!(
+        (backends.calls(&key(1)), backends.calls(&key(2))),
+        (4, 4),
+        "each request tried each primary once"
+    );
+}
+
+/// A second attempt of the same request (a hedge) never goes where the
+/// first is still in flight.
+#[tokio::test(start_paused = true)]
+async fn a_second_attempt_avoids_the_endpoint_whose_attempt_still_runs() {
+    use tower::Service;
+    use tower_lb::attempt::{Attempted, Attempts, Tracked};
+    let registry = Registry::new();
+    let _regs = register_ports(&registry, 3);
+    let backends = Backends::new();
+    let pool = DiscoverLayer::new(registry.watch(SERVICE).expect("watch"))
+        .layer(mock::untracked(&backends));
+    assert!(pool.applied(1).await || !pool.snapshot().is_empty());
+    let mut lb = BalanceLayer::new(tower_lb::balance::LeastInFlight)
+        .seed(SEED)
+        .layer(pool);
+    for round in 0..50 {
+        let attempts = Attempts::new();
+        let send = |lb: &mut Balance<mock::Untracked, _>| {
+            let mut req = Tracked::new(Behaviour::Never);
+            req.set_attempts(attempts.clone());
+            lb.call(req)
+        };
+        let before: Vec<u64> = (1..=3).map(|p| backends.calls(&key(p))).collect();
+        let first = task::spawn(send(&mut lb));
+        let second = task::spawn(send(&mut lb));
+        let mut first = first;
+        let mut second = second;
+        let _ = first.poll();
+        let _ = second.poll();
+        let after: Vec<u64> = (1..=3).map(|p| backends.calls(&key(p))).collect();
+        let hit: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        assert_eq!(hit.iter().sum::<u64>(), 2, "round {round}: {hit:?}");
+        assert!(
+            hit.iter().all(|&n| n <= 1),
+            "round {round}: same endpoint twice: {hit:?}"
+        );
+        assert_eq!(attempts.sent(), 2);
+    }
+}
+
+/// An empty pool: a request sent before discovery's first update waits for
+/// it and succeeds; once discovery has said "empty", requests fail at once
+/// with `NoEndpoints`.
+#[tokio::test(start_paused = true)]
+async fn an_empty_pool_waits_for_discovery_then_fails_fast() {
+    use tower_lb::discover::{Update, channel};
+    let (tx, source) = channel();
+    let backends = Backends::new();
+    let lb = BalanceLayer::new(RoundRobin).layer(FailoverLayer::new(FailoverConfig::new()).layer(
+        Pool::spawn(source, backends.connector(), Default::default()),
+    ));
+    let waiting = tokio::spawn(lb.clone().oneshot(Behaviour::Answer));
+    sleep(Duration::from_secs(1)).await;
+    assert!(
+        !waiting.is_finished(),
+        "waits while discovery has not spoken"
+    );
+    tx.send(Update::snapshot(1, vec![ep(1)]))
+        .expect("pool listens");
+    let got = timeout(REQUEST_LIMIT, waiting).await.expect("in time");
+    assert_eq!(got.expect("task").expect("served"), key(1));
+
+    tx.send(Update::snapshot(2, vec![])).expect("pool listens");
+    lb.pool().applied(2).await;
+    let start = Instant::now();
+    let got = timeout(REQUEST_LIMIT, lb.clone().oneshot(Behaviour::Answer))
+        .await
+        .expect("in time");
+    assert!(matches!(got, Err(Error::NoEndpoints)), "{got:?}");
+    assert!(
+        start.elapsed() < Duration::from_millis(50),
+        "{:?}",
+        start.elapsed()
     );
 }

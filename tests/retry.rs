@@ -36,7 +36,7 @@ use tower_lb::retry::{
 };
 use tower_lb::{BoxError, Error};
 
-use mock::{Backend, Backends, Behaviour, SharedSource, ep, key};
+use mock::{Backend, Backends, Behaviour, SharedSource, ep, key, untracked};
 
 /// The seed of every retry layer and balancer here.
 const SEED: u64 = 7;
@@ -398,22 +398,6 @@ async fn balancer(n: u16) -> (Balance<Backend, LeastInFlight>, Backends) {
         .when_empty(WhenEmpty::FailFast)
         .layer(pool);
     (lb, backends)
-}
-
-/// A mock endpoint that takes `Tracked` behaviours, the form in which a
-/// plain request carries the record of its attempts.
-type Untracked = tower::util::MapRequest<Backend, fn(Tracked<Behaviour>) -> Behaviour>;
-
-/// Builds [`Untracked`] endpoints over `backends`.
-fn untracked(
-    backends: &Backends,
-) -> impl Service<tower_lb::Endpoint, Response = Untracked, Error = BoxError, Future: Send>
-+ Clone
-+ Send
-+ 'static {
-    backends.connector().map_response(|b: Backend| {
-        tower::util::MapRequest::new(b, Tracked::into_inner as fn(_) -> _)
-    })
 }
 
 /// Retry over `Balance` for a request type that is not HTTP, wrapped in

@@ -29,6 +29,9 @@ pub enum Behaviour {
     /// Answer at once with the endpoint's key.
     #[default]
     Answer,
+    /// Fail at once with "connection refused" (an `io::Error`): the
+    /// endpoint cannot be reached.
+    Refuse,
     /// Fail at once.
     Fail,
     /// Answer after this long (tokio time).
@@ -197,6 +200,9 @@ impl Service<Behaviour> for Backend {
             match behaviour {
                 Behaviour::Answer => {}
                 Behaviour::Fail => return Err(format!("{key} failed").into()),
+                Behaviour::Refuse => {
+                    return Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into());
+                }
                 Behaviour::After(delay) => tokio::time::sleep(delay).await,
                 Behaviour::When(gate) => gate.pass().await,
                 Behaviour::Never => std::future::pending::<()>().await,
@@ -204,6 +210,24 @@ impl Service<Behaviour> for Backend {
             Ok(key)
         })
     }
+}
+
+/// A mock endpoint that takes `Tracked` behaviours, the form in which a
+/// plain request carries the record of its attempts.
+#[allow(dead_code)]
+pub type Untracked =
+    tower::util::MapRequest<Backend, fn(tower_lb::attempt::Tracked<Behaviour>) -> Behaviour>;
+
+/// Builds [`Untracked`] endpoints over `backends`.
+#[allow(dead_code)]
+pub fn untracked(
+    backends: &Backends,
+) -> impl Service<Endpoint, Response = Untracked, Error = BoxError, Future: Send> + Clone + Send + 'static
+{
+    use tower::ServiceExt;
+    backends.connector().map_response(|b: Backend| {
+        tower::util::MapRequest::new(b, tower_lb::attempt::Tracked::into_inner as fn(_) -> _)
+    })
 }
 
 /// The address `127.0.0.1:port`.
