@@ -17,7 +17,7 @@ pub trait Classify<Res, E>: Clone + Send + Sync + 'static {
 
     /// Whether an error of the endpoint's service shows that the endpoint
     /// cannot be reached at all (as opposed to answering badly). By
-    /// default [`unreachable`]: connection refused or reset before an
+    /// default [`unreachable()`](unreachable()): connection refused or reset before an
     /// answer, a connect timeout, and the like, anywhere in the error's
     /// `source()` chain — which covers `std::io` errors, hyper-util's
     /// connect errors and tonic's transport errors, all of which chain to

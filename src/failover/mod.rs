@@ -8,19 +8,29 @@
 //!
 //! - **Priority tiers** from discovery metadata ([`Endpoint::priority`](crate::Endpoint::priority):
 //!   0 = primary, 1 = first backup, …). Each tier's health is its healthy
-//!   share × the overprovisioning factor (1.4), capped at 100 %; the lowest
+//!   share × the overprovisioning factor (1.5), capped at 100 %; the lowest
 //!   tier takes that much of the traffic and the rest spills to the next
 //!   (Envoy's priority load). One primary down of three changes nothing,
 //!   two spill part of the load, three move all of it. When a tier
 //!   recovers, traffic returns only after the fail-back delay, so a
-//!   flapping primary does not bounce it.
+//!   flapping primary does not bounce it. Tiers without a share stay in
+//!   the view for retries that have tried everything before them.
+//! - **Down endpoints**: an attempt that shows its endpoint cannot be
+//!   reached ([`Classify::is_unreachable`](crate::balance::Classify::is_unreachable))
+//!   marks it down at once, without any cap, and it is probed back with
+//!   jittered exponential backoff ([`Reconnect`], gRPC's connection
+//!   backoff) — the active check if configured, else a TCP connect
+//!   (gRPC's subchannel states).
 //! - **Passive outlier detection** ([`OutlierDetection`]): endpoints whose
-//!   own requests fail — consecutive failures, or a failure percentage over
-//!   an interval — are ejected for a growing time, at most a capped share of
-//!   a tier at once (gRPC A50, Envoy).
+//!   own requests fail — consecutive failures, acted on as the streak
+//!   completes, or a failure percentage over an interval — are ejected for
+//!   a growing time, at most a capped share of a tier at once (gRPC A50,
+//!   Envoy), and come back on probation: the next outcome decides
+//!   (Finagle's failure accrual).
 //! - **Panic threshold**: when every tier's healthy share is below it
-//!   (default 50 %), stop filtering and balance over everything (fail open,
-//!   as Envoy and Finagle do), or fail closed ([`PanicMode`]).
+//!   (default 50 %), stop filtering and balance over everything but the
+//!   down endpoints (fail open, as Envoy and Finagle do), or fail closed
+//!   ([`PanicMode`]).
 //! - **Slow start** ([`SlowStart`]): new and re-admitted endpoints ramp up
 //!   their weight — the answer to cold starts.
 //! - **Active health checks** ([`HealthCheck`]): HTTP, TCP or your own
