@@ -131,7 +131,16 @@ pub struct Backend {
 impl Backend {
     /// Starts a backend called `name` on an ephemeral loopback port.
     pub async fn start(name: &str) -> std::io::Result<Backend> {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        Backend::start_on(name, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts a backend called `name` listening on `addr`: on the port of
+    /// one that was shut down, it is that backend come back (tokio binds
+    /// with `SO_REUSEADDR`, so the old connections' `TIME_WAIT` does not
+    /// stand in the way). Its counters start from zero.
+    #[allow(dead_code)]
+    pub async fn start_on(name: &str, addr: SocketAddr) -> std::io::Result<Backend> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let behaviour = Arc::new(Behaviour {
             name: name.into(),
@@ -758,4 +767,104 @@ where
         status,
         body: String::from_utf8_lossy(&bytes).into_owned(),
     })
+}
+
+/// How many attempts each endpoint's service has been called with, by
+/// endpoint key: what a [`CountingConnector`] counts.
+#[allow(dead_code)]
+#[derive(Debug, Clone, Default)]
+pub struct AttemptCounts {
+    by_key: Arc<Mutex<std::collections::HashMap<String, Arc<AtomicU64>>>>,
+}
+
+#[allow(dead_code)]
+impl AttemptCounts {
+    /// The counter of the endpoint with this key (created at zero if the
+    /// connector has not built its service yet, so a test can hold it from
+    /// the start).
+    pub fn counter(&self, key: &str) -> Arc<AtomicU64> {
+        lock(&self.by_key)
+            .entry(key.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Attempts sent to the endpoint with this key so far.
+    pub fn get(&self, key: &str) -> u64 {
+        self.counter(key).load(Ordering::SeqCst)
+    }
+}
+
+/// A connector around another one whose endpoint services count every
+/// request they are called with: attempts, counted where the balancer hands
+/// them to the endpoint, so an endpoint with no server to count hits (a
+/// refused port) or one that never answers is counted too.
+#[allow(dead_code)]
+#[derive(Debug, Clone)]
+pub struct CountingConnector<C> {
+    inner: C,
+    counts: AttemptCounts,
+}
+
+/// A [`CountingConnector`] over `inner`, and the counts it keeps.
+#[allow(dead_code)]
+pub fn counting<C>(inner: C) -> (CountingConnector<C>, AttemptCounts) {
+    let counts = AttemptCounts::default();
+    (
+        CountingConnector {
+            inner,
+            counts: counts.clone(),
+        },
+        counts,
+    )
+}
+
+/// An endpoint service that counts its calls, then hands them on.
+#[allow(dead_code)]
+#[derive(Debug, Clone)]
+pub struct Counted<S> {
+    inner: S,
+    attempts: Arc<AtomicU64>,
+}
+
+impl<C> Service<Endpoint> for CountingConnector<C>
+where
+    C: Service<Endpoint>,
+    C::Future: Send + 'static,
+    C::Response: Send + 'static,
+    C::Error: Send + 'static,
+{
+    type Response = Counted<C::Response>;
+    type Error = C::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Counted<C::Response>, C::Error>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, endpoint: Endpoint) -> Self::Future {
+        let attempts = self.counts.counter(endpoint.key());
+        let made = self.inner.call(endpoint);
+        Box::pin(async move { made.await.map(|inner| Counted { inner, attempts }) })
+    }
+}
+
+impl<S, R> Service<R> for Counted<S>
+where
+    S: Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        self.inner.call(req)
+    }
 }
