@@ -19,6 +19,9 @@
 //!   and active health checks.
 //! - [`retry`]: retries within a budget, with backoff, another endpoint
 //!   per attempt, replayable bodies, hedging and a deadline.
+//! - [`attempt`]: the record of where a request's attempts went, which the
+//!   request carries from the retry layer to the balancer (and through a
+//!   `Buffer`).
 //! - [`balance`]: the [`Balance`](balance::Balance) service and its
 //!   strategies: round robin, random, smooth weighted round robin, weighted
 //!   random, power of two choices over in-flight requests or Peak-EWMA
