@@ -41,7 +41,14 @@ pub struct LeastInFlight;
 /// quickly and retried once it has been quiet a while (Finagle's and
 /// linkerd's Peak-EWMA balancer). An endpoint with no sample yet is costed
 /// at its rival's estimate, so a newly added endpoint gets its share at
-/// once; when neither has a sample, in-flight load alone decides.
+/// once; when neither has a sample, in-flight load alone decides. An
+/// endpoint with requests in flight is costed at no less than the time
+/// since it last answered, so one that stops answering (a hung process)
+/// is avoided within milliseconds rather than at its first timeout.
+///
+/// A failed attempt is scored no lower than the current estimate, so a
+/// fast failure never makes an endpoint look cheaper; a cancelled one (a
+/// timeout above, a hedge that lost) at the time it had run.
 ///
 /// Each request is timed from pick to response. With the `cpu-clock`
 /// feature (default) the balancer reads the CPU's counter for that, which
@@ -217,17 +224,20 @@ impl Picker for PeakEwmaPicker {
         let inv_tau = self.inv_tau_ns;
         self.pair.pick(members, ctx.rng, |(b, sb), (a, sa)| {
             let now = *now_ns.get_or_insert_with(|| self.clock.now_ns(self.epoch));
-            let (rtt_a, rtt_b) =
-                match (sa.rtt_estimate(now, inv_tau), sb.rtt_estimate(now, inv_tau)) {
-                    (Some(x), Some(y)) => (x, y),
-                    (Some(x), None) => (x, x),
-                    (None, Some(y)) => (y, y),
-                    (None, None) => (1.0, 1.0),
-                };
-            let cost = |c: &Candidate, s: &StatsHandle, rtt: f64| {
-                rtt * (1.0 + s.in_flight() as f64 * c.inv_capacity)
+            let (ia, ib) = (sa.in_flight(), sb.in_flight());
+            let (rtt_a, rtt_b) = match (
+                sa.rtt_estimate_loaded(now, inv_tau, ia),
+                sb.rtt_estimate_loaded(now, inv_tau, ib),
+            ) {
+                (Some(x), Some(y)) => (x, y),
+                (Some(x), None) => (x, x),
+                (None, Some(y)) => (y, y),
+                (None, None) => (1.0, 1.0),
             };
-            cost(b, sb, rtt_b) < cost(a, sa, rtt_a)
+            let cost = |c: &Candidate, in_flight: u64, rtt: f64| {
+                rtt * (1.0 + in_flight as f64 * c.inv_capacity)
+            };
+            cost(b, ib, rtt_b) < cost(a, ia, rtt_a)
         })
     }
 

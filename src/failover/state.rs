@@ -253,7 +253,7 @@ impl Tracker {
     fn up<S>(st: &mut EndpointState, m: &Member<S>, now: Instant, slow: bool) {
         st.down = None;
         st.seen_unreachable = m.stats().unreachable_failures();
-        m.stats().reset_consecutive_failures();
+        m.stats().reset_history();
         st.last = Counters::of(m);
         if slow {
             st.warm_since = Some(now);
@@ -320,7 +320,7 @@ impl Tracker {
         for (st, m) in self.states.iter_mut().zip(snapshot.members()) {
             if st.ejected_until.is_some_and(|until| until <= now) {
                 st.ejected_until = None;
-                m.stats().reset_consecutive_failures();
+                m.stats().reset_history();
                 st.last = Counters::of(m);
                 st.probation = Some(st.last);
                 if slow.is_some() {

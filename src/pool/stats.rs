@@ -198,9 +198,34 @@ impl EndpointStats {
         }
     }
 
-    /// Forgets the failure streak (when an ejected endpoint comes back).
-    pub(crate) fn reset_consecutive_failures(&self) {
+    /// Forgets the failure streak and the latency estimate (when an
+    /// ejected or down endpoint comes back): its history is stale, and
+    /// with no estimate a load-aware strategy costs it as its rivals, so
+    /// it gets its share at once rather than after a peak has decayed.
+    pub(crate) fn reset_history(&self) {
         self.outcomes.consecutive_failures.store(0, Relaxed);
+        self.ewma_ns.store(0, Relaxed);
+    }
+
+    /// The Peak-EWMA estimate as [`rtt_estimate`](Self::rtt_estimate)
+    /// gives it, but for an endpoint with requests in flight no lower than
+    /// the time since it last answered: a request outstanding that long
+    /// takes at least that long, so an endpoint that stops answering (a
+    /// hung process) costs more with every moment, instead of attracting
+    /// requests at its last good latency until the first one times out.
+    #[inline]
+    pub(crate) fn rtt_estimate_loaded(
+        &self,
+        now_ns: u64,
+        inv_tau_ns: f64,
+        in_flight: u64,
+    ) -> Option<f64> {
+        let estimate = self.rtt_estimate(now_ns, inv_tau_ns)?;
+        if in_flight == 0 {
+            return Some(estimate);
+        }
+        let silent = now_ns.saturating_sub(self.ewma_at.load(Relaxed)) as f64;
+        Some(estimate.max(silent))
     }
 
     /// Records a failure (`unreachable` when it showed the endpoint could
@@ -376,6 +401,27 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), signal.notified())
             .await
             .expect("a failure stores a wake-up");
+    }
+
+    #[test]
+    fn an_endpoint_that_stops_answering_costs_at_least_its_silence() {
+        let s = StatsHandle::new(Instant::now());
+        let tau = 1e-9;
+        s.record_rtt(300.0, 1_000, tau);
+        // Idle: the estimate. Busy: no less than the time since it last
+        // answered.
+        assert_eq!(
+            s.rtt_estimate_loaded(1_100, tau, 0),
+            s.rtt_estimate(1_100, tau)
+        );
+        assert_eq!(
+            s.rtt_estimate_loaded(1_100, tau, 1),
+            s.rtt_estimate(1_100, tau)
+        );
+        let later = 1_000 + 50_000_000;
+        assert_eq!(s.rtt_estimate_loaded(later, tau, 3), Some(50_000_000.0));
+        s.reset_history();
+        assert_eq!(s.rtt_estimate_loaded(later, tau, 3), None);
     }
 
     #[test]
