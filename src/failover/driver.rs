@@ -7,7 +7,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::config::FailoverConfig;
 use super::health::{self, HealthCheck};
-use super::state::{ProbeBy, Tracker};
+use super::state::Tracker;
 use crate::endpoint::Endpoint;
 use crate::pool::pool::Shared;
 use crate::pool::{Pool, Snapshot};
@@ -106,7 +106,7 @@ where
             ));
         }
         view.set_evaluated(snapshot.revision());
-        for ProbeBy::Check(endpoint) in tracker.due_probes(&snapshot, now) {
+        for endpoint in tracker.due_probes(&snapshot, now) {
             let probe = probe.clone();
             probes.spawn(async move {
                 let ok = health::passes(&probe, &endpoint).await;

@@ -97,13 +97,6 @@ impl<S> View<S> {
     }
 }
 
-/// How a down endpoint is probed back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum ProbeBy {
-    /// The configured check, or a TCP connect, of this endpoint.
-    Check(Endpoint),
-}
-
 /// Endpoint health and tier state across evaluations.
 pub(crate) struct Tracker {
     config: FailoverConfig,
@@ -261,10 +254,11 @@ impl Tracker {
     }
 
     /// Down endpoints whose probe is due, marked as probing: the driver
-    /// probes each and reports with [`probed`](Tracker::probed). An
+    /// probes each (the configured check, or a TCP connect) and reports
+    /// with [`probed`](Tracker::probed). An
     /// endpoint that cannot be probed (no address, no check) is let back
     /// in on probation instead: its next request decides.
-    pub(crate) fn due_probes<S>(&mut self, snapshot: &Snapshot<S>, now: Instant) -> Vec<ProbeBy> {
+    pub(crate) fn due_probes<S>(&mut self, snapshot: &Snapshot<S>, now: Instant) -> Vec<Endpoint> {
         let checks = self.config.health_check.is_some();
         let slow = self.config.slow_start.is_some();
         let mut due = Vec::new();
@@ -277,7 +271,7 @@ impl Tracker {
             }
             if checks || m.endpoint().address().is_some() {
                 down.probing = true;
-                due.push(ProbeBy::Check(m.endpoint().clone()));
+                due.push(m.endpoint().clone());
             } else {
                 Self::up(st, m, now, slow);
                 st.probation = Some(Counters::of(m));
