@@ -50,6 +50,13 @@ pub enum InvalidSim {
     /// A request rate that is not finite and above zero.
     #[error("request rate must be finite and above zero, got {0}")]
     Rate(f64),
+    /// A scenario with fewer than two backends (one turns slow, the rest
+    /// must carry the load).
+    #[error("a scenario needs at least 2 backends, got {0}")]
+    TooFewBackends(usize),
+    /// A name that is none of the scenario's stacks.
+    #[error("no stack is named {0:?}")]
+    UnknownStack(String),
     /// Two backends of one cluster with the same name.
     #[error("two simulated backends are named {0:?}")]
     DuplicateName(String),

@@ -18,6 +18,11 @@
 //!   optional per-request timeout.
 //! - [`LatencyRecorder`]: every request's latency and outcome, with
 //!   nearest-rank quantiles ([`Latencies`]).
+//! - [`Scenario`]: the experiment below with its parameters open
+//!   (backends, load, the slow window, a client-side timeout), run through
+//!   one of tower-lb's [`Stack`]s or any service built over its cluster,
+//!   into a [`ScenarioRun`]: the record, the success rate, the requests
+//!   over the bound and the slow backend's share of traffic.
 //!
 //! Everything runs on tokio time. Under a paused clock
 //! (`#[tokio::test(start_paused = true)]`, or a runtime built with
@@ -31,7 +36,8 @@
 //!
 //! The default scenario, [`QuantileTable::beyond_round_robin`], is the
 //! latency distribution of linkerd's "Beyond Round Robin" experiment
-//! (2016); `cargo run --example simulate` replays it for each strategy.
+//! (2016); [`Scenario::beyond_round_robin`] is the whole experiment, and
+//! `cargo run --example simulate` replays it for each strategy.
 //!
 //! The feature enables tokio's `test-util` (for the paused clock).
 //!
@@ -68,6 +74,7 @@ mod fault;
 mod latency;
 mod load;
 mod recorder;
+mod scenario;
 
 pub use backend::{ResponseFuture, SimBackend, SimBackendBuilder, SimResponse, SimStats};
 pub use cluster::{SimCluster, SimConnector};
@@ -76,3 +83,4 @@ pub use fault::{Fault, FaultSchedule};
 pub use latency::{Latency, QuantileTable};
 pub use load::OpenLoop;
 pub use recorder::{Latencies, LatencyRecorder, Outcome, Sample};
+pub use scenario::{Scenario, ScenarioRun, Stack};
