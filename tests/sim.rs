@@ -1,17 +1,13 @@
-//! The simulator end to end: the "Beyond Round Robin" scenario, shortened,
-//! through tower-lb's balancers and tower's own p2c, on a paused clock.
+//! The simulator end to end: the "Beyond Round Robin" scenario
+//! (`sim::Scenario`, the one `examples/simulate.rs` runs) through
+//! tower-lb's stacks and tower's own p2c, on a paused clock.
 
 use std::time::Duration;
 
-use tower::Layer;
 use tower::balance::p2c::Balance as TowerBalance;
 use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
-use tower_lb::balance::{BalanceLayer, LeastInFlight, PeakEwma, RoundRobin, Strategy};
 use tower_lb::discover::TowerDiscover;
-use tower_lb::pool::DiscoverLayer;
-use tower_lb::sim::{
-    Fault, Latency, LatencyRecorder, OpenLoop, Outcome, QuantileTable, SimBackend, SimCluster,
-};
+use tower_lb::sim::{Outcome, Scenario, ScenarioRun, Stack};
 
 const fn s(n: u64) -> Duration {
     Duration::from_secs(n)
@@ -20,21 +16,12 @@ const fn s(n: u64) -> Duration {
 /// The scenario, shortened from 60 s to 20 s: 11 backends with the
 /// published latency distribution, 1000 requests/s open loop, the last
 /// backend ×10 slower from 5 s to 15 s (half the run, as in the original).
-const DURATION: Duration = s(20);
-const SLOW: std::ops::Range<Duration> = s(5)..s(15);
-
-fn cluster(seed: u64) -> SimCluster {
-    let latency = Latency::empirical(QuantileTable::beyond_round_robin());
-    let backends = (0..11u64).map(|i| {
-        let b = SimBackend::builder(format!("b{i:02}"), latency.clone()).seed(seed * 100 + i);
-        let b = if i == 10 {
-            b.fault(SLOW, Fault::Slow(10.0))
-        } else {
-            b
-        };
-        b.build().unwrap()
-    });
-    SimCluster::new(backends).unwrap()
+fn short(seed: u64, duration: Duration) -> Scenario {
+    let mut sc = Scenario::beyond_round_robin();
+    sc.duration = duration;
+    sc.slow = s(5)..s(15);
+    sc.seed = seed;
+    sc
 }
 
 fn paused_runtime() -> tokio::runtime::Runtime {
@@ -45,32 +32,23 @@ fn paused_runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Runs the shortened scenario through tower-lb's balancer with
-/// `strategy`, in a fresh paused-clock runtime.
-fn run<St: Strategy + Clone>(strategy: St, seed: u64, duration: Duration) -> LatencyRecorder {
-    paused_runtime().block_on(async {
-        let cluster = cluster(seed);
-        let pool = DiscoverLayer::new(cluster.source()).layer(cluster.connector());
-        pool.applied(1).await;
-        let lb = BalanceLayer::new(strategy).seed(seed).layer(pool);
-        OpenLoop::new(1000.0, duration)
-            .unwrap()
-            .run(lb, |_| ())
-            .await
-    })
+/// Runs `sc` through `stack` in a fresh paused-clock runtime.
+fn run(sc: &Scenario, stack: Stack) -> ScenarioRun {
+    paused_runtime().block_on(sc.run(stack)).unwrap()
 }
 
-fn p(rec: &LatencyRecorder, q: f64) -> Duration {
-    rec.latencies().quantile(q).unwrap()
+fn p(run: &ScenarioRun, q: f64) -> Duration {
+    run.record.latencies().quantile(q).unwrap()
 }
 
 #[test]
 fn peak_ewma_keeps_the_tail_that_round_robin_loses() {
-    let rr = run(RoundRobin, 1, DURATION);
-    let ewma = run(PeakEwma::new(), 1, DURATION);
-    assert_eq!(rr.len(), 20_000);
-    assert_eq!(ewma.len(), 20_000);
-    assert_eq!(rr.count(Outcome::Ok), 20_000);
+    let sc = short(1, s(20));
+    let rr = run(&sc, Stack::RoundRobin);
+    let ewma = run(&sc, Stack::PeakEwma);
+    assert_eq!(rr.record.len(), 20_000);
+    assert_eq!(ewma.record.len(), 20_000);
+    assert_eq!(rr.record.count(Outcome::Ok), 20_000);
 
     // Round robin sends the slow backend its 1/11 for half the run: 4.5 %
     // of requests take 1.6–2.0 s, so its p99 is the slow backend's.
@@ -93,72 +71,116 @@ fn peak_ewma_keeps_the_tail_that_round_robin_loses() {
     // The healthy median is the distribution's, 167.5 ms, rounded up to
     // the tick.
     assert_eq!(p(&ewma, 0.5), Duration::from_millis(168));
-    assert!(ewma.success_rate(s(1)) > rr.success_rate(s(1)));
+    assert!(ewma.success_rate() > rr.success_rate());
+    // Round robin's even share: 1/11 = 9.09 %, give or take the start.
+    assert!(
+        (rr.slow_share - 1.0 / 11.0).abs() < 0.001,
+        "{}",
+        rr.slow_share
+    );
 }
 
 #[test]
 fn a_seed_repeats_the_run_exactly() {
     let duration = s(8);
     for seed in [3, 4] {
-        let a = run(PeakEwma::new(), seed, duration);
-        let b = run(PeakEwma::new(), seed, duration);
-        assert_eq!(a.len(), 8000);
-        assert_eq!(a.samples(), b.samples(), "seed {seed}");
+        let sc = short(seed, duration);
+        let a = run(&sc, Stack::PeakEwma);
+        let b = run(&sc, Stack::PeakEwma);
+        assert_eq!(a.record.len(), 8000);
+        assert_eq!(a.record.samples(), b.record.samples(), "seed {seed}");
     }
-    let a = run(LeastInFlight, 3, duration);
-    assert_eq!(a.samples(), run(LeastInFlight, 3, duration).samples());
+    let a = run(&short(3, duration), Stack::LeastInFlight);
+    let again = run(&short(3, duration), Stack::LeastInFlight);
+    assert_eq!(a.record.samples(), again.record.samples());
     // A different seed gives a different record, so the check above can
     // fail.
-    assert_ne!(a.samples(), run(LeastInFlight, 4, duration).samples());
+    let other = run(&short(4, duration), Stack::LeastInFlight);
+    assert_ne!(a.record.samples(), other.record.samples());
 }
 
 #[test]
 fn tower_p2c_balances_simulated_backends() {
-    let rec = paused_runtime().block_on(async {
-        let cluster = cluster(1);
-        let discover = PeakEwmaDiscover::new::<()>(
-            TowerDiscover::new(cluster.source(), cluster.connector()),
-            Duration::from_millis(30),
-            s(10),
-            CompleteOnResponse::default(),
-        );
-        let rec = OpenLoop::new(1000.0, s(8))
-            .unwrap()
-            .run(TowerBalance::new(discover), |_| ())
-            .await;
-        // Every backend got traffic, and nothing is left in flight.
-        for b in cluster.backends() {
-            assert!(b.stats().received > 100, "{b:?}");
-            assert_eq!(b.stats().in_flight, 0);
-        }
-        rec
-    });
-    assert_eq!(rec.count(Outcome::Ok), 8000);
-    assert!(p(&rec, 0.99) <= Duration::from_millis(201));
+    let sc = short(1, s(8));
+    let run = paused_runtime()
+        .block_on(sc.run_with(|cluster| async move {
+            let discover = PeakEwmaDiscover::new::<()>(
+                TowerDiscover::new(cluster.source(), cluster.connector()),
+                Duration::from_millis(30),
+                s(10),
+                CompleteOnResponse::default(),
+            );
+            TowerBalance::new(discover)
+        }))
+        .unwrap();
+    // Every backend got traffic, and nothing is left in flight.
+    for b in run.cluster.backends() {
+        assert!(b.stats().received > 100, "{b:?}");
+        assert_eq!(b.stats().in_flight, 0);
+    }
+    assert_eq!(run.record.count(Outcome::Ok), 8000);
+    assert!(p(&run, 0.99) <= Duration::from_millis(201));
 }
 
 #[test]
 fn timeouts_cancel_and_are_counted() {
     // The same run with each request cancelled at 1 s: round robin's slow
     // requests time out instead of answering late.
-    let rec = paused_runtime().block_on(async {
-        let cluster = cluster(1);
-        let pool = DiscoverLayer::new(cluster.source()).layer(cluster.connector());
-        pool.applied(1).await;
-        let lb = BalanceLayer::new(RoundRobin).seed(1).layer(pool);
-        let rec = OpenLoop::new(1000.0, DURATION)
-            .unwrap()
-            .timeout(s(1))
-            .run(lb, |_| ())
-            .await;
-        assert!(cluster.backends().all(|b| b.stats().in_flight == 0));
-        rec
-    });
-    let timed_out = rec.count(Outcome::TimedOut);
+    let mut sc = short(1, s(20));
+    sc.timeout = Some(s(1));
+    let rec = run(&sc, Stack::RoundRobin);
+    assert!(rec.cluster.backends().all(|b| b.stats().in_flight == 0));
+    let timed_out = rec.record.count(Outcome::TimedOut);
     // 1/11 of the 10 000 requests sent in the slow window, give or take
     // the round-robin start.
     assert!((880..=940).contains(&timed_out), "{timed_out} timed out");
-    assert_eq!(rec.latencies().max(), Some(s(1)));
-    let ok = rec.success_rate(s(1));
+    assert_eq!(rec.record.latencies().max(), Some(s(1)));
+    // A timed-out request is a failure, and one of those slower than 1 s.
+    let ok = rec.success_rate();
     assert!((ok - (1.0 - timed_out as f64 / 20_000.0)).abs() < 1e-9);
+    assert_eq!(rec.slower(), timed_out);
+}
+
+// Acceptance targets for the whole published scenario (60 000 requests,
+// seed 1). They describe the behaviour the balancer, failover and retry
+// layers are meant to have.
+
+#[test]
+fn with_a_1s_timeout_peak_ewma_still_avoids_the_slow_backend() {
+    // A request cancelled at 1 s must still teach Peak-EWMA that its
+    // backend is slow; otherwise the slow backend looks fast (its slow
+    // answers never arrive) and keeps its share.
+    let mut sc = Scenario::beyond_round_robin();
+    sc.timeout = Some(s(1));
+    let run = run(&sc, Stack::PeakEwma);
+    assert_eq!(run.record.len(), 60_000);
+    assert_eq!(
+        run.record.latencies().max(),
+        Some(s(1)),
+        "the timeout bounds"
+    );
+    let measured = format!(
+        "slow backend's share while slow {:.3} %, answered within 1 s {:.3} % ({} timed out)",
+        100.0 * run.slow_share,
+        100.0 * run.success_rate(),
+        run.record.count(Outcome::TimedOut)
+    );
+    // Without a timeout Peak-EWMA gives it about 0.2 %; allow 0.5 %.
+    assert!(run.slow_share < 0.005, "{measured}");
+    assert!(run.success_rate() >= 0.998, "{measured}");
+}
+
+#[test]
+fn failover_and_hedging_leave_no_request_over_1s() {
+    let sc = Scenario::beyond_round_robin();
+    let run = run(&sc, Stack::PeakEwmaFailoverHedge);
+    assert_eq!(run.record.len(), 60_000);
+    assert_eq!(
+        run.slower(),
+        0,
+        "requests over 1 s (max {:?}, slow share {:.3} %)",
+        run.record.latencies().max(),
+        100.0 * run.slow_share
+    );
+    assert_eq!(run.record.count(Outcome::Ok), 60_000);
 }
