@@ -6,16 +6,38 @@
 //! 15 s to 45 s. An open loop sends 1000 requests/s for 60 s through each
 //! strategy — and, as the peer, through tower's own p2c balancer over
 //! `PeakEwmaDiscover` — and the example prints the latency quantiles, the
-//! success rate (answered within 1 s) and the share of traffic the slow
-//! backend got while slow, then plots the latency distributions as an SVG.
+//! success rate (answered within 1 s), how many requests took over 1 s and
+//! the share of traffic the slow backend got while slow, then plots the
+//! latency distributions as an SVG. The scenario and the stacks are
+//! `tower_lb::sim::Scenario` and `Stack`, which `tests/sim.rs` runs too.
 //!
 //! Besides the four strategies (round robin, random, P2C least-in-flight,
-//! P2C Peak-EWMA), two Peak-EWMA stacks show the other layers at work:
+//! P2C Peak-EWMA), three Peak-EWMA stacks show the other layers at work:
 //! with `FailoverLayer`, whose outlier detection ejects the slow backend
-//! once five answers in a row took longer than the success bound; and
-//! with `RetryLayer` hedging, which sends a second copy of a request
-//! slower than the recent p95 to another backend and cancels the loser
-//! (the cancelled attempts are then not seen by Peak-EWMA).
+//! once five answers in a row took longer than the success bound; with
+//! `RetryLayer` hedging, which sends a second copy of a request slower
+//! than the recent p95 to another backend and cancels the loser (the
+//! cancelled attempts are then not seen by Peak-EWMA); and with both,
+//! failover under hedging.
+//!
+//! `--timeout MS` cancels each request after MS milliseconds with
+//! `tower::timeout::Timeout` around the whole client stack (above the
+//! balancer, and above `RetryLayer` where there is one, so it bounds the
+//! request with its hedges), for every strategy including the tower peer.
+//! The published experiment has none, and it is a different experiment:
+//! a cancelled request's slow answer never reaches a latency-aware
+//! balancer. How each number is counted:
+//!
+//! - latency: from when a request was due to its answer; a timed-out
+//!   request's is its timeout.
+//! - `≤1000ms` (the success rate): answered with a response within the
+//!   success bound; a timed-out request is a failure.
+//! - `> 1 s`: requests with no answer within the success bound, answered
+//!   later or timed out. With a timeout at or below the bound this is the
+//!   timed-out count, and success + `> 1 s` = 100 % when nothing fails
+//!   fast.
+//! - slow share: of the requests the backends received while the slow one
+//!   was slow (hedged copies included), the share it received.
 //!
 //! Everything runs on tokio's paused clock: a simulated minute takes a
 //! few seconds, even in a debug build. Each backend draws its latencies
@@ -24,6 +46,7 @@
 //!
 //! ```text
 //! cargo run --release --example simulate
+//! cargo run --release --example simulate -- --timeout 1000
 //! cargo run --example simulate -- --strategies round-robin,peak-ewma --duration 20
 //! cargo run --example simulate -- --help
 //! ```
@@ -34,34 +57,50 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use plotters::prelude::*;
-use tokio::time::Instant;
 use tower::balance::p2c::Balance as TowerBalance;
 use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
-use tower::{Layer, Service};
-use tower_lb::balance::{
-    BalanceLayer, ClassifyFn, LeastInFlight, PeakEwma, Random, RoundRobin, Strategy,
-};
 use tower_lb::discover::TowerDiscover;
-use tower_lb::failover::{FailoverConfig, FailoverLayer};
-use tower_lb::pool::DiscoverLayer;
-use tower_lb::retry::{Hedge, RetryErrors, RetryLayer};
-use tower_lb::sim::{
-    Fault, Latency, LatencyRecorder, OpenLoop, QuantileTable, SimBackend, SimCluster, SimError,
-    SimResponse,
-};
+use tower_lb::sim::{OpenLoop, Outcome, Scenario, ScenarioRun, Stack};
 
 type BoxError = Box<dyn std::error::Error>;
 
-/// The strategies, by flag name.
-const STRATEGIES: [(&str, &str); 7] = [
-    ("round-robin", "round robin"),
-    ("random", "random"),
-    ("least-in-flight", "P2C least-in-flight"),
-    ("peak-ewma", "P2C Peak-EWMA"),
-    ("peak-ewma-failover", "Peak-EWMA + failover"),
-    ("peak-ewma-hedge", "Peak-EWMA + hedge"),
-    ("tower-p2c", "tower p2c Peak-EWMA"),
-];
+/// What a run goes through: one of tower-lb's stacks, or the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Strategy {
+    Lb(Stack),
+    /// tower 0.5's p2c balancer over `PeakEwmaDiscover`.
+    TowerP2c,
+}
+
+impl Strategy {
+    /// Every strategy, in the order of the table.
+    fn all() -> Vec<Strategy> {
+        let mut all: Vec<_> = Stack::ALL.into_iter().map(Strategy::Lb).collect();
+        all.push(Strategy::TowerP2c);
+        all
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Strategy::Lb(stack) => stack.name(),
+            Strategy::TowerP2c => "tower-p2c",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Strategy::Lb(stack) => stack.label(),
+            Strategy::TowerP2c => "tower p2c Peak-EWMA",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, String> {
+        Strategy::all()
+            .into_iter()
+            .find(|st| st.key() == s)
+            .ok_or_else(|| format!("unknown strategy {s:?} (see --help)"))
+    }
+}
 
 const HELP: &str = "\
 Replays the \"Beyond Round Robin\" experiment in simulated time.
@@ -74,43 +113,24 @@ Options (defaults in brackets):
   --slow-from S       when it turns slow, in seconds [15]
   --slow-until S      when it recovers, in seconds [45]
   --success-ms MS     a request succeeds if answered within this [1000]
+  --timeout MS        cancel each request after MS milliseconds
+                      (tower's Timeout around the whole client stack);
+                      a timed-out request is a failure, its latency the
+                      timeout [off, as in the published experiment]
   --seed N            seed of every random draw [1]
   --out PATH          where to write the SVG [<target dir>/simulate.svg]
   --strategies LIST   comma-separated, from: round-robin, random,
                       least-in-flight, peak-ewma, peak-ewma-failover,
-                      peak-ewma-hedge, tower-p2c [all]
+                      peak-ewma-hedge, peak-ewma-failover-hedge,
+                      tower-p2c [all]
 ";
 
-/// The scenario, from the command line.
+/// The command line: the scenario, where to plot, what to run.
 #[derive(Debug, Clone)]
-struct Scenario {
-    backends: usize,
-    rate: f64,
-    duration: Duration,
-    slow_factor: f64,
-    slow_from: Duration,
-    slow_until: Duration,
-    success_within: Duration,
-    seed: u64,
+struct Options {
+    scenario: Scenario,
     out: PathBuf,
-    strategies: Vec<&'static str>,
-}
-
-impl Default for Scenario {
-    fn default() -> Self {
-        Scenario {
-            backends: 11,
-            rate: 1000.0,
-            duration: Duration::from_secs(60),
-            slow_factor: 10.0,
-            slow_from: Duration::from_secs(15),
-            slow_until: Duration::from_secs(45),
-            success_within: Duration::from_secs(1),
-            seed: 1,
-            out: default_out(),
-            strategies: STRATEGIES.iter().map(|(k, _)| *k).collect(),
-        }
-    }
+    strategies: Vec<Strategy>,
 }
 
 /// `<target dir>/simulate.svg`: the example runs from
@@ -135,10 +155,12 @@ where
     s.parse().map_err(|e| format!("{s:?}: {e}"))
 }
 
-impl Scenario {
+impl Options {
     /// Parses the arguments; `Ok(None)` for `--help`.
     fn from_args(args: impl IntoIterator<Item = String>) -> Result<Option<Self>, String> {
-        let mut sc = Scenario::default();
+        let mut sc = Scenario::beyond_round_robin();
+        let mut out = default_out();
+        let mut strategies = Strategy::all();
         let mut args = args.into_iter();
         while let Some(flag) = args.next() {
             if flag == "--help" || flag == "-h" {
@@ -152,59 +174,32 @@ impl Scenario {
                 "--rate" => sc.rate = number(&value)?,
                 "--duration" => sc.duration = seconds(&value)?,
                 "--slow-factor" => sc.slow_factor = number(&value)?,
-                "--slow-from" => sc.slow_from = seconds(&value)?,
-                "--slow-until" => sc.slow_until = seconds(&value)?,
+                "--slow-from" => sc.slow.start = seconds(&value)?,
+                "--slow-until" => sc.slow.end = seconds(&value)?,
                 "--success-ms" => sc.success_within = Duration::from_millis(number(&value)?),
+                "--timeout" => sc.timeout = Some(Duration::from_millis(number(&value)?)),
                 "--seed" => sc.seed = number(&value)?,
-                "--out" => sc.out = PathBuf::from(value),
+                "--out" => out = PathBuf::from(value),
                 "--strategies" => {
-                    sc.strategies = value
+                    strategies = value
                         .split(',')
                         .filter(|s| !s.is_empty())
-                        .map(|s| {
-                            STRATEGIES
-                                .iter()
-                                .find(|(k, _)| *k == s)
-                                .map(|(k, _)| *k)
-                                .ok_or_else(|| format!("unknown strategy {s:?} (see --help)"))
-                        })
+                        .map(Strategy::parse)
                         .collect::<Result<_, _>>()?;
                 }
                 _ => return Err(format!("unknown option {flag:?} (see --help)")),
             }
         }
-        if sc.backends < 2 {
-            return Err("--backends must be at least 2".into());
-        }
-        if sc.strategies.is_empty() {
+        if strategies.is_empty() {
             return Err("--strategies names none".into());
         }
-        // Validates the rate and the fault window.
-        OpenLoop::new(sc.rate, sc.duration).map_err(|e| e.to_string())?;
-        sc.cluster(Instant::now()).map_err(|e| e.to_string())?;
-        Ok(Some(sc))
-    }
-
-    /// Fresh backends whose faults count from `origin`; the last one is
-    /// the one that turns slow.
-    fn cluster(&self, origin: Instant) -> Result<SimCluster, tower_lb::sim::InvalidSim> {
-        let latency = Latency::empirical(QuantileTable::beyond_round_robin());
-        let slow = self.backends - 1;
-        let backends = (0..self.backends).map(|i| {
-            let b = SimBackend::builder(format!("backend-{i:02}"), latency.clone())
-                .origin(origin)
-                .seed(self.seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-            let b = if i == slow {
-                b.fault(
-                    self.slow_from..self.slow_until,
-                    Fault::Slow(self.slow_factor),
-                )
-            } else {
-                b
-            };
-            b.build()
-        });
-        SimCluster::new(backends.collect::<Result<Vec<_>, _>>()?)
+        // The backends, the rate and the fault window.
+        sc.validate().map_err(|e| e.to_string())?;
+        Ok(Some(Options {
+            scenario: sc,
+            out,
+            strategies,
+        }))
     }
 }
 
@@ -227,129 +222,39 @@ impl Stopwatch {
 /// One strategy's run.
 struct Run {
     label: &'static str,
-    record: LatencyRecorder,
-    /// Share of the requests sent while the slow backend was slow that
-    /// went to it.
-    slow_share: f64,
+    run: ScenarioRun,
     wall: Duration,
 }
 
-/// Counts what the slow backend receives while slow: requests received
-/// by all backends at the start and end of the window.
-async fn slow_share(cluster: SimCluster, origin: Instant, sc: Scenario) -> f64 {
-    let until = sc.slow_until.min(sc.duration);
-    if sc.slow_from >= until {
-        return 0.0;
-    }
-    let counts = || -> Vec<u64> { cluster.backends().map(|b| b.stats().received).collect() };
-    tokio::time::sleep_until(origin + sc.slow_from).await;
-    let before = counts();
-    tokio::time::sleep_until(origin + until).await;
-    let after = counts();
-    let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
-    let total: u64 = delta.iter().sum();
-    match (delta.last(), total) {
-        (Some(&slow), 1..) => slow as f64 / total as f64,
-        _ => 0.0,
-    }
-}
-
-/// tower-lb's balancer with `strategy` over the cluster.
-async fn tower_lb<St: Strategy + Clone>(
-    cluster: &SimCluster,
-    strategy: St,
-    seed: u64,
-) -> impl Service<(), Response = SimResponse, Error = tower_lb::Error, Future: Send + 'static>
-+ Clone
-+ Clone
-+ use<St> {
-    let pool = DiscoverLayer::new(cluster.source()).layer(cluster.connector());
-    pool.applied(1).await;
-    BalanceLayer::new(strategy).seed(seed).layer(pool)
-}
-
 /// Runs one strategy in its own paused-clock runtime.
-fn run(sc: &Scenario, key: &str) -> Result<Run, BoxError> {
-    let label = STRATEGIES
-        .iter()
-        .find(|(k, _)| *k == key)
-        .map_or("?", |(_, l)| *l);
+fn run(sc: &Scenario, strategy: Strategy) -> Result<Run, BoxError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()?;
     let wall = Stopwatch::start();
-    let (record, slow_share) = rt.block_on(async {
-        let origin = Instant::now();
-        let cluster = sc.cluster(origin)?;
-        let share = tokio::spawn(slow_share(cluster.clone(), origin, sc.clone()));
-        let load = OpenLoop::new(sc.rate, sc.duration)?;
-        let seed = sc.seed;
-        let record = match key {
-            "round-robin" => {
-                load.run(tower_lb(&cluster, RoundRobin, seed).await, |_| ())
-                    .await
-            }
-            "random" => {
-                load.run(tower_lb(&cluster, Random, seed).await, |_| ())
-                    .await
-            }
-            "least-in-flight" => {
-                load.run(tower_lb(&cluster, LeastInFlight, seed).await, |_| ())
-                    .await
-            }
-            "peak-ewma" => {
-                load.run(tower_lb(&cluster, PeakEwma::new(), seed).await, |_| ())
-                    .await
-            }
-            "peak-ewma-failover" => {
-                // Answers slower than the success bound count as the
-                // endpoint's failures, so outlier detection ejects it.
-                let within = sc.success_within;
-                let slow_is_failure = ClassifyFn(move |r: Result<&SimResponse, &SimError>| {
-                    r.map_or(true, |res| res.latency > within)
-                });
-                let pool = DiscoverLayer::new(cluster.source()).layer(cluster.connector());
-                pool.applied(1).await;
-                let view = FailoverLayer::new(FailoverConfig::new()).layer(pool);
-                let lb = BalanceLayer::new(PeakEwma::new())
-                    .seed(seed)
-                    .classify(slow_is_failure)
-                    .layer(view);
-                load.run(lb, |_| ()).await
-            }
-            "peak-ewma-hedge" => {
-                // A second copy to another backend once a request is
-                // slower than the recent p95 (within the retry budget).
-                let lb = tower_lb(&cluster, PeakEwma::new(), seed).await;
-                let hedge =
-                    Hedge::at_percentile(95.0, Duration::from_millis(50), sc.success_within);
-                let client = RetryLayer::new(RetryErrors::new().hedging())
-                    .hedge(hedge)
-                    .seed(seed)
-                    .layer(lb);
-                load.run(client, |_| ()).await
-            }
-            "tower-p2c" => {
+    let run = rt.block_on(async {
+        match strategy {
+            Strategy::Lb(stack) => sc.run(stack).await,
+            Strategy::TowerP2c => {
                 // linkerd2-proxy's defaults: 30 ms before the first sample,
                 // 10 s decay. tower's p2c draws from an unseeded generator.
-                let discover = TowerDiscover::new(cluster.source(), cluster.connector());
-                let discover = PeakEwmaDiscover::new::<()>(
-                    discover,
-                    Duration::from_millis(30),
-                    Duration::from_secs(10),
-                    CompleteOnResponse::default(),
-                );
-                load.run(TowerBalance::new(discover), |_| ()).await
+                sc.run_with(|cluster| async move {
+                    let discover = PeakEwmaDiscover::new::<()>(
+                        TowerDiscover::new(cluster.source(), cluster.connector()),
+                        Duration::from_millis(30),
+                        Duration::from_secs(10),
+                        CompleteOnResponse::default(),
+                    );
+                    TowerBalance::new(discover)
+                })
+                .await
             }
-            other => return Err(format!("unknown strategy {other:?}").into()),
-        };
-        Ok::<_, BoxError>((record, share.await?))
+        }
     })?;
     Ok(Run {
-        label,
-        record,
-        slow_share,
+        label: strategy.label(),
+        run,
         wall: wall.elapsed(),
     })
 }
@@ -358,9 +263,20 @@ fn ms(d: Option<Duration>) -> String {
     d.map_or_else(|| "-".into(), |d| format!("{}", d.as_millis()))
 }
 
+/// "1 s" or "250 ms".
+fn bound(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
 fn print_table(sc: &Scenario, runs: &[Run]) {
-    println!(
-        "{:<22}{:>7}{:>7}{:>7}{:>8}{:>7}{:>11}{:>12}",
+    let timeout = sc.timeout.is_some();
+    let over = format!("> {}", bound(sc.success_within));
+    print!(
+        "{:<30}{:>7}{:>7}{:>7}{:>8}{:>7}{:>11}{:>8}",
         "strategy",
         "p50",
         "p90",
@@ -368,34 +284,49 @@ fn print_table(sc: &Scenario, runs: &[Run]) {
         "p99.9",
         "max",
         format!("≤{}ms", sc.success_within.as_millis()),
-        "slow share"
+        over,
     );
+    if timeout {
+        print!("{:>11}", "timed out");
+    }
+    println!("{:>12}", "slow share");
     for r in runs {
-        let l = r.record.latencies();
-        println!(
-            "{:<22}{:>7}{:>7}{:>7}{:>8}{:>7}{:>10.2}%{:>11.2}%",
+        let l = r.run.record.latencies();
+        print!(
+            "{:<30}{:>7}{:>7}{:>7}{:>8}{:>7}{:>10.2}%{:>8}",
             r.label,
             ms(l.quantile(0.5)),
             ms(l.quantile(0.9)),
             ms(l.quantile(0.99)),
             ms(l.quantile(0.999)),
             ms(l.max()),
-            100.0 * r.record.success_rate(sc.success_within),
-            100.0 * r.slow_share,
+            100.0 * r.run.success_rate(),
+            r.run.slower(),
         );
+        if timeout {
+            print!("{:>11}", r.run.record.count(Outcome::TimedOut));
+        }
+        println!("{:>11.2}%", 100.0 * r.run.slow_share);
     }
     println!();
+    match sc.timeout {
+        Some(t) => println!(
+            "Latencies in ms (simulated), over all requests; each request cancelled at {} ms (its latency then).",
+            t.as_millis()
+        ),
+        None => println!("Latencies in ms (simulated), over all requests; no timeout."),
+    }
     println!(
-        "Latencies in ms (simulated), over all requests. ≤{}ms: answered within that.",
+        "≤{}ms: answered within that (timed out is failed). {over}: requests with no answer within it (late or timed out).",
         sc.success_within.as_millis()
     );
     println!(
-        "slow share: of the requests sent while the slow backend was slow, the share it got (1/{} = {:.2}% is its even share).",
+        "slow share: of the requests the backends received while the slow one was slow, the share it got (1/{} = {:.2}% is its even share).",
         sc.backends,
         100.0 / sc.backends as f64
     );
     println!(
-        "Published (p99 / p99.9 ms): round robin 1714 / 1862, least loaded 205 / 1723, Peak-EWMA 199 / 211."
+        "Published, no timeout (p99 / p99.9 ms): round robin 1714 / 1862, least loaded 205 / 1723, Peak-EWMA 199 / 211."
     );
 }
 
@@ -428,11 +359,12 @@ fn y_ticks(min: f64, max: f64) -> Vec<f64> {
     ticks
 }
 
-fn plot(sc: &Scenario, runs: &[Run]) -> Result<(), BoxError> {
-    if let Some(dir) = sc.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+fn plot(opts: &Options, runs: &[Run]) -> Result<(), BoxError> {
+    let sc = &opts.scenario;
+    if let Some(dir) = opts.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let lats: Vec<_> = runs.iter().map(|r| r.record.latencies()).collect();
+    let lats: Vec<_> = runs.iter().map(|r| r.run.record.latencies()).collect();
     let n = lats.iter().map(|l| l.len()).max().unwrap_or(1).max(10);
     // Up to the highest quantile the samples resolve.
     let x_max = (n as f64).log10().floor().max(1.0);
@@ -449,16 +381,19 @@ fn plot(sc: &Scenario, runs: &[Run]) -> Result<(), BoxError> {
         .fold(1.0, f64::max);
     let y_min = (y_min * 0.9).clamp(0.1, y_max * 0.5);
 
-    let root = SVGBackend::new(&sc.out, (1000, 640)).into_drawing_area();
+    let root = SVGBackend::new(&opts.out, (1000, 640)).into_drawing_area();
     root.fill(&WHITE)?;
+    let timeout = sc
+        .timeout
+        .map_or_else(String::new, |t| format!(", timeout {} ms", t.as_millis()));
     let caption = format!(
-        "{} backends, {} req/s for {} s, one ×{} slower from {} s to {} s",
+        "{} backends, {} req/s for {} s, one ×{} slower from {} s to {} s{timeout}",
         sc.backends,
         sc.rate,
         sc.duration.as_secs_f64(),
         sc.slow_factor,
-        sc.slow_from.as_secs_f64(),
-        sc.slow_until.as_secs_f64()
+        sc.slow.start.as_secs_f64(),
+        sc.slow.end.as_secs_f64()
     );
     let mut chart = ChartBuilder::on(&root)
         .caption(caption, ("sans-serif", 20))
@@ -480,13 +415,14 @@ fn plot(sc: &Scenario, runs: &[Run]) -> Result<(), BoxError> {
         .y_labels(16)
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;
-    const COLORS: [RGBColor; 7] = [
+    const COLORS: [RGBColor; 8] = [
         RGBColor(214, 39, 40),
         RGBColor(255, 127, 14),
         RGBColor(188, 189, 34),
         RGBColor(31, 119, 180),
         RGBColor(44, 160, 44),
         RGBColor(148, 103, 189),
+        RGBColor(23, 190, 207),
         RGBColor(127, 127, 127),
     ];
     for (i, (run, l)) in runs.iter().zip(&lats).enumerate() {
@@ -513,8 +449,8 @@ fn plot(sc: &Scenario, runs: &[Run]) -> Result<(), BoxError> {
 }
 
 fn main() -> ExitCode {
-    let sc = match Scenario::from_args(std::env::args().skip(1)) {
-        Ok(Some(sc)) => sc,
+    let opts = match Options::from_args(std::env::args().skip(1)) {
+        Ok(Some(opts)) => opts,
         Ok(None) => {
             print!("{HELP}");
             return ExitCode::SUCCESS;
@@ -524,7 +460,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match simulate(&sc) {
+    match simulate(&opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("simulate: {e}");
@@ -533,43 +469,45 @@ fn main() -> ExitCode {
     }
 }
 
-fn simulate(sc: &Scenario) -> Result<(), BoxError> {
+fn simulate(opts: &Options) -> Result<(), BoxError> {
+    let sc = &opts.scenario;
     let load = OpenLoop::new(sc.rate, sc.duration)?;
     println!(
         "\"Beyond Round Robin\" in simulated time: {} backends (median 167.5 ms), {} requests/s",
         sc.backends, sc.rate
     );
+    let timeout = sc.timeout.map_or_else(
+        || "no timeout".to_owned(),
+        |t| format!("each request cancelled at {} ms", t.as_millis()),
+    );
     println!(
-        "open loop for {} s ({} requests); backend-{:02} is ×{} slower from {} s to {} s. Seed {}.",
+        "open loop for {} s ({} requests); backend-{:02} is ×{} slower from {} s to {} s; {timeout}. Seed {}.",
         sc.duration.as_secs_f64(),
         load.requests(),
         sc.backends - 1,
         sc.slow_factor,
-        sc.slow_from.as_secs_f64(),
-        sc.slow_until.as_secs_f64(),
+        sc.slow.start.as_secs_f64(),
+        sc.slow.end.as_secs_f64(),
         sc.seed
     );
     println!();
     let started = Stopwatch::start();
     let mut runs = Vec::new();
-    for (i, key) in sc.strategies.iter().enumerate() {
-        let label = STRATEGIES
-            .iter()
-            .find(|(k, _)| k == key)
-            .map_or("?", |(_, l)| *l);
-        print!("[{}/{}] {label:<22} ", i + 1, sc.strategies.len());
+    for (i, &strategy) in opts.strategies.iter().enumerate() {
+        let label = strategy.label();
+        print!("[{}/{}] {label:<30} ", i + 1, opts.strategies.len());
         std::io::stdout().flush()?;
-        let r = run(sc, key)?;
+        let r = run(sc, strategy)?;
         println!("{:>6.1} s wall", r.wall.as_secs_f64());
         runs.push(r);
     }
     println!();
     print_table(sc, &runs);
-    plot(sc, &runs)?;
+    plot(opts, &runs)?;
     println!();
     println!(
         "Wrote {} ({:.1} s wall in all).",
-        sc.out.display(),
+        opts.out.display(),
         started.elapsed().as_secs_f64()
     );
     Ok(())
