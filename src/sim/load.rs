@@ -80,15 +80,40 @@ impl OpenLoop {
 
     /// Runs the load through `service`, making request `i` with
     /// `request(i)`, and returns every request's sample in request order
-    /// once all have ended. Needs a tokio runtime; under a paused clock a
+    /// once all have ended. A response is [`Outcome::Ok`], an error
+    /// [`Outcome::Failed`]. Needs a tokio runtime; under a paused clock a
     /// current-thread runtime makes the run repeatable.
-    pub async fn run<S, Req, F>(&self, mut service: S, mut request: F) -> LatencyRecorder
+    pub async fn run<S, Req, F>(&self, service: S, request: F) -> LatencyRecorder
     where
         S: Service<Req>,
         S::Future: Send + 'static,
         S::Response: Send + 'static,
         S::Error: Send + 'static,
         F: FnMut(u64) -> Req,
+    {
+        self.run_classified(service, request, |answer| match answer {
+            Ok(_) => Outcome::Ok,
+            Err(_) => Outcome::Failed,
+        })
+        .await
+    }
+
+    /// Like [`run`](OpenLoop::run), but `classify` turns each answer into
+    /// its outcome: say, [`Outcome::TimedOut`] for the error of a timeout
+    /// layer in the stack (`tower::timeout::error::Elapsed`).
+    pub async fn run_classified<S, Req, F, C>(
+        &self,
+        mut service: S,
+        mut request: F,
+        classify: C,
+    ) -> LatencyRecorder
+    where
+        S: Service<Req>,
+        S::Future: Send + 'static,
+        S::Response: Send + 'static,
+        S::Error: Send + 'static,
+        F: FnMut(u64) -> Req,
+        C: Fn(Result<&S::Response, &S::Error>) -> Outcome + Clone + Send + 'static,
     {
         let n = self.requests();
         let (tx, mut rx) = mpsc::unbounded_channel::<Sample>();
@@ -109,19 +134,19 @@ impl OpenLoop {
             }
             let fut = service.call(request(i));
             let tx = tx.clone();
+            let classify = classify.clone();
             // A deadline past the clock's range is no deadline.
             let deadline = self.timeout.and_then(|t| due.checked_add(t));
             tokio::spawn(async move {
                 let outcome = match deadline {
                     Some(deadline) => match tokio::time::timeout_at(deadline, fut).await {
-                        Ok(Ok(_)) => Outcome::Ok,
-                        Ok(Err(_)) => Outcome::Failed,
+                        Ok(answer) => classify(answer.as_ref()),
                         Err(_) => Outcome::TimedOut,
                     },
-                    None => match fut.await {
-                        Ok(_) => Outcome::Ok,
-                        Err(_) => Outcome::Failed,
-                    },
+                    None => {
+                        let answer = fut.await;
+                        classify(answer.as_ref())
+                    }
                 };
                 let _ = tx.send(Sample::new(i, sent_at, due.elapsed(), outcome));
             });

@@ -132,6 +132,18 @@ impl LatencyRecorder {
             .count();
         ok as f64 / self.samples.len() as f64
     }
+
+    /// How many samples had no answer within `within`: answered (with a
+    /// response or an error) after it, or timed out, whenever their
+    /// timeout was. Together with the requests counted by
+    /// [`success_rate`](LatencyRecorder::success_rate) and the errors
+    /// within `within`, they make up every sample.
+    pub fn slower_than(&self, within: Duration) -> usize {
+        self.samples
+            .iter()
+            .filter(|s| s.outcome == Outcome::TimedOut || s.latency > within)
+            .count()
+    }
 }
 
 impl Extend<Sample> for LatencyRecorder {
@@ -237,6 +249,10 @@ mod tests {
         assert_eq!(r.success_rate(ms(10)), 0.25);
         assert_eq!(r.success_rate(ms(50)), 0.5);
         assert_eq!(r.count(Outcome::Failed), 1);
+        // The one answered late, and the one timed out.
+        assert_eq!(r.slower_than(ms(10)), 2);
+        assert_eq!(r.slower_than(ms(50)), 1);
+        assert_eq!(r.slower_than(ms(4)), 4);
         assert_eq!(LatencyRecorder::new().success_rate(ms(1)), 0.0);
     }
 }
