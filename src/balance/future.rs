@@ -75,6 +75,9 @@ impl InFlight {
         if let Some((clock, inv_tau_ns)) = LatencyClock::untag(self.rate) {
             let now = clock.now_ns(stats.epoch());
             let rtt = now.saturating_sub(self.start_ns) as f64;
+            if !matches!(outcome, Outcome::Cancelled) {
+                stats.record_answer(now);
+            }
             match outcome {
                 Outcome::Success => stats.record_rtt(rtt, now, inv_tau_ns),
                 // A failure never makes the endpoint look faster; the time

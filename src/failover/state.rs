@@ -314,6 +314,10 @@ impl Tracker {
         for (st, m) in self.states.iter_mut().zip(snapshot.members()) {
             if st.ejected_until.is_some_and(|until| until <= now) {
                 st.ejected_until = None;
+                // The streak and the latency history are forgotten, so the
+                // probation's outcome comes soon. (An endpoint ejected for
+                // answering slowly then takes a share until its first slow
+                // answer returns; one trial request would spare that.)
                 m.stats().reset_history();
                 st.last = Counters::of(m);
                 st.probation = Some(st.last);

@@ -33,6 +33,9 @@ pub struct EndpointStats {
     ewma_ns: AtomicU64,
     /// When `ewma_ns` was last updated, in nanoseconds since the pool epoch.
     ewma_at: AtomicU64,
+    /// When a timed request last got an answer (a success or a failure,
+    /// not a cancellation), in nanoseconds since the pool epoch.
+    answered_at: AtomicU64,
     /// Written by every completion: on a line of their own, so that a pick
     /// on one core does not miss on the line it reads each time a request
     /// ends on another.
@@ -81,6 +84,7 @@ impl StatsHandle {
                 handles: AtomicU64::new(1),
                 ewma_ns: AtomicU64::new(0),
                 ewma_at: AtomicU64::new(0),
+                answered_at: AtomicU64::new(0),
                 outcomes: Outcomes {
                     successes: AtomicU64::new(0),
                     failures: AtomicU64::new(0),
@@ -201,7 +205,7 @@ impl EndpointStats {
     /// Forgets the failure streak and the latency estimate (when an
     /// ejected or down endpoint comes back): its history is stale, and
     /// with no estimate a load-aware strategy costs it as its rivals, so
-    /// it gets its share at once rather than after a peak has decayed.
+    /// it gets its share at once rather than after a stale peak decays.
     pub(crate) fn reset_history(&self) {
         self.outcomes.consecutive_failures.store(0, Relaxed);
         self.ewma_ns.store(0, Relaxed);
@@ -224,7 +228,7 @@ impl EndpointStats {
         if in_flight == 0 {
             return Some(estimate);
         }
-        let silent = now_ns.saturating_sub(self.ewma_at.load(Relaxed)) as f64;
+        let silent = now_ns.saturating_sub(self.answered_at.load(Relaxed)) as f64;
         Some(estimate.max(silent))
     }
 
@@ -259,6 +263,12 @@ impl EndpointStats {
             None if bound => self.record_rtt(rtt_ns, now_ns, inv_tau_ns),
             None => {}
         }
+    }
+
+    /// Notes that a timed request got an answer at `now_ns`.
+    #[inline]
+    pub(crate) fn record_answer(&self, now_ns: u64) {
+        self.answered_at.store(now_ns, Relaxed);
     }
 
     /// Folds one round trip into the Peak-EWMA estimate: a sample above the
@@ -346,6 +356,7 @@ mod tests {
             offset_of!(EndpointStats, handles),
             offset_of!(EndpointStats, ewma_ns),
             offset_of!(EndpointStats, ewma_at),
+            offset_of!(EndpointStats, answered_at),
         ] {
             assert!(read < 64, "read by picks: the first line");
         }
@@ -408,6 +419,7 @@ mod tests {
         let s = StatsHandle::new(Instant::now());
         let tau = 1e-9;
         s.record_rtt(300.0, 1_000, tau);
+        s.record_answer(1_000);
         // Idle: the estimate. Busy: no less than the time since it last
         // answered.
         assert_eq!(
@@ -420,6 +432,13 @@ mod tests {
         );
         let later = 1_000 + 50_000_000;
         assert_eq!(s.rtt_estimate_loaded(later, tau, 3), Some(50_000_000.0));
+        // A cancelled attempt is no answer: the silence goes on.
+        s.record_rtt_at_least(1_000.0, later, tau, true);
+        let even_later = later + 10_000_000;
+        assert_eq!(
+            s.rtt_estimate_loaded(even_later, tau, 1),
+            Some(60_000_000.0)
+        );
         s.reset_history();
         assert_eq!(s.rtt_estimate_loaded(later, tau, 3), None);
     }
