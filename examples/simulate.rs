@@ -16,8 +16,8 @@
 //! with `FailoverLayer`, whose outlier detection ejects the slow backend
 //! once five answers in a row took longer than the success bound; with
 //! `RetryLayer` hedging, which sends a second copy of a request slower
-//! than the recent p95 to another backend and cancels the loser (the
-//! cancelled attempts are then not seen by Peak-EWMA); and with both,
+//! than the recent p95 to another backend and cancels the loser (whose
+//! time Peak-EWMA scores as a lower bound of its latency); and with both,
 //! failover under hedging.
 //!
 //! `--timeout MS` cancels each request after MS milliseconds with

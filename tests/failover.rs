@@ -156,7 +156,7 @@ fn health(r: &HealthReport, port: u16) -> &EndpointHealth {
 fn ejected(r: &HealthReport) -> usize {
     r.endpoints
         .iter()
-        .filter(|e| e.ejected_until.is_some())
+        .filter(|e| e.ejected_until.is_some() || e.on_trial)
         .count()
 }
 
@@ -365,8 +365,25 @@ async fn panic_ends_when_the_ejections_end() {
     let limit = until.saturating_duration_since(Instant::now()) + 2 * INTERVAL;
     let r = wait_report(
         lb.pool(),
-        "panic left within 2 s of the ejections ending (all four re-admitted and healthy)",
+        "all four on trial once their ejections end",
         limit,
+        |r| r.endpoints.iter().all(|e| e.on_trial),
+    )
+    .await;
+    assert!(r.panic, "on trial is not healthy yet: {r:#?}");
+    // Even failing closed, each endpoint on trial takes one request.
+    let before = calls(&backends, &[1, 2, 3, 4]);
+    let out = burst(&lb, 4).await;
+    assert_eq!(out.answered, 4, "the four trial requests: {out:?}");
+    assert_eq!(
+        delta(&before, &calls(&backends, &[1, 2, 3, 4])),
+        [1, 1, 1, 1],
+        "one trial request each"
+    );
+    let r = wait_report(
+        lb.pool(),
+        "panic left at once when the trials pass (the outcomes wake failover)",
+        Duration::from_millis(20),
         |r| !r.panic,
     )
     .await;
@@ -791,6 +808,62 @@ async fn an_ejected_endpoint_is_never_picked_while_others_are_healthy() {
         backends.calls(&key(3)),
         before,
         "the ejected endpoint gets no request"
+    );
+}
+
+/// The end of an ejection is a trial, not a full share: while port 3
+/// keeps failing, each ejection that ends costs one request (which fails
+/// and ejects it again, for longer), however much traffic flows; once it
+/// answers, its trial request brings it back at once.
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_back_from_an_ejection_gets_one_trial_request_which_decides() {
+    let registry = Registry::new();
+    let _regs = register_ports(&registry, 5);
+    let backends = Backends::new();
+    backends.set(&key(3), Behaviour::Fail);
+    let lb = client(
+        &registry,
+        &backends,
+        WeightedRoundRobin,
+        FailoverConfig::new(),
+    );
+    let r = drive_until(&lb, "port 3 ejected", 3 * INTERVAL, |r| {
+        health(r, 3).ejected_until.is_some()
+    })
+    .await;
+    let ejections = r.ejections;
+    // 10 s of 200 requests/s while it still fails: ejections of 1 s, 2 s,
+    // 3 s and 3 s end in that time, one trial request each.
+    let ports = [1, 2, 3, 4, 5];
+    let (hits, out) = drive(&lb, &backends, &ports, 100, 20, |_| {}).await;
+    let r = report(lb.pool());
+    let trials = r.ejections - ejections;
+    assert!(
+        (3..=5).contains(&trials),
+        "ejected again after each failed trial: {trials} ejections in 10 s: {r:#?}"
+    );
+    assert!(
+        hits[2] == trials || hits[2] == trials + 1,
+        "one request per trial ({trials} failed, perhaps one more running): {hits:?}"
+    );
+    assert_eq!(
+        out.inner, hits[2],
+        "only the trial requests failed: {out:?}"
+    );
+    assert!(health(&r, 3).times_ejected >= 3, "{r:#?}");
+
+    // It recovers: the next trial brings it back, and with it its share.
+    backends.unset(&key(3));
+    let r = drive_until(&lb, "port 3 back", 4 * INTERVAL, |r| {
+        health(r, 3).is_healthy()
+    })
+    .await;
+    assert!(!health(&r, 3).on_trial && r.endpoints.iter().all(|e| e.is_healthy()));
+    let (hits, out) = drive(&lb, &backends, &ports, 10, 50, |_| {}).await;
+    assert_eq!(out.answered, 500, "{out:?}");
+    assert!(
+        (90..=110).contains(&hits[2]),
+        "a fifth of the traffic again (±10 of 100): {hits:?}"
     );
 }
 

@@ -567,10 +567,11 @@ async fn traffic_moves_to_backups_as_primaries_fail_and_back_after_the_failback_
         sent >= 50,
         "only {sent} requests in the window before fail-back"
     );
-    assert_eq!(
-        primaries(&w),
-        0,
-        "until the fail-back delay has passed the backups keep all the traffic: {w:?}"
+    // Each primary back from its ejection takes one trial request, which
+    // is how it comes back; nothing more until the fail-back delay.
+    assert!(
+        w[..3].iter().all(|&n| n <= 1),
+        "until the fail-back delay has passed the backups keep all the traffic but one trial request per primary: {w:?}"
     );
     let r = lb.pool().snapshot().health().cloned().expect("report");
     assert!(

@@ -89,7 +89,7 @@ impl InFlight {
         match outcome {
             Outcome::Success => stats.record_success(),
             Outcome::Failure { unreachable } => stats.record_failure(unreachable),
-            Outcome::Cancelled => {}
+            Outcome::Cancelled => stats.record_cancelled(),
         }
         // Dropping `stats` ends the request's time in flight.
     }

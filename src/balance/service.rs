@@ -381,10 +381,13 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
         let mut ctx = PickContext::new(&self.shared.rng).with_key(key);
         ctx.now_ns = timing.map(|t| t.start_ns);
         let members = routing.members_of(lane);
-        let mut chosen = lane.picker.pick(members, &ctx).and_then(|i| members.get(i));
-        if let Some(attempts) = attempts {
-            if chosen.is_none_or(|m| attempts.tried(m.stats().id())) {
-                chosen = avoid_tried(&routing, index, &ctx, attempts).or(chosen);
+        let mut chosen = take_trial(routing.snapshot.trials(), attempts);
+        if chosen.is_none() {
+            chosen = lane.picker.pick(members, &ctx).and_then(|i| members.get(i));
+            if let Some(attempts) = attempts {
+                if chosen.is_none_or(|m| attempts.tried(m.stats().id())) {
+                    chosen = avoid_tried(&routing, index, &ctx, attempts).or(chosen);
+                }
             }
         }
         match chosen {
@@ -405,6 +408,23 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
             None => Pick::NoneEligible(routing.snapshot.upstream_len()),
         }
     }
+}
+
+/// An endpoint on trial whose one trial request this is: the first one on
+/// offer that the request has not tried. Out of the picker's sight, so an
+/// endpoint back from an ejection gets one request, and its outcome decides,
+/// instead of a full share while its history is stale.
+#[inline]
+fn take_trial<'r, S>(
+    trials: &'r [Member<S>],
+    attempts: Option<&Attempts>,
+) -> Option<&'r Member<S>> {
+    if trials.is_empty() {
+        return None;
+    }
+    trials
+        .iter()
+        .find(|m| attempts.is_none_or(|a| !a.tried(m.stats().id())) && m.stats().take_trial())
 }
 
 /// A member no attempt of this request has been sent to: further along the

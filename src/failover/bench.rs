@@ -76,6 +76,7 @@ impl Republish {
             &self.upstream,
             next.members,
             next.groups,
+            next.trials,
             Arc::new(next.report),
         ));
         len

@@ -26,11 +26,14 @@ pub enum PanicMode {
 /// detector looks once per [interval](super::FailoverConfig::interval).
 ///
 /// An ejected endpoint stays out for `base_ejection × times_ejected`,
-/// capped at `max_ejection`, and then comes back **on probation** (through
-/// slow start, if configured; only once it passes them, if active checks
-/// run): its first outcome decides. A success ends the probation; a
-/// failure ejects it again at once, for longer (Finagle's failure accrual
-/// probes the same way). Each interval without an ejection lowers
+/// capped at `max_ejection`, and then goes **on trial**: still out of
+/// rotation, it is offered one request (the next one the balancer sends,
+/// whatever its tier), and that request's outcome decides. A success
+/// brings it back (through slow start, if configured); a failure ejects it
+/// again at once, for longer (Finagle's failure accrual probes the same
+/// way). Its latency history is kept, so an endpoint ejected for slow
+/// answers does not come back looking cheap. If active checks run, it is
+/// offered its trial only while it passes them. Each interval without an ejection lowers
 /// `times_ejected` again. At most `max_ejection_percent` of a tier is
 /// ejected at once, but one endpoint may always be (gRPC A50); endpoints
 /// that are *down* (unreachable) are not ejections and are not capped.
@@ -216,8 +219,8 @@ impl SlowStart {
 ///
 /// The probe is the active [health check](super::FailoverConfig::health_check)
 /// when one is configured, else a TCP connect to the endpoint's address
-/// (bounded by 1 s); an endpoint without an address is let back in on
-/// probation, and its next request decides.
+/// (bounded by 1 s); an endpoint without an address is put on trial
+/// instead: it is offered one request, and that request's outcome decides.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Reconnect {
     pub(crate) initial: Duration,

@@ -102,6 +102,7 @@ where
                 &snapshot,
                 next.members,
                 next.groups,
+                next.trials,
                 Arc::new(next.report),
             ));
         }

@@ -25,8 +25,8 @@
 //!   own requests fail — consecutive failures, acted on as the streak
 //!   completes, or a failure percentage over an interval — are ejected for
 //!   a growing time, at most a capped share of a tier at once (gRPC A50,
-//!   Envoy), and come back on probation: the next outcome decides
-//!   (Finagle's failure accrual).
+//!   Envoy), and then go on trial: one request is sent there, and its
+//!   outcome decides (Finagle's failure accrual).
 //! - **Panic threshold**: when every tier's healthy share is below it
 //!   (default 50 %), stop filtering and balance over everything but the
 //!   down endpoints (fail open, as Envoy and Finagle do), or fail closed

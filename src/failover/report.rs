@@ -36,7 +36,8 @@ pub struct TierReport {
     pub healthy: usize,
     /// Of those, how many are down (could not be reached).
     pub down: usize,
-    /// Of those, how many are ejected by outlier detection.
+    /// Of those, how many are ejected by outlier detection (or on trial
+    /// after an ejection).
     pub ejected: usize,
     /// The tier's health in percent (healthy share × overprovisioning,
     /// capped at 100), as used for the load split: a recovering tier's
@@ -59,9 +60,10 @@ pub struct EndpointHealth {
     pub down: bool,
     /// Until when it stays ejected, if it is.
     pub ejected_until: Option<Instant>,
-    /// Whether it is back from an ejection on probation (its next outcome
-    /// decides).
-    pub probation: bool,
+    /// Whether it is on trial: out of rotation, but offered one request
+    /// whose outcome decides whether it comes back (after an ejection, or
+    /// while down with no address to probe).
+    pub on_trial: bool,
     /// How many times it has been ejected (lowered again while it behaves).
     pub times_ejected: u32,
     /// Whether it passes active health checks (true when none run).
@@ -74,7 +76,7 @@ pub struct EndpointHealth {
 impl EndpointHealth {
     /// Whether the endpoint may take requests outside panic mode.
     pub fn is_healthy(&self) -> bool {
-        !self.down && self.ejected_until.is_none() && self.active_healthy
+        !self.down && self.ejected_until.is_none() && !self.on_trial && self.active_healthy
     }
 }
 
@@ -97,7 +99,7 @@ impl HealthReport {
             t.endpoints += 1;
             if e.down {
                 t.down += 1;
-            } else if e.ejected_until.is_some() {
+            } else if e.ejected_until.is_some() || e.on_trial {
                 t.ejected += 1;
             } else if !e.active_healthy {
                 t.failing_checks += 1;

@@ -3,12 +3,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
-use super::config::FailoverConfig;
+use super::config::{FailoverConfig, OutlierDetection, Reconnect};
 use super::report::{EndpointHealth, HealthReport, TierReport};
 use crate::endpoint::Endpoint;
 use crate::pool::{Group, Member, Snapshot};
@@ -25,8 +26,10 @@ struct EndpointState {
     seen_unreachable: u64,
     ejected_until: Option<Instant>,
     times_ejected: u32,
-    /// Back from an ejection: its counters then; the next outcome decides.
-    probation: Option<Counters>,
+    /// On trial (back from an ejection, or down with no way to probe it):
+    /// its counters when the trial was offered. Out of rotation; one
+    /// request may go there, and its outcome decides.
+    trial: Option<Counters>,
     active_healthy: bool,
     /// When its slow-start ramp began, while it ramps.
     warm_since: Option<Instant>,
@@ -66,7 +69,16 @@ struct Down {
 
 impl EndpointState {
     fn healthy(&self) -> bool {
-        self.down.is_none() && self.ejected_until.is_none() && self.active_healthy
+        self.down.is_none()
+            && self.ejected_until.is_none()
+            && self.trial.is_none()
+            && self.active_healthy
+    }
+
+    /// Out of rotation for how it answered: ejected, or on trial after an
+    /// ejection.
+    fn ejected(&self) -> bool {
+        self.ejected_until.is_some() || (self.trial.is_some() && self.down.is_none())
     }
 }
 
@@ -81,6 +93,8 @@ struct TierHealth {
 pub(crate) struct View<S> {
     pub(crate) members: Vec<Member<S>>,
     pub(crate) groups: Vec<Group>,
+    /// Out of rotation, each offered one trial request.
+    pub(crate) trials: Vec<Member<S>>,
     pub(crate) report: HealthReport,
 }
 
@@ -89,12 +103,17 @@ impl<S> View<S> {
     pub(crate) fn same_as(&self, last: &Snapshot<S>) -> bool {
         last.health() == Some(&self.report)
             && last.groups() == &self.groups[..]
-            && last.len() == self.members.len()
-            && last.members().iter().zip(&self.members).all(|(a, b)| {
-                Arc::ptr_eq(a.endpoint().key_arc(), b.endpoint().key_arc())
-                    && a.endpoint().weight() == b.endpoint().weight()
-            })
+            && same_members(last.members(), &self.members)
+            && same_members(last.trials(), &self.trials)
     }
+}
+
+fn same_members<S>(a: &[Member<S>], b: &[Member<S>]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(a, b)| {
+            Arc::ptr_eq(a.endpoint().key_arc(), b.endpoint().key_arc())
+                && a.endpoint().weight() == b.endpoint().weight()
+        })
 }
 
 /// Endpoint health and tier state across evaluations.
@@ -151,9 +170,10 @@ impl Tracker {
     }
 
     /// Brings the tracked set in line with `snapshot`; marks down what
-    /// could not be reached; ejects endpoints whose failures reached the
-    /// streak (or that failed on probation); runs the failure-rate
-    /// detector if `interval` (once per interval); and computes the view.
+    /// could not be reached; judges trials; puts endpoints whose ejection
+    /// ended on trial; ejects endpoints whose failures reached the streak;
+    /// runs the failure-rate detector if `interval` (once per interval);
+    /// and computes the view.
     pub(crate) fn evaluate<S: Clone>(
         &mut self,
         snapshot: &Snapshot<S>,
@@ -162,6 +182,7 @@ impl Tracker {
     ) -> View<S> {
         self.sync(snapshot, now);
         self.reachability(snapshot, now);
+        self.judge_trials(snapshot, now);
         self.readmit(snapshot, now);
         self.detect(snapshot, now, interval);
         self.view(snapshot, now)
@@ -195,7 +216,7 @@ impl Tracker {
                             seen_unreachable: m.stats().unreachable_failures(),
                             ejected_until: None,
                             times_ejected: 0,
-                            probation: None,
+                            trial: None,
                             active_healthy: true,
                             warm_since: ramp.then_some(now),
                             last: Counters::of(m),
@@ -228,7 +249,9 @@ impl Tracker {
                         probing: false,
                         at: Counters::of(m),
                     });
-                    st.probation = None;
+                    if st.trial.take().is_some() {
+                        m.stats().end_trial();
+                    }
                     self.downs += 1;
                     event!(warn, endpoint = %m.endpoint(), probe_in_ms = wait.as_millis() as u64, "endpoint down: it could not be reached");
                 }
@@ -245,6 +268,9 @@ impl Tracker {
     /// Brings a down endpoint back.
     fn up<S>(st: &mut EndpointState, m: &Member<S>, now: Instant, slow: bool) {
         st.down = None;
+        if st.trial.take().is_some() {
+            m.stats().end_trial();
+        }
         st.seen_unreachable = m.stats().unreachable_failures();
         m.stats().reset_history();
         st.last = Counters::of(m);
@@ -256,11 +282,10 @@ impl Tracker {
     /// Down endpoints whose probe is due, marked as probing: the driver
     /// probes each (the configured check, or a TCP connect) and reports
     /// with [`probed`](Tracker::probed). An
-    /// endpoint that cannot be probed (no address, no check) is let back
-    /// in on probation instead: its next request decides.
+    /// endpoint that cannot be probed (no address, no check) is put on
+    /// trial instead: one request decides.
     pub(crate) fn due_probes<S>(&mut self, snapshot: &Snapshot<S>, now: Instant) -> Vec<Endpoint> {
         let checks = self.config.health_check.is_some();
-        let slow = self.config.slow_start.is_some();
         let mut due = Vec::new();
         for (st, m) in self.states.iter_mut().zip(snapshot.members()) {
             let Some(down) = st.down.as_mut() else {
@@ -269,13 +294,13 @@ impl Tracker {
             if down.probing || down.next_probe > now {
                 continue;
             }
+            down.probing = true;
             if checks || m.endpoint().address().is_some() {
-                down.probing = true;
                 due.push(m.endpoint().clone());
             } else {
-                Self::up(st, m, now, slow);
-                st.probation = Some(Counters::of(m));
-                event!(info, endpoint = %m.endpoint(), "down endpoint let back in on probation");
+                st.trial = Some(Counters::of(m));
+                m.stats().offer_trial();
+                event!(debug, endpoint = %m.endpoint(), "down endpoint with nothing to probe put on trial");
             }
         }
         due
@@ -301,30 +326,83 @@ impl Tracker {
             Self::up(st, m, now, slow);
             event!(info, endpoint = %m.endpoint(), "endpoint reachable again: it passed a probe");
         } else {
-            down.failed = down.failed.saturating_add(1);
-            down.probing = false;
-            let wait = reconnect.wait(down.failed, self.rng.random());
-            down.next_probe = now + wait;
-            event!(debug, endpoint = %m.endpoint(), failed = down.failed, probe_in_ms = wait.as_millis() as u64, "down endpoint failed its probe");
+            Self::probe_failed(down, reconnect, &mut self.rng, m.endpoint(), now);
         }
     }
 
+    /// Schedules a down endpoint's next probe, further out.
+    fn probe_failed(
+        down: &mut Down,
+        reconnect: Reconnect,
+        rng: &mut StdRng,
+        endpoint: &Endpoint,
+        now: Instant,
+    ) {
+        down.failed = down.failed.saturating_add(1);
+        down.probing = false;
+        let wait = reconnect.wait(down.failed, rng.random());
+        down.next_probe = now + wait;
+        event!(debug, endpoint = %endpoint, failed = down.failed, probe_in_ms = wait.as_millis() as u64, "down endpoint failed its probe");
+    }
+
+    /// Judges the endpoints on trial by their trial request's outcome. A
+    /// success brings the endpoint back (through slow start when
+    /// configured); a failure ejects it again for longer, or, for a down
+    /// one, schedules its next trial further out. A trial request given up
+    /// on decides nothing: the trial is offered again.
+    fn judge_trials<S>(&mut self, snapshot: &Snapshot<S>, now: Instant) {
+        let reconnect = self.config.reconnect;
+        let slow = self.config.slow_start.is_some();
+        for (st, m) in self.states.iter_mut().zip(snapshot.members()) {
+            let Some(at) = st.trial else {
+                continue;
+            };
+            let counts = Counters::of(m);
+            let failed = counts.failures > at.failures;
+            if !failed && counts.successes == at.successes {
+                if m.stats().trial_taken() && m.stats().in_flight() == 0 {
+                    m.stats().offer_trial();
+                }
+                continue;
+            }
+            st.trial = None;
+            m.stats().end_trial();
+            st.last = counts;
+            match (st.down.as_mut(), failed) {
+                (Some(down), true) => {
+                    Self::probe_failed(down, reconnect, &mut self.rng, m.endpoint(), now);
+                }
+                (Some(_), false) => {
+                    Self::up(st, m, now, slow);
+                    event!(info, endpoint = %m.endpoint(), "endpoint reachable again: it answered its trial request");
+                }
+                (None, true) => {
+                    let duration = eject(self.config.outliers.as_ref(), st, now);
+                    self.ejections += 1;
+                    event!(warn, endpoint = %m.endpoint(), reason = "failed its trial request", times_ejected = st.times_ejected, ejection_ms = duration.as_millis() as u64, "endpoint ejected");
+                }
+                (None, false) => {
+                    if slow {
+                        st.warm_since = Some(now);
+                    }
+                    event!(info, endpoint = %m.endpoint(), times_ejected = st.times_ejected, "endpoint back: it passed its trial request");
+                }
+            }
+        }
+    }
+
+    /// Puts endpoints whose ejection ended on trial, and ends slow-start
+    /// ramps that are complete. The latency history is kept: the trial
+    /// request's own answer updates it, so an endpoint ejected for slow
+    /// answers does not come back looking cheap.
     fn readmit<S>(&mut self, snapshot: &Snapshot<S>, now: Instant) {
         let slow = self.config.slow_start.as_ref();
         for (st, m) in self.states.iter_mut().zip(snapshot.members()) {
             if st.ejected_until.is_some_and(|until| until <= now) {
                 st.ejected_until = None;
-                // The streak and the latency history are forgotten, so the
-                // probation's outcome comes soon. (An endpoint ejected for
-                // answering slowly then takes a share until its first slow
-                // answer returns; one trial request would spare that.)
-                m.stats().reset_history();
-                st.last = Counters::of(m);
-                st.probation = Some(st.last);
-                if slow.is_some() {
-                    st.warm_since = Some(now);
-                }
-                event!(info, endpoint = %m.endpoint(), times_ejected = st.times_ejected, "endpoint re-admitted on probation");
+                st.trial = Some(Counters::of(m));
+                m.stats().offer_trial();
+                event!(debug, endpoint = %m.endpoint(), times_ejected = st.times_ejected, "ejection over: endpoint on trial");
             }
             if let (Some(since), Some(ss)) = (st.warm_since, slow) {
                 if now.saturating_duration_since(since) >= ss.window {
@@ -334,11 +412,9 @@ impl Tracker {
         }
     }
 
-    /// Ejects endpoints whose failure streak reached the threshold, and
-    /// those on probation whose next outcome failed; ends the probation of
-    /// those whose next outcome succeeded. With `interval`, also runs the
-    /// failure-percentage detector and lowers `times_ejected` of endpoints
-    /// that behaved.
+    /// Ejects endpoints whose failure streak reached the threshold. With
+    /// `interval`, also runs the failure-percentage detector and lowers
+    /// `times_ejected` of endpoints that behaved.
     fn detect<S>(&mut self, snapshot: &Snapshot<S>, now: Instant, interval: bool) {
         if interval {
             self.detections += 1;
@@ -351,7 +427,7 @@ impl Tracker {
         let mut ejected: BTreeMap<u8, usize> = BTreeMap::new();
         for st in &self.states {
             *size.entry(st.priority).or_default() += 1;
-            if st.ejected_until.is_some() {
+            if st.ejected() {
                 *ejected.entry(st.priority).or_default() += 1;
             }
         }
@@ -363,18 +439,8 @@ impl Tracker {
             if interval {
                 st.last = now_counts;
             }
-            if st.ejected_until.is_some() || st.down.is_some() {
+            if st.ejected_until.is_some() || st.down.is_some() || st.trial.is_some() {
                 continue;
-            }
-            if let Some(at) = st.probation {
-                if now_counts.failures > at.failures {
-                    candidates.push((i, Reason::Probation, 1, 1));
-                    continue;
-                }
-                if now_counts.successes > at.successes {
-                    st.probation = None;
-                    event!(info, endpoint = %m.endpoint(), "endpoint passed its probation");
-                }
             }
             let streak = od
                 .consecutive_failures
@@ -391,7 +457,7 @@ impl Tracker {
             if streak || rate {
                 let reason = if streak { Reason::Streak } else { Reason::Rate };
                 candidates.push((i, reason, ds + df, df));
-            } else if interval && st.probation.is_none() {
+            } else if interval {
                 st.times_ejected = st.times_ejected.saturating_sub(1);
             }
         }
@@ -406,18 +472,11 @@ impl Tracker {
                 continue;
             }
             *out += 1;
-            st.probation = None;
-            st.times_ejected = st.times_ejected.saturating_add(1);
-            let duration = od
-                .base_ejection
-                .saturating_mul(st.times_ejected)
-                .min(od.max_ejection.max(od.base_ejection));
-            st.ejected_until = Some(now + duration);
+            let duration = eject(Some(&od), st, now);
             self.ejections += 1;
             let reason = match reason {
                 Reason::Streak => "consecutive failures",
                 Reason::Rate => "failure percentage",
-                Reason::Probation => "failed on probation",
             };
             event!(warn, endpoint = %endpoint, reason, requests = total, failures = failed, times_ejected = st.times_ejected, ejection_ms = duration.as_millis() as u64, "endpoint ejected");
         }
@@ -530,17 +589,18 @@ impl Tracker {
         };
         let mut view = Vec::new();
         let mut groups = Vec::new();
+        // Panic guards against a detector fooled into ejecting too much; an
+        // endpoint known to be unreachable is left out even then, unless
+        // every one is.
+        let open = panic && self.config.panic_mode == super::PanicMode::FailOpen;
+        let all_down = states.iter().all(|st| st.down.is_some());
+        let in_view = |i: usize| match panic {
+            true => open && (all_down || states[i].down.is_none()),
+            false => states[i].healthy(),
+        };
         if panic {
-            if self.config.panic_mode == super::PanicMode::FailOpen {
-                // Panic guards against a detector fooled into ejecting too
-                // much; an endpoint known to be unreachable is left out
-                // even then, unless every one is.
-                let all_down = states.iter().all(|st| st.down.is_some());
-                view.extend(
-                    (0..members.len())
-                        .filter(|&i| all_down || states[i].down.is_none())
-                        .map(pick),
-                );
+            if open {
+                view.extend((0..members.len()).filter(|&i| in_view(i)).map(pick));
                 groups.push(Group {
                     members: 0..view.len(),
                     share: u32::MAX,
@@ -553,13 +613,7 @@ impl Tracker {
             // retries that found nothing untried in the tiers before it.
             for ((&priority, (indices, _)), &load) in tiers.iter().zip(&loads) {
                 let start = view.len();
-                view.extend(
-                    indices
-                        .iter()
-                        .copied()
-                        .filter(|&i| states[i].healthy())
-                        .map(pick),
-                );
+                view.extend(indices.iter().copied().filter(|&i| in_view(i)).map(pick));
                 groups.push(Group {
                     members: start..view.len(),
                     share: (load / 100.0 * f64::from(u32::MAX)).round() as u32,
@@ -590,10 +644,7 @@ impl Tracker {
                     endpoints: all.len(),
                     healthy: *healthy,
                     down: all.iter().filter(|&&i| states[i].down.is_some()).count(),
-                    ejected: all
-                        .iter()
-                        .filter(|&&i| states[i].ejected_until.is_some())
-                        .count(),
+                    ejected: all.iter().filter(|&&i| states[i].ejected()).count(),
                     health_percent: eff,
                     load_percent: if panic { 0.0 } else { load },
                 })
@@ -605,7 +656,7 @@ impl Tracker {
                     priority: st.priority,
                     down: st.down.is_some(),
                     ejected_until: st.ejected_until,
-                    probation: st.probation.is_some(),
+                    on_trial: st.trial.is_some(),
                     times_ejected: st.times_ejected,
                     active_healthy: st.active_healthy,
                     weight_factor: factor(st),
@@ -615,9 +666,17 @@ impl Tracker {
             downs: self.downs,
             detections: self.detections,
         };
+        // Out of the view, a trial is how an endpoint comes back (one that
+        // fails its active checks is offered none); in it (panic), any
+        // outcome judges it.
+        let trials = (0..members.len())
+            .filter(|&i| states[i].trial.is_some() && states[i].active_healthy && !in_view(i))
+            .map(|i| members[i].clone())
+            .collect();
         View {
             members: view,
             groups,
+            trials,
             report,
         }
     }
@@ -644,7 +703,18 @@ impl Tracker {
 enum Reason {
     Streak,
     Rate,
-    Probation,
+}
+
+/// Ejects an endpoint, for longer each time it is ejected again
+/// (`base × times`, capped at the maximum); returns for how long.
+fn eject(od: Option<&OutlierDetection>, st: &mut EndpointState, now: Instant) -> Duration {
+    let (base, max) = od.map_or((Duration::from_secs(1), Duration::from_secs(1)), |od| {
+        (od.base_ejection, od.max_ejection.max(od.base_ejection))
+    });
+    st.times_ejected = st.times_ejected.saturating_add(1);
+    let duration = base.saturating_mul(st.times_ejected).min(max);
+    st.ejected_until = Some(now + duration);
+    duration
 }
 
 /// How finely slow start divides weights while an endpoint ramps.
@@ -742,9 +812,18 @@ mod tests {
         assert!(!v.report.panic);
         assert!(v.members.iter().all(|m| m.endpoint().priority() == 1));
 
-        // Ejections end after a second; the tier's share waits for the delay.
+        // Ejections end after a second, with a trial request each.
         let later = now + Duration::from_secs(1);
         let v = t.evaluate(&snap, later, false);
+        assert_eq!(v.trials.len(), 3);
+        assert_eq!(loads(&v), [(0, 0), (1, 100)], "on trial: not healthy yet");
+        for i in 0..3 {
+            assert!(snap.members()[i].stats().take_trial());
+            snap.members()[i].stats().record_success();
+        }
+        // They passed; the tier's share waits for the delay.
+        let v = t.evaluate(&snap, later, false);
+        assert!(v.trials.is_empty());
         assert_eq!(loads(&v), [(0, 0), (1, 100)], "within the fail-back delay");
         assert_eq!(t.next_deadline(), Some(later + Duration::from_secs(10)));
         let v = t.evaluate(&snap, later + Duration::from_secs(10), false);
@@ -822,7 +901,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_ejected_endpoint_comes_back_on_probation_and_its_next_outcome_decides() {
+    async fn an_ejected_endpoint_goes_on_trial_and_one_request_decides() {
         let snap = snapshot(&[(1, 0), (2, 0), (3, 0)]);
         let mut t = Tracker::new(FailoverConfig::new());
         let now = Instant::now();
@@ -831,26 +910,51 @@ mod tests {
         let v = t.evaluate(&snap, now, false);
         let until = v.report.endpoints[0].ejected_until;
         assert_eq!(until, Some(now + Duration::from_secs(1)), "1 s first");
+        assert!(v.trials.is_empty());
 
-        // Back after 1 s, on probation; one failure ejects it again, for 2 s.
+        // After 1 s it is on trial: out of the view, offered one request.
         let at = now + Duration::from_secs(1);
         let v = t.evaluate(&snap, at, false);
-        assert!(v.report.endpoints[0].probation);
-        assert_eq!(v.members.len(), 3);
+        assert!(v.report.endpoints[0].on_trial);
+        assert!(!v.report.endpoints[0].is_healthy());
+        assert_eq!(v.report.tiers[0].ejected, 1);
+        assert_eq!(v.members.len(), 2, "not in rotation while on trial");
+        assert_eq!(v.trials.len(), 1);
+        let stats = snap.members()[0].stats();
+        assert!(stats.take_trial(), "one request takes the trial");
+        assert!(!stats.take_trial(), "and only one");
+
+        // The trial request fails: ejected again, for 2 s.
         fail(&snap, 0, 1);
         let v = t.evaluate(&snap, at, false);
         assert_eq!(
             v.report.endpoints[0].ejected_until,
             Some(at + Duration::from_secs(2))
         );
+        assert!(!v.report.endpoints[0].on_trial);
+        assert!(v.trials.is_empty());
+        assert!(!stats.take_trial(), "no trial while ejected");
 
-        // Back again; a success ends the probation.
+        // On trial again. A trial request given up on decides nothing: the
+        // trial is offered again once it is no longer in flight.
         let at = at + Duration::from_secs(2);
         t.evaluate(&snap, at, false);
-        snap.members()[0].stats().record_success();
+        assert!(stats.take_trial());
+        let running = stats.start_request();
+        t.evaluate(&snap, at, false);
+        assert!(!stats.take_trial(), "still in flight: not offered again");
+        drop(running);
+        t.evaluate(&snap, at, false);
+        assert!(stats.take_trial(), "cancelled: offered again");
+
+        // Its success brings it back, into the view.
+        stats.record_success();
         let v = t.evaluate(&snap, at, false);
-        assert!(!v.report.endpoints[0].probation);
+        assert!(!v.report.endpoints[0].on_trial);
+        assert!(v.report.endpoints[0].is_healthy());
         assert_eq!(v.members.len(), 3);
+        assert!(v.trials.is_empty());
+        assert!(!stats.take_trial());
         // Later ejections grow to the 3 s cap.
         for _ in 0..3 {
             fail(&snap, 0, 5);

@@ -21,6 +21,8 @@ pub struct Snapshot<S> {
     /// Endpoints upstream of this view (more than `members` when a filter
     /// such as failover left some out).
     upstream: usize,
+    /// Out of rotation, each offered one trial request.
+    trials: Box<[Member<S>]>,
     health: Option<Arc<crate::failover::HealthReport>>,
     /// Whether discovery had delivered an update when this was published.
     discovered: bool,
@@ -72,6 +74,7 @@ impl<S> Snapshot<S> {
             epoch,
             members,
             groups: Box::new([]),
+            trials: Box::new([]),
             upstream,
             health: None,
             discovered: true,
@@ -93,6 +96,7 @@ impl<S> Snapshot<S> {
         of: &Snapshot<S>,
         members: Vec<Member<S>>,
         groups: Vec<Group>,
+        trials: Vec<Member<S>>,
         health: Arc<crate::failover::HealthReport>,
     ) -> Self {
         Snapshot {
@@ -100,6 +104,7 @@ impl<S> Snapshot<S> {
             epoch: of.epoch,
             members,
             groups: groups.into(),
+            trials: trials.into(),
             upstream: of.len(),
             health: Some(health),
             discovered: of.discovered,
@@ -117,6 +122,13 @@ impl<S> Snapshot<S> {
     /// one group of every member.
     pub fn groups(&self) -> &[Group] {
         &self.groups
+    }
+
+    /// Endpoints out of rotation that are offered one trial request each
+    /// (the request that takes the trial from their stats): failover's way of letting the next request decide whether an
+    /// ejected endpoint comes back.
+    pub(crate) fn trials(&self) -> &[Member<S>] {
+        &self.trials
     }
 
     /// How many endpoints the source of this view holds; more than

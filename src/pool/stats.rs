@@ -1,7 +1,7 @@
 use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -51,10 +51,17 @@ struct Outcomes {
     /// Failures that showed the endpoint could not be reached (a subset
     /// of `failures`).
     unreachable: AtomicU64,
-    /// Woken on every failure, so failover reacts to it at once rather
-    /// than at its next tick.
+    /// Whether the endpoint is on trial: [`NO_TRIAL`], [`TRIAL_OFFERED`]
+    /// (the next request may take it) or [`TRIAL_TAKEN`] (one has).
+    trial: AtomicU8,
+    /// Woken on every failure, and on the end of a trial request, so
+    /// failover reacts to it at once rather than at its next tick.
     signal: Arc<Notify>,
 }
+
+const NO_TRIAL: u8 = 0;
+const TRIAL_OFFERED: u8 = 1;
+const TRIAL_TAKEN: u8 = 2;
 
 /// A shared reference to one endpoint's [`EndpointStats`] (it derefs to
 /// them), as held by snapshots and pickers.
@@ -90,6 +97,7 @@ impl StatsHandle {
                     failures: AtomicU64::new(0),
                     consecutive_failures: AtomicU32::new(0),
                     unreachable: AtomicU64::new(0),
+                    trial: AtomicU8::new(NO_TRIAL),
                     signal,
                 },
             }),
@@ -200,6 +208,49 @@ impl EndpointStats {
         if self.outcomes.consecutive_failures.load(Relaxed) != 0 {
             self.outcomes.consecutive_failures.store(0, Relaxed);
         }
+        self.wake_if_on_trial();
+    }
+
+    /// Notes a request given up on before it ended: only a trial request
+    /// wakes failover for it (to offer the trial again).
+    #[inline]
+    pub(crate) fn record_cancelled(&self) {
+        self.wake_if_on_trial();
+    }
+
+    #[inline]
+    fn wake_if_on_trial(&self) {
+        if self.outcomes.trial.load(Relaxed) == TRIAL_TAKEN {
+            self.outcomes.signal.notify_one();
+        }
+    }
+
+    /// Puts the endpoint on trial: the next request that
+    /// [takes](Self::take_trial) it is sent there, and its outcome decides
+    /// whether the endpoint comes back.
+    pub(crate) fn offer_trial(&self) {
+        self.outcomes.trial.store(TRIAL_OFFERED, Relaxed);
+    }
+
+    /// Takes the trial on offer, for the one request that gets it.
+    #[inline]
+    pub(crate) fn take_trial(&self) -> bool {
+        self.outcomes.trial.load(Relaxed) == TRIAL_OFFERED
+            && self
+                .outcomes
+                .trial
+                .compare_exchange(TRIAL_OFFERED, TRIAL_TAKEN, Relaxed, Relaxed)
+                .is_ok()
+    }
+
+    /// Whether a request took the trial on offer.
+    pub(crate) fn trial_taken(&self) -> bool {
+        self.outcomes.trial.load(Relaxed) == TRIAL_TAKEN
+    }
+
+    /// Ends the trial, taken or not.
+    pub(crate) fn end_trial(&self) {
+        self.outcomes.trial.store(NO_TRIAL, Relaxed);
     }
 
     /// Forgets the failure streak and the latency estimate (when an
@@ -401,6 +452,28 @@ mod tests {
         assert!(s.rtt_estimate(1, tau).unwrap() >= 4999.9);
         s.record_rtt_at_least(9000.0, 2, tau, true);
         assert_eq!(s.rtt_estimate(2, tau), Some(9000.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trial_is_taken_once_and_its_end_wakes_the_signal() {
+        let signal = Arc::new(Notify::new());
+        let s = StatsHandle::with_signal(Instant::now(), signal.clone());
+        let woken = || tokio::time::timeout(Duration::from_millis(10), signal.notified());
+        s.record_success();
+        assert!(woken().await.is_err(), "a plain success wakes nothing");
+        assert!(!s.take_trial(), "no trial on offer");
+        s.offer_trial();
+        assert!(s.take_trial());
+        assert!(!s.take_trial(), "taken once");
+        assert!(s.trial_taken());
+        s.record_success();
+        assert!(woken().await.is_ok(), "the trial's success wakes failover");
+        s.record_cancelled();
+        assert!(woken().await.is_ok(), "and so does its cancellation");
+        s.end_trial();
+        s.record_cancelled();
+        assert!(woken().await.is_err(), "a plain cancellation wakes nothing");
+        assert!(!s.trial_taken() && !s.take_trial());
     }
 
     #[tokio::test]
