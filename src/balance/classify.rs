@@ -36,6 +36,15 @@ pub trait Classify<Res, E>: Clone + Send + Sync + 'static {
 /// call's future comes before the response head, so a reset there is a
 /// reset before any answer; a request timeout of a layer such as
 /// `tower::timeout` is not an `io::Error` and does not count.
+///
+/// A connection closed cleanly before the answer (hyper's "connection
+/// closed before message completed", which carries no `io::Error`) is
+/// not unreachable either: a server closing an idle keep-alive connection
+/// as a request goes out gives the same error, and marking a live
+/// endpoint down for that race would take it out for a second. It is
+/// still a failure, and a process that died refuses the next connection,
+/// which is unreachable. `tests/transport_errors.rs` checks these cases
+/// against hyper-util's client and tonic's channel.
 pub fn unreachable(error: &(dyn std::error::Error + 'static)) -> bool {
     use std::io::ErrorKind::*;
     let mut next = Some(error);
