@@ -11,8 +11,8 @@
 //! fraction of that and reads in nanoseconds all the same.
 //!
 //! Tokio's clock can be paused (tests, the `sim` module); the
-//! CPU's counter cannot. So the clock is chosen each time pickers are
-//! built: tokio's while tokio's clock is paused, the CPU's otherwise.
+//! CPU's counter cannot. So the clock is chosen once per balancer, when it
+//! is made: tokio's if tokio's clock is paused then, the CPU's otherwise.
 
 use tokio::time::Instant;
 
@@ -98,9 +98,16 @@ pub(crate) fn inv_tau_ns(decay: std::time::Duration) -> f64 {
 }
 
 /// Whether tokio's clock is paused here: it then stands still while real
-/// time passes (nothing can advance it during this synchronous call).
+/// time passes (nothing can advance it during this synchronous call). Only
+/// a current-thread runtime can pause its clock, so on any other (or
+/// outside a runtime) the answer comes without looking.
 #[cfg(feature = "cpu-clock")]
 fn tokio_paused() -> bool {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let current = Handle::try_current().map(|h| h.runtime_flavor());
+    if !matches!(current, Ok(RuntimeFlavor::CurrentThread)) {
+        return false;
+    }
     let first = Instant::now();
     if Instant::now() != first {
         return false;
@@ -179,6 +186,13 @@ mod tests {
         let epoch = Instant::now();
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert_eq!(LatencyClock::Tokio.now_ns(epoch), 250_000_000);
+    }
+
+    #[cfg(feature = "cpu-clock")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_multi_thread_runtime_is_timed_by_the_cpu() {
+        assert!(!tokio_paused(), "only a current-thread runtime can pause");
+        assert!(matches!(LatencyClock::detect(), LatencyClock::Cpu(_)));
     }
 
     #[cfg(feature = "cpu-clock")]

@@ -128,9 +128,10 @@ impl<S, P: Picker> Routing<S, P> {
         snapshot: Arc<Snapshot<S>>,
         strategy: &St,
         rng: &PickRng,
+        clock: LatencyClock,
     ) -> Self {
         let all = snapshot.members();
-        let ctx = BuildContext::new(rng, snapshot.epoch());
+        let ctx = BuildContext::with_clock(rng, snapshot.epoch(), clock);
         let mut lanes = Vec::new();
         let mut until: u32 = 0;
         for group in snapshot.groups() {
@@ -278,17 +279,21 @@ where
         key: K,
     ) -> Self {
         let rng = Arc::new(rng);
+        // Chosen once, here, rather than each time pickers are rebuilt
+        // under the pool's subscriber lock.
+        let clock = LatencyClock::detect();
         let routing = Arc::new(ArcSwap::from_pointee(Routing::build(
             pool.snapshot(),
             &strategy,
             &rng,
+            clock,
         )));
         let weak: Weak<ArcSwap<Routing<S, St::Picker>>> = Arc::downgrade(&routing);
         let build_rng = rng.clone();
         pool.subscribe(move |snapshot| match weak.upgrade() {
             Some(routing) => {
                 if !Arc::ptr_eq(&routing.load().snapshot, snapshot) {
-                    let next = Routing::build(snapshot.clone(), &strategy, &build_rng);
+                    let next = Routing::build(snapshot.clone(), &strategy, &build_rng, clock);
                     routing.store(Arc::new(next));
                 }
                 true

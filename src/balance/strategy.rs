@@ -1,4 +1,3 @@
-use std::cell::OnceCell;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -33,26 +32,27 @@ pub struct BuildContext<'a> {
     /// The instant the members' latency stamps count from on tokio's
     /// clock.
     pub epoch: Instant,
-    /// The clock requests are timed with, chosen once per build.
-    clock: OnceCell<LatencyClock>,
+    /// The clock requests are timed with: the balancer's, chosen once
+    /// when it was made.
+    clock: LatencyClock,
 }
 
 impl<'a> BuildContext<'a> {
     /// A context for building pickers outside a balancer (tests,
     /// benchmarks, a balancer of your own).
     pub fn new(rng: &'a PickRng, epoch: Instant) -> Self {
-        BuildContext {
-            rng,
-            epoch,
-            clock: OnceCell::new(),
-        }
+        Self::with_clock(rng, epoch, LatencyClock::detect())
     }
 
-    /// The clock latency is timed with for pickers of this build: the same
-    /// for every picker of the build and for the balancer that times their
-    /// requests.
+    /// A context for a balancer that times requests with `clock`.
+    pub(crate) fn with_clock(rng: &'a PickRng, epoch: Instant, clock: LatencyClock) -> Self {
+        BuildContext { rng, epoch, clock }
+    }
+
+    /// The clock latency is timed with: the same for every picker and for
+    /// the balancer that times their requests.
     pub(crate) fn latency_clock(&self) -> LatencyClock {
-        *self.clock.get_or_init(LatencyClock::detect)
+        self.clock
     }
 }
 
