@@ -73,7 +73,7 @@
 //! | `etcd` | no | `discover::EtcdSource` (list + watch a key prefix, resuming after failures) and `discover::EtcdRegistrar` (lease-based registration with compare-and-swap updates), over `etcd-client`; building needs `protoc` |
 //! | `etcd-tls` | no | TLS connections to etcd (`EtcdConfig::tls`), on top of `etcd` |
 //! | `metrics` | no | reserved for metrics export |
-//! | `test-util` | no | `discover::ManualSource`, a controllable source for testing your own stacks |
+//! | `test-util` | no | `discover::ManualSource`, a controllable source for testing your own stacks; `Balance::pick_index` and `BuildContext::new`, to test pickers and strategies without sending |
 //! | `sim` | no | the `sim` module: simulated backends (latency distributions, errors, faults on a schedule) under tokio's paused clock, an open-loop load driver and a latency recorder |
 #![warn(
     missing_docs,
@@ -82,6 +82,8 @@
     rust_2018_idioms
 )]
 #![forbid(unsafe_code)]
+// docs.rs shows which feature each gated item needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 // Without `tracing`, values computed only for events go unused.
 #![cfg_attr(
     not(feature = "tracing"),

@@ -342,6 +342,8 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
     /// Picks an endpoint without sending anything: its index in
     /// [`snapshot`](Balance::snapshot) order at the time of the pick. For
     /// tests and diagnostics; requests go through `call`.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn pick_index(&self) -> Option<usize> {
         self.pick_index_keyed(None, 0)
     }
@@ -349,6 +351,8 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
     /// As [`pick_index`](Balance::pick_index), for a request whose key
     /// hashed (with the strategy's [`KeyHash`](super::KeyHash)) to `key`,
     /// taking the `n`th choice of its fallback order (0: the first).
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn pick_index_keyed(&self, key: Option<u64>, n: usize) -> Option<usize> {
         let routing = self.shared.routing.load();
         let lane = &routing.lanes[routing.lane(&self.shared.rng, key)];

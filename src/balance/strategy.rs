@@ -40,6 +40,8 @@ pub struct BuildContext<'a> {
 impl<'a> BuildContext<'a> {
     /// A context for building pickers outside a balancer (tests,
     /// benchmarks, a balancer of your own).
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn new(rng: &'a PickRng, epoch: Instant) -> Self {
         Self::with_clock(rng, epoch, LatencyClock::detect())
     }
