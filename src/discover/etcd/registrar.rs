@@ -425,7 +425,7 @@ async fn keep_alive(shared: Arc<Shared>) {
             KeepEnd::Failed(e) => {
                 let text = crate::error::render_chain(&e);
                 event!(warn, key = %shared.key, error = %text, "etcd: keep-alive failed; retrying");
-                tokio::time::sleep(super::source::jitter(backoff)).await;
+                tokio::time::sleep(super::worker::jitter(backoff)).await;
                 backoff = (backoff * 2).min(max);
                 shared.reconnect().await;
             }
