@@ -58,6 +58,7 @@
 
 mod registrar;
 mod source;
+mod worker;
 
 use std::fmt;
 use std::time::Duration;

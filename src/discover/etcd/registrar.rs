@@ -112,40 +112,7 @@ impl EtcdRegistrar {
         let value = record::encode(endpoint);
         let ttl = self.ttl_secs();
         let lease = grant(&self.config, &mut client, ttl).await?;
-        let written = if self.replace_existing {
-            let current = self
-                .config
-                .request("get", client.get(key.as_str(), None))
-                .await;
-            match current {
-                Ok(r) => {
-                    let seen = r.kvs().first().map_or(0, |kv| kv.mod_revision());
-                    let cmp = Compare::mod_revision(key.as_str(), CompareOp::Equal, seen);
-                    put_if(&self.config, &mut client, &key, &value, lease, cmp)
-                        .await
-                        .and_then(|outcome| match outcome {
-                            Ok(rev) => Ok(rev),
-                            Err(found) => Err(EtcdError::Conflict {
-                                key: key.clone(),
-                                expected: seen,
-                                found,
-                            }),
-                        })
-                }
-                Err(e) => Err(e),
-            }
-        } else {
-            let cmp = Compare::create_revision(key.as_str(), CompareOp::Equal, 0);
-            put_if(&self.config, &mut client, &key, &value, lease, cmp)
-                .await
-                .and_then(|outcome| match outcome {
-                    Ok(rev) => Ok(rev),
-                    Err(found) => Err(EtcdError::AlreadyRegistered {
-                        key: key.clone(),
-                        found: found.unwrap_or(0),
-                    }),
-                })
-        };
+        let written = self.first_write(&mut client, &key, &value, lease).await;
         let mod_revision = match written {
             Ok(rev) => rev,
             Err(e) => {
@@ -173,6 +140,39 @@ impl EtcdRegistrar {
             shared,
             keeper: Some(keeper),
         })
+    }
+
+    /// Writes the first record under `key` with `lease`, if the key is
+    /// absent or, with [`replace_existing`](EtcdRegistrar::replace_existing),
+    /// unchanged since it was read; returns the new mod revision.
+    async fn first_write(
+        &self,
+        client: &mut Client,
+        key: &str,
+        value: &[u8],
+        lease: i64,
+    ) -> Result<i64, EtcdError> {
+        if !self.replace_existing {
+            let cmp = Compare::create_revision(key, CompareOp::Equal, 0);
+            return match put_if(&self.config, client, key, value, lease, cmp).await? {
+                Ok(rev) => Ok(rev),
+                Err(found) => Err(EtcdError::AlreadyRegistered {
+                    key: key.to_owned(),
+                    found: found.unwrap_or(0),
+                }),
+            };
+        }
+        let current = self.config.request("get", client.get(key, None)).await?;
+        let seen = current.kvs().first().map_or(0, |kv| kv.mod_revision());
+        let cmp = Compare::mod_revision(key, CompareOp::Equal, seen);
+        match put_if(&self.config, client, key, value, lease, cmp).await? {
+            Ok(rev) => Ok(rev),
+            Err(found) => Err(EtcdError::Conflict {
+                key: key.to_owned(),
+                expected: seen,
+                found,
+            }),
+        }
     }
 }
 
@@ -425,7 +425,7 @@ async fn keep_alive(shared: Arc<Shared>) {
             KeepEnd::Failed(e) => {
                 let text = crate::error::render_chain(&e);
                 event!(warn, key = %shared.key, error = %text, "etcd: keep-alive failed; retrying");
-                tokio::time::sleep(super::source::jitter(backoff)).await;
+                tokio::time::sleep(super::worker::jitter(backoff)).await;
                 backoff = (backoff * 2).min(max);
                 shared.reconnect().await;
             }

@@ -1,18 +1,7 @@
-//! DNS discovery: A/AAAA names and SRV records (feature `dns`).
-//!
-//! Why DNS: it is already there. Every platform — Kubernetes headless
-//! services, Consul's DNS interface, cloud private zones, a zone file —
-//! publishes instances in DNS, so a client can discover them with no
-//! control plane and no agent. SRV records (RFC 2782) carry a *priority*
-//! and a *weight* per instance, which are exactly this crate's priority
-//! tiers and weights: an operator who edits a zone moves traffic between
-//! tiers and shifts shares without touching the client.
-//!
-//! How: a [`DnsSource`] resolves its name with
-//! [`hickory-resolver`](https://docs.rs/hickory-resolver), sends the set
-//! as a snapshot, and resolves again when the answer's TTL expires.
+//! The DNS source: its settings, the resolver, one lookup round at a time,
+//! and what a round's success or failure sends.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -24,16 +13,12 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
-use hickory_resolver::proto::rr::RData;
 use tokio::time::{Instant, Sleep};
 
-use super::{Source, Update};
+use crate::discover::{Source, Update};
 use crate::endpoint::Endpoint;
 use crate::error::{BoxError, DiscoveryError};
 use crate::trace::event;
-
-/// The tag an SRV-discovered endpoint carries: the record's target name.
-const TARGET_TAG: &str = "dns.srv.target";
 
 type Round = Pin<Box<dyn Future<Output = Result<Resolved, BoxError>> + Send>>;
 
@@ -335,7 +320,7 @@ impl DnsSource {
     }
 
     fn wait(&mut self, wait: Duration) {
-        super::source::arm(&mut self.timer, Instant::now() + wait);
+        crate::discover::source::arm(&mut self.timer, Instant::now() + wait);
     }
 
     /// Records a successful round; returns how long to wait for the next.
@@ -427,13 +412,13 @@ impl Source for DnsSource {
 
 /// The outcome of one successful round.
 #[derive(Debug)]
-struct Resolved {
+pub(super) struct Resolved {
     /// Sorted by key, one per key.
-    endpoints: Vec<Endpoint>,
+    pub(super) endpoints: Vec<Endpoint>,
     /// Records left out, and why.
-    problems: Vec<String>,
+    pub(super) problems: Vec<String>,
     /// The shortest TTL seen, if any record was.
-    ttl: Option<Duration>,
+    pub(super) ttl: Option<Duration>,
 }
 
 fn clamp(ttl: Option<Duration>, min: Duration, max: Duration) -> Duration {
@@ -441,24 +426,24 @@ fn clamp(ttl: Option<Duration>, min: Duration, max: Duration) -> Duration {
 }
 
 /// A "no such name" or "no such record" answer, with its negative TTL.
-fn no_records(e: &NetError) -> Option<Option<u32>> {
+pub(super) fn no_records(e: &NetError) -> Option<Option<u32>> {
     match e {
         NetError::Dns(DnsError::NoRecordsFound(nr)) => Some(nr.negative_ttl),
         _ => None,
     }
 }
 
-fn min_ttl(a: Option<u32>, b: u32) -> Option<u32> {
+pub(super) fn min_ttl(a: Option<u32>, b: u32) -> Option<u32> {
     Some(a.map_or(b, |a| a.min(b)))
 }
 
-fn secs(ttl: Option<u32>) -> Option<Duration> {
+pub(super) fn secs(ttl: Option<u32>) -> Option<Duration> {
     ttl.map(|s| Duration::from_secs(u64::from(s)))
 }
 
 /// The addresses of `name` and the shortest TTL among them; an empty list
 /// for a name with none.
-async fn addresses(
+pub(super) async fn addresses(
     resolver: &TokioResolver,
     name: &str,
 ) -> Result<(Vec<IpAddr>, Option<u32>), NetError> {
@@ -491,246 +476,21 @@ async fn resolve(resolver: TokioResolver, query: Query) -> Result<Resolved, NetE
                 ttl: secs(ttl),
             })
         }
-        Query::Srv { name } => {
-            let (records, mut ttl) = match resolver.srv_lookup(name.as_str()).await {
-                Ok(lookup) => {
-                    let mut ttl = None;
-                    let mut records = Vec::new();
-                    for r in lookup.answers() {
-                        ttl = min_ttl(ttl, r.ttl);
-                        if let RData::SRV(srv) = &r.data {
-                            records.push(SrvRecord {
-                                priority: srv.priority,
-                                weight: srv.weight,
-                                port: srv.port,
-                                target: srv.target.to_string(),
-                            });
-                        }
-                    }
-                    (records, ttl)
-                }
-                Err(e) => match no_records(&e) {
-                    Some(negative) => (Vec::new(), negative),
-                    None => return Err(e),
-                },
-            };
-            let plan = plan(&records);
-            let mut problems = plan.problems;
-            let mut endpoints = Vec::new();
-            // Each target once, whatever the number of records naming it.
-            let targets: BTreeSet<&str> = plan.usable.iter().map(|(r, _)| &*r.target).collect();
-            let mut resolved = Vec::with_capacity(targets.len());
-            for target in targets {
-                let (ips, t) = addresses(&resolver, target).await?;
-                if let Some(t) = t {
-                    ttl = min_ttl(ttl, t);
-                }
-                if ips.is_empty() {
-                    problems.push(format!("SRV target {target} has no address; left out"));
-                }
-                resolved.push((target, ips));
-            }
-            for (record, tier) in &plan.usable {
-                let Some((_, ips)) = resolved.iter().find(|(t, _)| *t == record.target) else {
-                    continue;
-                };
-                for ip in ips {
-                    match srv_endpoint(record, *tier, *ip) {
-                        Ok(e) => endpoints.push(e),
-                        Err(e) => problems.push(format!("{record}: {e}")),
-                    }
-                }
-            }
-            Ok(Resolved {
-                endpoints: sorted(endpoints),
-                problems,
-                ttl: secs(ttl),
-            })
-        }
+        Query::Srv { name } => super::srv::resolve(&resolver, &name).await,
     }
 }
 
 /// Sorts by key and keeps one endpoint per key: the one with the lowest
 /// tier (then the first found).
-fn sorted(mut endpoints: Vec<Endpoint>) -> Vec<Endpoint> {
+pub(super) fn sorted(mut endpoints: Vec<Endpoint>) -> Vec<Endpoint> {
     endpoints.sort_by(|a, b| a.key().cmp(b.key()).then(a.priority().cmp(&b.priority())));
     endpoints.dedup_by(|later, earlier| later.key() == earlier.key());
     endpoints
 }
 
-/// One SRV record's fields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct SrvRecord {
-    priority: u16,
-    weight: u16,
-    port: u16,
-    /// As DNS prints it, with the trailing dot.
-    target: String,
-}
-
-impl fmt::Display for SrvRecord {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "SRV record `{} {} {} {}`",
-            self.priority, self.weight, self.port, self.target
-        )
-    }
-}
-
-/// Which records to use, at which tier, and which were left out and why.
-#[derive(Debug, PartialEq, Eq)]
-struct Plan {
-    usable: Vec<(SrvRecord, u8)>,
-    problems: Vec<String>,
-}
-
-fn is_root(target: &str) -> bool {
-    target == "." || target.is_empty()
-}
-
-/// Applies RFC 2782's rules to a record set and ranks the priorities of
-/// the usable records into tiers.
-fn plan(records: &[SrvRecord]) -> Plan {
-    let mut problems = Vec::new();
-    // A lone "." target: the service is decidedly not available here.
-    if let [only] = records {
-        if is_root(&only.target) {
-            return Plan {
-                usable: Vec::new(),
-                problems,
-            };
-        }
-    }
-    let mut usable = Vec::new();
-    for r in records {
-        if r.port == 0 {
-            problems.push(format!("{r}: port 0 is invalid; left out"));
-        } else if is_root(&r.target) {
-            problems.push(format!(
-                "{r}: target \".\" (service not available) among other records; left out"
-            ));
-        } else {
-            usable.push(r.clone());
-        }
-    }
-    let ranks: Vec<u16> = usable
-        .iter()
-        .map(|r| r.priority)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let usable = usable
-        .into_iter()
-        .map(|r| {
-            let tier = tier(&ranks, r.priority);
-            (r, tier)
-        })
-        .collect();
-    Plan { usable, problems }
-}
-
-/// The tier of `priority` among the distinct priorities `ranks` (sorted
-/// ascending): its rank, saturating at 255.
-fn tier(ranks: &[u16], priority: u16) -> u8 {
-    let rank = ranks.partition_point(|p| *p < priority);
-    u8::try_from(rank).unwrap_or(u8::MAX)
-}
-
-fn srv_endpoint(
-    record: &SrvRecord,
-    tier: u8,
-    ip: IpAddr,
-) -> Result<Endpoint, crate::InvalidEndpoint> {
-    let address = SocketAddr::new(ip, record.port);
-    Endpoint::builder(address.to_string())
-        .address(address)
-        .weight(u32::from(record.weight))
-        .priority(tier)
-        .tag(TARGET_TAG, record.target.clone())
-        .build()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rec(priority: u16, weight: u16, port: u16, target: &str) -> SrvRecord {
-        SrvRecord {
-            priority,
-            weight,
-            port,
-            target: target.to_owned(),
-        }
-    }
-
-    #[test]
-    fn priorities_rank_into_tiers() {
-        let p = plan(&[
-            rec(50, 1, 80, "c."),
-            rec(10, 1, 80, "a."),
-            rec(20, 1, 80, "b."),
-            rec(20, 2, 81, "b."),
-        ]);
-        let tiers: Vec<(u16, u8)> = p.usable.iter().map(|(r, t)| (r.priority, *t)).collect();
-        assert_eq!(tiers, [(50, 2), (10, 0), (20, 1), (20, 1)]);
-        assert!(p.problems.is_empty());
-    }
-
-    #[test]
-    fn tiers_saturate_at_255() {
-        let ranks: Vec<u16> = (0..300).map(|p| p * 2).collect();
-        assert_eq!(tier(&ranks, 0), 0);
-        assert_eq!(tier(&ranks, 2), 1);
-        assert_eq!(tier(&ranks, 510), 255);
-        assert_eq!(tier(&ranks, 598), 255);
-    }
-
-    #[test]
-    fn port_zero_is_left_out_and_reported() {
-        let p = plan(&[rec(0, 1, 0, "a."), rec(5, 1, 80, "b.")]);
-        assert_eq!(
-            p.usable,
-            [(rec(5, 1, 80, "b."), 0)],
-            "tiers rank usable records only"
-        );
-        assert_eq!(p.problems.len(), 1);
-        assert!(p.problems[0].contains("port 0"), "{:?}", p.problems);
-    }
-
-    #[test]
-    fn a_lone_root_target_means_not_available() {
-        let p = plan(&[rec(0, 0, 0, ".")]);
-        assert!(p.usable.is_empty());
-        assert!(p.problems.is_empty(), "a definite answer, not a problem");
-
-        let p = plan(&[rec(0, 0, 80, "."), rec(0, 1, 80, "a.")]);
-        assert_eq!(p.usable.len(), 1);
-        assert_eq!(p.problems.len(), 1);
-    }
-
-    #[test]
-    fn records_become_endpoints_keyed_by_address() {
-        let e = srv_endpoint(&rec(10, 7, 8080, "a.test."), 1, "10.0.0.1".parse().unwrap()).unwrap();
-        assert_eq!(e.key(), "10.0.0.1:8080");
-        assert_eq!(e.address(), Some("10.0.0.1:8080".parse().unwrap()));
-        assert_eq!((e.weight(), e.priority()), (7, 1));
-        assert_eq!(e.tag(TARGET_TAG), Some("a.test."));
-
-        let e = srv_endpoint(&rec(0, 0, 443, "b."), 0, "::1".parse().unwrap()).unwrap();
-        assert_eq!(e.key(), "[::1]:443");
-        assert_eq!(e.weight(), 0, "weight 0 stays 0");
-    }
-
-    #[test]
-    fn one_endpoint_per_key_the_lowest_tier() {
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let backup = srv_endpoint(&rec(20, 1, 80, "a."), 1, ip).unwrap();
-        let primary = srv_endpoint(&rec(10, 5, 80, "a."), 0, ip).unwrap();
-        let other = Endpoint::new("10.0.0.0:80".parse().unwrap());
-        let s = sorted(vec![backup, primary.clone(), other.clone()]);
-        assert_eq!(s, [other, primary]);
-    }
 
     #[test]
     fn ttl_is_clamped() {
