@@ -1,6 +1,9 @@
-//! Properties that hold for any input, checked with proptest: shares
-//! follow weights for every weight-aware strategy, over random weight
-//! vectors with duplicated and drained (0) weights.
+//! Properties that hold for any input, checked with proptest:
+//!
+//! - shares follow weights for every weight-aware strategy, over random
+//!   weight vectors with duplicated and drained (0) weights;
+//! - a pick never reaches an endpoint that failover reports ejected or
+//!   down, over random tiers, failures, refusals and recoveries.
 //!
 //! Each case runs on its own current-thread runtime with a paused clock.
 //! Tolerances are stated per property. Balancers are seeded from the case
@@ -10,15 +13,21 @@
 #[path = "support/mock.rs"]
 mod mock;
 
+use std::time::Duration;
+
 use proptest::prelude::*;
 use tokio::runtime::{Builder, Runtime};
-use tower::{Layer, ServiceExt};
+use tokio::time::{sleep, timeout};
+use tower::{Layer, ServiceBuilder, ServiceExt};
 use tower_lb::Endpoint;
 use tower_lb::balance::{
-    self, Balance, BalanceLayer, LeastInFlight, Maglev, PeakEwma, Rendezvous, Ring, WeightedRandom,
-    WeightedRoundRobin, WhenEmpty,
+    self, Balance, BalanceLayer, LeastInFlight, Maglev, PeakEwma, Rendezvous, Ring, RoundRobin,
+    WeightedRandom, WeightedRoundRobin, WhenEmpty,
 };
 use tower_lb::discover::StaticSource;
+use tower_lb::failover::{
+    EndpointHealth, FailoverConfig, FailoverLayer, HealthReport, OutlierDetection, PanicMode,
+};
 use tower_lb::pool::DiscoverLayer;
 
 use mock::{Backend, Backends, Behaviour};
@@ -48,9 +57,15 @@ fn runtime() -> Runtime {
         .expect("a runtime")
 }
 
-/// The endpoint `ep-{i}`: keyed by name, with no address.
+/// The key `ep-{i}`.
+fn name(i: usize) -> String {
+    format!("ep-{i}")
+}
+
+/// The endpoint `ep-{i}`: keyed by name, with no address (so failover
+/// puts a down one on trial rather than probing a socket).
 fn endpoint(i: usize, weight: u32) -> Endpoint {
-    Endpoint::builder(format!("ep-{i}"))
+    Endpoint::builder(name(i))
         .weight(weight)
         .build()
         .expect("a valid endpoint")
@@ -221,6 +236,235 @@ proptest! {
                 SIGMAS * (p * (1.0 - p) / points).sqrt()
             })?;
             Ok::<_, TestCaseError>(())
+        })?;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Failover never picks what it reports out
+
+/// What a backend does with every request, from some step on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Does {
+    Answer,
+    /// Fails: a failure by the default classifier, so a streak ejects it.
+    Fail,
+    /// Refuses the connection: unreachable, so it is marked down at once.
+    Refuse,
+}
+
+impl Does {
+    fn behaviour(self) -> Behaviour {
+        match self {
+            Does::Answer => Behaviour::Answer,
+            Does::Fail => Behaviour::Fail,
+            Does::Refuse => Behaviour::Refuse,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Member {
+    tier: u8,
+    weight: u32,
+    does: Does,
+    /// The step from which it answers again, if it recovers.
+    recovers_at: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+struct HealthCase {
+    members: Vec<Member>,
+    /// Requests sent one after another, then tokio time advanced, per step.
+    steps: Vec<(usize, u64)>,
+    streak: u32,
+    max_ejection_percent: u8,
+    panic_threshold: u8,
+    panic_mode: PanicMode,
+    seed: u64,
+}
+
+/// 2..=8 endpoints in tiers 0..=2, about half of them failing or refusing
+/// (some recover later), 3..=12 steps of 1..=24 requests with up to 3 s of
+/// tokio time after each, and random outlier-detection and panic settings.
+fn health_cases() -> impl Strategy<Value = HealthCase> {
+    let does = prop_oneof![2 => Just(Does::Answer), 1 => Just(Does::Fail), 1 => Just(Does::Refuse)];
+    let member = (0..=2_u8, 1..=3_u32, does, prop::option::of(0..12_usize)).prop_map(
+        |(tier, weight, does, recovers_at)| Member {
+            tier,
+            weight,
+            does,
+            recovers_at,
+        },
+    );
+    (
+        prop::collection::vec(member, 2..=8),
+        prop::collection::vec((1..=24_usize, 0..=3_000_u64), 3..=12),
+        1..=5_u32,
+        prop::sample::select(vec![10_u8, 50, 100]),
+        prop::sample::select(vec![0_u8, 50, 100]),
+        prop_oneof![Just(PanicMode::FailOpen), Just(PanicMode::FailClosed)],
+        any::<u64>(),
+    )
+        .prop_map(
+            |(members, steps, streak, max_ejection_percent, panic_threshold, panic_mode, seed)| {
+                HealthCase {
+                    members,
+                    steps,
+                    streak,
+                    max_ejection_percent,
+                    panic_threshold,
+                    panic_mode,
+                    seed,
+                }
+            },
+        )
+}
+
+/// Whether a request picked from the view behind `report` may reach the
+/// endpoint `e`: one on trial may take its trial request; otherwise, out
+/// of panic only a healthy one (neither down nor ejected), in panic
+/// (failing open) any that is not down.
+fn may_reach(report: &HealthReport, e: &EndpointHealth) -> bool {
+    e.on_trial
+        || if report.panic {
+            !e.down
+        } else {
+            e.is_healthy()
+        }
+}
+
+fn health_of(report: &HealthReport, i: usize) -> Option<&EndpointHealth> {
+    report.endpoints.iter().find(|e| *e.key == *name(i))
+}
+
+/// Runs one case through `Balance(strategy) → Failover → Pool(static
+/// list) → mock backends`, checking every request against the report of
+/// the view it was picked from.
+async fn picks_avoid_what_is_out<St>(strategy: St, case: &HealthCase) -> Result<(), TestCaseError>
+where
+    St: balance::Strategy + Clone,
+{
+    let n = case.members.len();
+    let backends = Backends::new();
+    let endpoints = case.members.iter().enumerate().map(|(i, m)| {
+        Endpoint::builder(name(i))
+            .weight(m.weight)
+            .priority(m.tier)
+            .build()
+            .expect("a valid endpoint")
+    });
+    let mut does: Vec<Does> = case.members.iter().map(|m| m.does).collect();
+    for (i, d) in does.iter().enumerate() {
+        backends.set(&name(i), d.behaviour());
+    }
+    let outliers = OutlierDetection::new()
+        .consecutive_failures(case.streak)
+        .max_ejection_percent(case.max_ejection_percent);
+    let config = FailoverConfig::new()
+        .outlier_detection(outliers)
+        .panic_threshold(case.panic_threshold)
+        .panic_mode(case.panic_mode);
+    let lb = ServiceBuilder::new()
+        .layer(
+            BalanceLayer::new(strategy)
+                .seed(case.seed)
+                .when_empty(WhenEmpty::FailFast),
+        )
+        .layer(FailoverLayer::new(config))
+        .layer(DiscoverLayer::new(StaticSource::new(endpoints)))
+        .service(backends.connector());
+    for _ in 0..1_000 {
+        if lb
+            .pool()
+            .snapshot()
+            .health()
+            .is_some_and(|r| r.endpoints.len() == n)
+        {
+            break;
+        }
+        sleep(Duration::from_millis(1)).await;
+    }
+
+    // Whether the last request that reached each endpoint was refused.
+    let mut refused_last = vec![false; n];
+    for (step, &(requests, then_ms)) in case.steps.iter().enumerate() {
+        for (i, m) in case.members.iter().enumerate() {
+            if m.recovers_at == Some(step) {
+                does[i] = Does::Answer;
+                backends.set(&name(i), Behaviour::Answer);
+            }
+        }
+        for _ in 0..requests {
+            // The view this request is picked from: the pick happens in
+            // `call`, on the first poll, with no await in between.
+            let view = lb.pool().snapshot();
+            let report = view.health().expect("a failover view has a report");
+            let before: Vec<u64> = (0..n).map(|i| backends.calls(&name(i))).collect();
+            let out = timeout(
+                Duration::from_secs(5),
+                lb.clone().oneshot(Behaviour::Answer),
+            )
+            .await;
+            prop_assert!(
+                out.is_ok(),
+                "step {}: a request neither answered nor failed",
+                step
+            );
+            let reached: Vec<usize> = (0..n)
+                .filter(|&i| backends.calls(&name(i)) > before[i])
+                .collect();
+            prop_assert!(reached.len() <= 1, "one attempt reached {:?}", reached);
+            if let Some(&i) = reached.first() {
+                let e = health_of(report, i).expect("every endpoint is in the report");
+                prop_assert!(
+                    may_reach(report, e),
+                    "step {}: a request reached ep-{} while the view reported it out: {:?}\nreport: {:#?}",
+                    step,
+                    i,
+                    e,
+                    report
+                );
+                refused_last[i] = does[i] == Does::Refuse;
+            }
+        }
+        sleep(Duration::from_millis(then_ms)).await;
+    }
+
+    // The check above must have had something to check: an endpoint whose
+    // last request was refused is reported down.
+    sleep(Duration::from_millis(1)).await;
+    let view = lb.pool().snapshot();
+    let report = view.health().expect("a failover view has a report");
+    for (i, _) in refused_last.iter().enumerate().filter(|(_, r)| **r) {
+        let e = health_of(report, i).expect("every endpoint is in the report");
+        prop_assert!(
+            e.down,
+            "ep-{} refused its last request but is not down: {:?}",
+            i,
+            e
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+    /// A request never reaches an endpoint the view it was picked from
+    /// reports down or ejected (outside panic; in panic, never a down
+    /// one), except for the one trial request an endpoint on trial is
+    /// offered. Random endpoints in 1–3 tiers fail (and are ejected after
+    /// `streak` failures) or refuse (and are marked down), some recover;
+    /// tokio time advances between steps so ejections end and trials run.
+    /// Exact: no tolerance. Each case runs under four strategies.
+    #[test]
+    fn a_pick_never_reaches_an_endpoint_reported_out(case in health_cases()) {
+        runtime().block_on(async {
+            picks_avoid_what_is_out(RoundRobin, &case).await?;
+            picks_avoid_what_is_out(WeightedRoundRobin, &case).await?;
+            picks_avoid_what_is_out(LeastInFlight, &case).await?;
+            picks_avoid_what_is_out(PeakEwma::new(), &case).await
         })?;
     }
 }
