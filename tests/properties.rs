@@ -5,6 +5,10 @@
 //! - a pick never reaches an endpoint that failover reports ejected or
 //!   down, over random tiers, failures, refusals and recoveries.
 //!
+//! The counters' properties (back to zero under cancellation; kept across
+//! pool updates) are in `tests/properties_counters.rs` and
+//! `tests/properties_pool.rs`.
+//!
 //! Each case runs on its own current-thread runtime with a paused clock.
 //! Tolerances are stated per property. Balancers are seeded from the case
 //! (`seed`), so a failing case, which proptest prints and saves in
