@@ -42,8 +42,8 @@
 //! # }
 //! ```
 
-#[cfg(any(feature = "file", feature = "etcd"))]
-#[doc(hidden)]
+#[cfg(all(feature = "unstable-bench", any(feature = "file", feature = "etcd")))]
+#[cfg_attr(docsrs, doc(cfg(feature = "unstable-bench")))]
 pub mod bench;
 mod channel;
 #[cfg(feature = "dns")]

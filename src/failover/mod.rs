@@ -83,7 +83,8 @@
 //! # }
 //! ```
 
-#[doc(hidden)]
+#[cfg(feature = "unstable-bench")]
+#[cfg_attr(docsrs, doc(cfg(feature = "unstable-bench")))]
 pub mod bench;
 mod config;
 mod driver;

@@ -78,7 +78,8 @@ pub struct StatsHandle {
 }
 
 impl StatsHandle {
-    /// Stats whose failures wake nothing; for tests.
+    /// Stats whose failures wake nothing; for tests and benches.
+    #[cfg(any(test, feature = "unstable-bench"))]
     pub(crate) fn new(epoch: Instant) -> Self {
         Self::with_signal(epoch, Arc::new(Notify::new()))
     }
