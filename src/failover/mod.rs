@@ -29,7 +29,8 @@
 //!   outcome decides (Finagle's failure accrual).
 //! - **Panic threshold**: when every tier's healthy share is below it
 //!   (default 50 %), stop filtering and balance over everything but the
-//!   down endpoints (fail open, as Envoy and Finagle do), or fail closed
+//!   down endpoints (over all of them when every one is down; fail open,
+//!   as Envoy and Finagle do), or fail closed
 //!   ([`PanicMode`]).
 //! - **Slow start** ([`SlowStart`]): new and re-admitted endpoints ramp up
 //!   their weight — the answer to cold starts.
