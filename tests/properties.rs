@@ -20,7 +20,6 @@ mod mock;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use tokio::runtime::{Builder, Runtime};
 use tokio::time::{sleep, timeout};
 use tower::{Layer, ServiceBuilder, ServiceExt};
 use tower_lb::Endpoint;
@@ -34,7 +33,7 @@ use tower_lb::failover::{
 };
 use tower_lb::pool::DiscoverLayer;
 
-use mock::{Backend, Backends, Behaviour};
+use mock::{Backend, Backends, Behaviour, name, paused_runtime as runtime};
 
 /// Cases per property: enough to meet duplicated, drained and all-equal
 /// weights every run, few enough to run in a second or two.
@@ -52,19 +51,6 @@ const RING_POINTS: u32 = 20;
 /// At 6σ a correct strategy fails one comparison in about 10⁹, and a run
 /// makes a few thousand.
 const SIGMAS: f64 = 6.0;
-
-fn runtime() -> Runtime {
-    Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .expect("a runtime")
-}
-
-/// The key `ep-{i}`.
-fn name(i: usize) -> String {
-    format!("ep-{i}")
-}
 
 /// The endpoint `ep-{i}`: keyed by name, with no address (so failover
 /// puts a down one on trial rather than probing a socket).

@@ -22,7 +22,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use tokio::runtime::{Builder, Runtime};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout};
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -33,23 +32,10 @@ use tower_lb::pool::DiscoverLayer;
 use tower_lb::retry::{Backoff, Hedge, RetryBudget, RetryErrors, RetryLayer};
 use tower_lb::{BoxError, Endpoint, Error};
 
-use mock::{Backend, Backends, Behaviour, Gate};
+use mock::{Backend, Backends, Behaviour, Gate, name, paused_runtime as runtime};
 
 /// Cases per property.
 const CASES: u32 = 32;
-
-fn runtime() -> Runtime {
-    Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .expect("a runtime")
-}
-
-/// The key `ep-{i}`.
-fn name(i: usize) -> String {
-    format!("ep-{i}")
-}
 
 // ---------------------------------------------------------------------------
 // Counters return to zero under cancellation

@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use proptest::prelude::*;
-use tokio::runtime::{Builder, Runtime};
 use tokio::task::JoinHandle;
 use tower::{Layer, ServiceExt};
 use tower_lb::balance::{BalanceLayer, RoundRobin, WhenEmpty};
@@ -24,23 +23,10 @@ use tower_lb::discover::ManualSource;
 use tower_lb::pool::{Pool, PoolConfig, StatsHandle};
 use tower_lb::{Endpoint, Error};
 
-use mock::{Backend, Backends, Behaviour, Gate};
+use mock::{Backend, Backends, Behaviour, Gate, name, paused_runtime as runtime};
 
 /// Cases per property.
 const CASES: u32 = 32;
-
-fn runtime() -> Runtime {
-    Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .expect("a runtime")
-}
-
-/// The key `ep-{i}`.
-fn name(i: usize) -> String {
-    format!("ep-{i}")
-}
 
 /// Keys `ep-0..ep-{KEYS - 1}`.
 const KEYS: usize = 6;

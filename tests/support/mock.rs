@@ -307,3 +307,18 @@ impl<Src: Source> Source for SharedSource<Src> {
         self.0.lock().unwrap().poll_update(cx)
     }
 }
+
+/// A current-thread runtime whose clock starts paused, for property tests
+/// that build one per case.
+pub fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("a runtime")
+}
+
+/// The key `ep-{i}`.
+pub fn name(i: usize) -> String {
+    format!("ep-{i}")
+}
