@@ -26,12 +26,12 @@
 //!
 //! A [`Probe`] is one of:
 //!
-//! - [`Probe::Http`]: `GET path` over HTTP/1.1 to the endpoint's address,
-//!   healthy when the status code is the expected one. The request is
-//!   written by hand (this crate does not depend on an HTTP client): it
-//!   sends `Connection: close`, reads at most 1 KiB, and looks only at the
-//!   status line, skipping interim `1xx` responses. Anything that is not an
-//!   `HTTP/1.x NNN` status line is a failure.
+//! - `Probe::Http` (feature `http`): `GET path` over HTTP/1.1 to the
+//!   endpoint's address, healthy when the status code is the expected
+//!   one. It is sent with hyper's client on a connection of its own, with
+//!   `Host` and `Connection: close`; interim `1xx` responses are skipped
+//!   and the body is not read. A response that is not HTTP/1.x, or a
+//!   connection that closes before one, is a failure.
 //! - [`Probe::Tcp`]: healthy when a TCP connection to the address opens.
 //! - [`Probe::Custom`]: your own async check (gRPC health, a Redis `PING`,
 //!   an admin API), given the endpoint.
@@ -45,6 +45,7 @@
 //! use tower_lb::Endpoint;
 //!
 //! // HAProxy's defaults, as here: two passes to come back, three failures to leave.
+//! # #[cfg(feature = "http")]
 //! let http = HealthCheck::http("/healthz")
 //!     .expect_status(204)
 //!     .interval(Duration::from_secs(2))
@@ -59,9 +60,13 @@
 //! let custom = HealthCheck::custom(|ep: Endpoint| async move {
 //!     ep.tag("maintenance") != Some("true")
 //! });
-//! # let _ = (http, tcp, custom);
+//! # #[cfg(feature = "http")]
+//! # let _ = http;
+//! # let _ = (tcp, custom);
 //! ```
 
+#[cfg(feature = "http")]
+mod http_get;
 mod probe;
 mod scheduler;
 #[cfg(test)]
@@ -87,6 +92,8 @@ pub type CheckFuture = Pin<Box<dyn Future<Output = bool> + Send + 'static>>;
 pub enum Probe {
     /// `GET path` over HTTP/1.1 to the endpoint's address; healthy when the
     /// status equals `expect`.
+    #[cfg(feature = "http")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
     Http {
         /// The request path, e.g. `/healthz`.
         path: String,
@@ -102,6 +109,7 @@ pub enum Probe {
 impl fmt::Debug for Probe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            #[cfg(feature = "http")]
             Probe::Http { path, expect } => f
                 .debug_struct("Http")
                 .field("path", path)
@@ -131,10 +139,12 @@ impl fmt::Debug for Probe {
 /// use std::time::Duration;
 /// use tower_lb::failover::{FailoverConfig, HealthCheck};
 ///
+/// # #[cfg(feature = "http")] {
 /// let config = FailoverConfig::new().health_check(
 ///     HealthCheck::http("/ready").interval(Duration::from_secs(10)),
 /// );
 /// # let _ = config;
+/// # }
 /// ```
 #[derive(Debug, Clone)]
 pub struct HealthCheck {
@@ -167,9 +177,12 @@ impl HealthCheck {
     /// An HTTP/1.1 `GET path` to each endpoint's address, healthy when the
     /// status is 200 (see [`expect_status`](HealthCheck::expect_status)).
     ///
-    /// An empty path means `/`. A path containing a space or a control
-    /// character cannot be sent as a request line: every probe fails, with
-    /// that reason in the `tracing` event.
+    /// An empty path means `/`. A path that does not start with `/`, or
+    /// contains a space or a control character, cannot be sent as a
+    /// request target: every probe fails, with that reason in the
+    /// `tracing` event.
+    #[cfg(feature = "http")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
     pub fn http(path: impl Into<String>) -> Self {
         Self::new(Probe::Http {
             path: path.into(),
@@ -214,6 +227,8 @@ impl HealthCheck {
 
     /// The status code an HTTP probe expects (default 200). No effect on
     /// other probes.
+    #[cfg(feature = "http")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
     #[must_use]
     pub fn expect_status(mut self, status: u16) -> Self {
         if let Probe::Http { expect, .. } = &mut self.probe {
@@ -251,23 +266,28 @@ mod tests {
         assert_eq!(check.timeout, Duration::from_secs(1));
         assert_eq!((check.healthy_threshold, check.unhealthy_threshold), (2, 3));
 
-        let check = HealthCheck::http("/ready")
-            .expect_status(204)
-            .interval(Duration::from_millis(250))
-            .timeout(Duration::from_millis(100))
-            .healthy_threshold(0)
-            .unhealthy_threshold(0);
-        assert!(
-            matches!(&check.probe, Probe::Http { path, expect: 204 } if path == "/ready"),
-            "{:?}",
-            check.probe
-        );
-        assert_eq!(check.interval, Duration::from_millis(250));
-        assert_eq!(check.timeout, Duration::from_millis(100));
-        assert_eq!((check.healthy_threshold, check.unhealthy_threshold), (1, 1));
+        #[cfg(feature = "http")]
+        {
+            let check = HealthCheck::http("/ready")
+                .expect_status(204)
+                .interval(Duration::from_millis(250))
+                .timeout(Duration::from_millis(100))
+                .healthy_threshold(0)
+                .unhealthy_threshold(0);
+            assert!(
+                matches!(&check.probe, Probe::Http { path, expect: 204 } if path == "/ready"),
+                "{:?}",
+                check.probe
+            );
+            assert_eq!(check.interval, Duration::from_millis(250));
+            assert_eq!(check.timeout, Duration::from_millis(100));
+            assert_eq!((check.healthy_threshold, check.unhealthy_threshold), (1, 1));
+        }
 
         // `expect_status` leaves other probes alone; Debug never shows a closure.
-        let check = HealthCheck::custom(|_| async { true }).expect_status(204);
+        let check = HealthCheck::custom(|_| async { true });
+        #[cfg(feature = "http")]
+        let check = check.expect_status(204);
         assert_eq!(format!("{:?}", check.probe), "Custom(..)");
     }
 }
