@@ -15,10 +15,10 @@
 //!
 //! A server that knows when it can take the request again says so with
 //! `Retry-After` (RFC 9110 §10.2.3), as a number of seconds or as a date;
-//! [`parse_retry_after`] reads both, and the retry layer waits at least
-//! that long.
+//! [`parse_retry_after`] reads both (dates with the `httpdate` crate, under
+//! the `http` feature), and the retry layer waits at least that long.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
 
@@ -128,18 +128,19 @@ fn from_nanos(n: u128) -> Duration {
 ///
 /// - delay-seconds, a non-negative decimal integer (`120`); values above
 ///   [`MAX_RETRY_AFTER`], however many digits, become that;
-/// - an HTTP-date, preferably IMF-fixdate (`Sun, 06 Nov 1994 08:49:37
-///   GMT`), or one of the obsolete forms RFC 850 (`Sunday, 06-Nov-94
-///   08:49:37 GMT`, a two-digit year more than 50 years ahead of `now`
-///   being taken as the past century) and asctime (`Sun Nov  6 08:49:37
-///   1994`). Names are case-sensitive, as in the RFC; the day of the week
-///   must be a valid name but need not match the date (RFC 9110 §5.6.7
-///   asks recipients to be robust). A date in the past gives
-///   `Some(Duration::ZERO)`; one more than [`MAX_RETRY_AFTER`] ahead gives
-///   that.
+/// - with the `http` feature, an HTTP-date in any of its three forms, as
+///   the `httpdate` crate reads them: IMF-fixdate (`Sun, 06 Nov 1994
+///   08:49:37 GMT`), RFC 850 (`Sunday, 06-Nov-94 08:49:37 GMT`, two-digit
+///   years 00–69 taken as 2000–2069 and 70–99 as 1970–1999) and asctime
+///   (`Sun Nov  6 08:49:37 1994`). Names are case-sensitive, as in the
+///   RFC, and the day of the week must match the date. Dates from 1970 to
+///   9999 are read; a date in the past gives `Some(Duration::ZERO)`, one
+///   more than [`MAX_RETRY_AFTER`] ahead gives that.
 ///
 /// Anything else (a sign, a fraction, an impossible date such as 31
-/// February or 24:00:00, trailing text) gives `None`, never a panic.
+/// February, 24:00:00 or a leap second, a date before 1970, trailing
+/// text; without the `http` feature, any date) gives `None`, never a
+/// panic.
 ///
 /// ```
 /// use std::time::{Duration, SystemTime};
@@ -149,7 +150,9 @@ fn from_nanos(n: u128) -> Duration {
 /// let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
 /// let after = |v| parse_retry_after(&HeaderValue::from_static(v), now);
 /// assert_eq!(after("120"), Some(Duration::from_secs(120)));
+/// # #[cfg(feature = "http")]
 /// assert_eq!(after("Sun, 06 Nov 1994 08:50:37 GMT"), Some(Duration::from_secs(60)));
+/// # #[cfg(feature = "http")]
 /// assert_eq!(after("Sun, 06 Nov 1994 08:00:00 GMT"), Some(Duration::ZERO));
 /// assert_eq!(after("soon"), None);
 /// ```
@@ -164,21 +167,23 @@ pub fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duratio
         });
         return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
     }
-    let at = http_date(s, now)?;
-    let magnitude = Duration::from_secs(at.unsigned_abs());
-    let target = if at >= 0 {
-        UNIX_EPOCH.checked_add(magnitude)
-    } else {
-        UNIX_EPOCH.checked_sub(magnitude)
-    };
-    Some(match target {
-        Some(target) => target
-            .duration_since(now)
+    http_date(s, now)
+}
+
+/// The pause until the HTTP-date `s`, seen at `now`.
+#[cfg(feature = "http")]
+fn http_date(s: &[u8], now: SystemTime) -> Option<Duration> {
+    let at = httpdate::parse_http_date(std::str::from_utf8(s).ok()?).ok()?;
+    Some(
+        at.duration_since(now)
             .map_or(Duration::ZERO, |d| d.min(MAX_RETRY_AFTER)),
-        // Beyond what `SystemTime` represents on this platform.
-        None if at >= 0 => MAX_RETRY_AFTER,
-        None => Duration::ZERO,
-    })
+    )
+}
+
+/// Dates need the `http` feature.
+#[cfg(not(feature = "http"))]
+fn http_date(_: &[u8], _: SystemTime) -> Option<Duration> {
+    None
 }
 
 fn trim_ows(mut s: &[u8]) -> &[u8] {
@@ -191,200 +196,11 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
     s
 }
 
-const SHORT_DAYS: [&[u8]; 7] = [b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun"];
-const LONG_DAYS: [&[u8]; 7] = [
-    b"Monday",
-    b"Tuesday",
-    b"Wednesday",
-    b"Thursday",
-    b"Friday",
-    b"Saturday",
-    b"Sunday",
-];
-const MONTHS: [&[u8]; 12] = [
-    b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
-];
-
-/// An HTTP-date in any of its three forms, as Unix seconds.
-fn http_date(s: &[u8], now: SystemTime) -> Option<i64> {
-    imf_fixdate(s)
-        .or_else(|| rfc850_date(s, now))
-        .or_else(|| asctime_date(s))
-}
-
-/// `Sun, 06 Nov 1994 08:49:37 GMT`
-fn imf_fixdate(s: &[u8]) -> Option<i64> {
-    let mut c = Cursor(s);
-    c.one_of(&SHORT_DAYS)?;
-    c.tag(b", ")?;
-    let day = c.digits(2)?;
-    c.tag(b" ")?;
-    let month = c.one_of(&MONTHS)? + 1;
-    c.tag(b" ")?;
-    let year = c.digits(4)?;
-    c.tag(b" ")?;
-    let time = c.time()?;
-    c.tag(b" GMT")?;
-    c.end()?;
-    unix_seconds(i64::from(year), month, day, time)
-}
-
-/// `Sunday, 06-Nov-94 08:49:37 GMT`
-fn rfc850_date(s: &[u8], now: SystemTime) -> Option<i64> {
-    let mut c = Cursor(s);
-    c.one_of(&LONG_DAYS)?;
-    c.tag(b", ")?;
-    let day = c.digits(2)?;
-    c.tag(b"-")?;
-    let month = c.one_of(&MONTHS)? + 1;
-    c.tag(b"-")?;
-    let yy = i64::from(c.digits(2)?);
-    c.tag(b" ")?;
-    let time = c.time()?;
-    c.tag(b" GMT")?;
-    c.end()?;
-    // RFC 9110 §5.6.7: a year more than 50 years in the future is the
-    // most recent past year with the same last two digits.
-    let current = year_of(unix_now(now).div_euclid(86_400));
-    let mut year = current - current.rem_euclid(100) + yy;
-    if year > current + 50 {
-        year -= 100;
-    }
-    unix_seconds(year, month, day, time)
-}
-
-/// `Sun Nov  6 08:49:37 1994`
-fn asctime_date(s: &[u8]) -> Option<i64> {
-    let mut c = Cursor(s);
-    c.one_of(&SHORT_DAYS)?;
-    c.tag(b" ")?;
-    let month = c.one_of(&MONTHS)? + 1;
-    c.tag(b" ")?;
-    let day = if c.tag(b" ").is_some() {
-        c.digits(1)?
-    } else {
-        c.digits(2)?
-    };
-    c.tag(b" ")?;
-    let time = c.time()?;
-    c.tag(b" ")?;
-    let year = c.digits(4)?;
-    c.end()?;
-    unix_seconds(i64::from(year), month, day, time)
-}
-
-/// A checked civil date and time (UTC) as Unix seconds. A leap second
-/// (`:60`) is accepted and lands on the next minute.
-fn unix_seconds(
-    year: i64,
-    month: usize,
-    day: u32,
-    (hour, minute, second): (u32, u32, u32),
-) -> Option<i64> {
-    let month = u32::try_from(month).ok()?;
-    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
-        return None;
-    }
-    if hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    let time = i64::from(hour * 3600 + minute * 60 + second);
-    Some(days_from_civil(year, month, day) * 86_400 + time)
-}
-
-fn is_leap(year: i64) -> bool {
-    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
-}
-
-fn days_in_month(year: i64, month: u32) -> u32 {
-    match month {
-        2 if is_leap(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
-/// `days_from_civil`, <https://howardhinnant.github.io/date_algorithms.html>).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400; // [0, 399]
-    let mp = i64::from((month + 9) % 12); // March = 0
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1; // [0, 365]
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy; // [0, 146096]
-    era * 146_097 + doe - 719_468
-}
-
-/// The year containing day `days` since 1970-01-01 (the year part of
-/// Hinnant's `civil_from_days`).
-fn year_of(days: i64) -> i64 {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097; // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365], from March
-    let mp = (5 * doy + 2) / 153; // March = 0
-    era * 400 + yoe + i64::from(mp >= 10) // January and February
-}
-
-/// `now` as whole Unix seconds (negative before 1970).
-fn unix_now(now: SystemTime) -> i64 {
-    match now.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        Err(e) => i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
-    }
-}
-
-/// What is left of the input being parsed.
-struct Cursor<'a>(&'a [u8]);
-
-impl Cursor<'_> {
-    fn tag(&mut self, tag: &[u8]) -> Option<()> {
-        self.0 = self.0.strip_prefix(tag)?;
-        Some(())
-    }
-
-    /// The index of the name the input starts with.
-    fn one_of(&mut self, names: &[&[u8]]) -> Option<usize> {
-        let i = names.iter().position(|n| self.0.starts_with(n))?;
-        self.0 = &self.0[names[i].len()..];
-        Some(i)
-    }
-
-    /// Exactly `n` ASCII digits.
-    fn digits(&mut self, n: usize) -> Option<u32> {
-        let (digits, rest) = self.0.split_at_checked(n)?;
-        if !digits.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        self.0 = rest;
-        Some(
-            digits
-                .iter()
-                .fold(0, |acc, &d| acc * 10 + u32::from(d - b'0')),
-        )
-    }
-
-    /// `HH:MM:SS`, unchecked.
-    fn time(&mut self) -> Option<(u32, u32, u32)> {
-        let hour = self.digits(2)?;
-        self.tag(b":")?;
-        let minute = self.digits(2)?;
-        self.tag(b":")?;
-        let second = self.digits(2)?;
-        Some((hour, minute, second))
-    }
-
-    fn end(&self) -> Option<()> {
-        self.0.is_empty().then_some(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::time::UNIX_EPOCH;
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -499,6 +315,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "http")]
     #[test]
     fn retry_after_http_dates() {
         let date = 784_111_777;
@@ -523,16 +340,15 @@ mod tests {
             after("Fri, 31 Dec 9999 23:59:59 GMT", at(date)),
             Some(MAX_RETRY_AFTER)
         );
-        // Far in the past, even before 1970.
+        // Far in the past.
         assert_eq!(
-            after("Mon, 01 Jan 0001 00:00:00 GMT", at(date)),
+            after("Thu, 01 Jan 1970 00:00:00 GMT", at(date)),
             Some(Duration::ZERO)
         );
-        // A wrong day of the week is tolerated.
-        assert_eq!(
-            after("Mon, 06 Nov 1994 08:49:37 GMT", at(date - 1)),
-            Some(Duration::from_secs(1))
-        );
+        // Before 1970 httpdate reads no date: no pause asked for either.
+        assert_eq!(after("Mon, 01 Jan 0001 00:00:00 GMT", at(date)), None);
+        // A day of the week that does not match the date is refused.
+        assert_eq!(after("Mon, 06 Nov 1994 08:49:37 GMT", at(date - 1)), None);
         // With `now` before 1970.
         assert_eq!(
             after(
@@ -543,50 +359,56 @@ mod tests {
         );
     }
 
-    #[test]
-    fn known_dates_convert_exactly() {
-        let now = at(1_700_000_000); // 2023-11-14
-        let unix = |s: &str| http_date(s.as_bytes(), now);
-        assert_eq!(unix("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
-        assert_eq!(unix("Sunday, 06-Nov-94 08:49:37 GMT"), Some(784_111_777));
-        assert_eq!(unix("Sun Nov  6 08:49:37 1994"), Some(784_111_777));
-        assert_eq!(unix("Sun Nov 06 08:49:37 1994"), Some(784_111_777));
-        assert_eq!(unix("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
-        assert_eq!(unix("Wed, 31 Dec 1969 23:59:59 GMT"), Some(-1));
-        assert_eq!(unix("Tue, 14 Nov 2023 22:13:20 GMT"), Some(1_700_000_000));
-        assert_eq!(unix("Thu, 29 Feb 2024 00:00:00 GMT"), Some(1_709_164_800));
-        assert_eq!(unix("Tue, 29 Feb 2000 00:00:00 GMT"), Some(951_782_400));
-        assert_eq!(unix("Fri, 31 Dec 9999 23:59:59 GMT"), Some(253_402_300_799));
-        // A leap second lands on the next minute.
-        assert_eq!(unix("Sat, 31 Dec 2016 23:59:60 GMT"), Some(1_483_228_800));
-        for days in [-800_000, -1, 0, 59, 60, 11_016, 19_675, 2_932_896] {
-            let year = year_of(days);
-            let jan1 = days_from_civil(year, 1, 1);
-            assert!(
-                jan1 <= days && days < days_from_civil(year + 1, 1, 1),
-                "{days}"
-            );
-        }
-        assert_eq!(year_of(-1), 1969);
-        assert_eq!(year_of(0), 1970);
-        assert_eq!(year_of(19_675), 2023);
+    /// Whether `value` names Unix second `unix`: one second before it,
+    /// one second is left, and at it none.
+    #[cfg(feature = "http")]
+    fn names(value: &str, unix: u64) -> bool {
+        let value = HeaderValue::from_str(value).unwrap();
+        let second_before = at(unix) - Duration::from_secs(1);
+        parse_retry_after(&value, second_before) == Some(Duration::from_secs(1))
+            && parse_retry_after(&value, at(unix)) == Some(Duration::ZERO)
     }
 
-    /// RFC 850 two-digit years: within 50 years ahead of `now`, else the
-    /// previous century.
+    #[cfg(feature = "http")]
     #[test]
-    fn two_digit_years_pivot_fifty_years_ahead() {
-        let now = at(1_767_225_600); // 2026-01-01
-        let year = |yy: &str| {
-            let s = format!("Monday, 01-Jan-{yy} 00:00:00 GMT");
-            http_date(s.as_bytes(), now).map(|t| year_of(t.div_euclid(86_400)))
-        };
-        assert_eq!(year("94"), Some(1994));
-        assert_eq!(year("26"), Some(2026));
-        assert_eq!(year("30"), Some(2030));
-        assert_eq!(year("76"), Some(2076));
-        assert_eq!(year("77"), Some(1977));
-        assert_eq!(year("00"), Some(2000));
+    fn known_dates_convert_exactly() {
+        for (date, unix) in [
+            ("Sun, 06 Nov 1994 08:49:37 GMT", 784_111_777),
+            ("Sunday, 06-Nov-94 08:49:37 GMT", 784_111_777),
+            ("Sun Nov  6 08:49:37 1994", 784_111_777),
+            ("Sun Nov 06 08:49:37 1994", 784_111_777),
+            ("Thu, 01 Jan 1970 00:00:00 GMT", 0),
+            ("Tue, 14 Nov 2023 22:13:20 GMT", 1_700_000_000),
+            ("Thu, 29 Feb 2024 00:00:00 GMT", 1_709_164_800),
+            ("Tue, 29 Feb 2000 00:00:00 GMT", 951_782_400),
+            ("Fri, 31 Dec 9999 23:59:59 GMT", 253_402_300_799),
+        ] {
+            assert!(names(date, unix), "{date}");
+        }
+        let now = at(1_700_000_000);
+        // Before 1970, and leap seconds, are not read.
+        assert_eq!(after("Wed, 31 Dec 1969 23:59:59 GMT", now), None);
+        assert_eq!(after("Sat, 31 Dec 2016 23:59:60 GMT", now), None);
+    }
+
+    /// RFC 850 two-digit years, as httpdate reads them: 00–69 are
+    /// 2000–2069, 70–99 are 1970–1999 (RFC 9110 §5.6.7 would instead take
+    /// a year more than 50 years ahead as the previous century).
+    #[cfg(feature = "http")]
+    #[test]
+    fn two_digit_years_are_1970_to_2069() {
+        for (date, unix) in [
+            ("Saturday, 01-Jan-94 00:00:00 GMT", 757_382_400),
+            ("Thursday, 01-Jan-26 00:00:00 GMT", 1_767_225_600),
+            ("Tuesday, 01-Jan-30 00:00:00 GMT", 1_893_456_000),
+            ("Tuesday, 01-Jan-69 00:00:00 GMT", 3_124_224_000),
+            ("Thursday, 01-Jan-70 00:00:00 GMT", 0),
+            ("Thursday, 01-Jan-76 00:00:00 GMT", 189_302_400),
+            ("Saturday, 01-Jan-77 00:00:00 GMT", 220_924_800),
+            ("Saturday, 01-Jan-00 00:00:00 GMT", 946_684_800),
+        ] {
+            assert!(names(date, unix), "{date}");
+        }
     }
 
     #[test]
