@@ -65,7 +65,7 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `http` | yes | HTTP helpers ([`http`] module), `HttpPolicy` and `ReplayBody` for [`retry`] |
+//! | `http` | yes | HTTP helpers ([`http`] module), `HttpPolicy`, `ReplayBody` and HTTP-dates in `Retry-After` for [`retry`], the HTTP health check (`HealthCheck::http`, through hyper's client) |
 //! | `tracing` | yes | `tracing` events for discovery and balancing decisions |
 //! | `cpu-clock` | yes | Peak-EWMA times requests with the CPU's counter (through `quanta`) rather than the OS clock, while tokio's clock is not paused |
 //! | `file` | no | `discover::FileSource`, a JSON file of endpoints reloaded on change |
