@@ -493,3 +493,120 @@ fn plan(
     }
     Plan::Retry
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+    use crate::retry::{Hedge, RetryBudget, RetryErrors, RetryLayer};
+
+    /// Answers call `i` after `script[i].0` ms, with `n + i` or an error
+    /// (`script[i].1` false); once it has been called, its `poll_ready`
+    /// says "not yet" `not_ready` times (waking the task each time).
+    #[derive(Clone)]
+    struct Scripted {
+        script: Arc<[(u64, bool)]>,
+        calls: Arc<AtomicU32>,
+        not_ready: Arc<AtomicU32>,
+    }
+
+    impl Scripted {
+        fn new(script: &[(u64, bool)], not_ready: u32) -> Self {
+            Scripted {
+                script: script.into(),
+                calls: Arc::default(),
+                not_ready: Arc::new(AtomicU32::new(not_ready)),
+            }
+        }
+    }
+
+    impl Service<u32> for Scripted {
+        type Response = u32;
+        type Error = BoxError;
+        type Future = Pin<Box<dyn Future<Output = Result<u32, BoxError>> + Send>>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            let busy = self.calls.load(SeqCst) > 0
+                && self
+                    .not_ready
+                    .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+            if busy {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, n: u32) -> Self::Future {
+            let i = self.calls.fetch_add(1, SeqCst);
+            let (ms, ok) = self.script[i as usize];
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                if ok { Ok(n + i) } else { Err("failed".into()) }
+            })
+        }
+    }
+
+    fn hedging(budget: &RetryBudget) -> RetryLayer<RetryErrors> {
+        RetryLayer::new(RetryErrors::new().hedging())
+            .budget(budget.clone())
+            .hedge(Hedge::after(Duration::from_millis(10)))
+            .seed(1)
+    }
+
+    fn budget() -> RetryBudget {
+        RetryBudget::new(Duration::from_secs(10), 0.0, 100)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_hedge_leaves_the_first_attempt_to_answer_and_no_other_hedge() {
+        let budget = budget();
+        let service = Scripted::new(&[(100, true), (0, false)], 0);
+        let client = hedging(&budget).layer(service.clone());
+        assert_eq!(client.clone().oneshot(7).await.unwrap(), 7, "the first");
+        let stats = client.stats();
+        assert_eq!((stats.hedges, stats.retries), (1, 0));
+        assert_eq!(service.calls.load(SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_first_attempt_leaves_the_hedge_to_answer() {
+        let budget = budget();
+        let service = Scripted::new(&[(50, false), (100, true)], 0);
+        let client = hedging(&budget).layer(service.clone());
+        assert_eq!(client.clone().oneshot(7).await.unwrap(), 8, "the hedge");
+        let stats = client.stats();
+        assert_eq!((stats.hedges, stats.retries), (1, 0));
+        assert_eq!(service.calls.load(SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_both_fail_a_retry_follows_and_its_answer_returns() {
+        let budget = budget();
+        let service = Scripted::new(&[(50, false), (0, false), (0, true)], 0);
+        let client = hedging(&budget).layer(service.clone());
+        assert_eq!(client.clone().oneshot(7).await.unwrap(), 9, "the retry");
+        let stats = client.stats();
+        assert_eq!((stats.hedges, stats.retries), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn out_of_time_the_last_failure_is_the_cause() {
+        let service = Scripted::new(&[(0, false), (1000, true)], 0);
+        let client = RetryLayer::new(RetryErrors::new())
+            .deadline(Duration::from_millis(100))
+            .seed(1)
+            .layer(service);
+        match client.oneshot(7).await {
+            Err(Error::DeadlineExceeded { attempts, last, .. }) => {
+                assert_eq!(attempts, 2);
+                assert!(last.is_some(), "the first attempt's error");
+            }
+            other => panic!("expected a deadline, got {other:?}"),
+        }
+    }
+}
