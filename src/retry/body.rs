@@ -2,7 +2,7 @@
 use std::fmt;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Wake, Waker, ready};
 
 use bytes::{Buf, Bytes};
 use http::HeaderMap;
@@ -277,56 +277,22 @@ where
             this.done = true;
             return Poll::Ready(shared.trailers.clone().map(|t| Ok(Frame::trailers(t))));
         }
-        let Some(body) = shared.body.as_mut() else {
-            return Poll::Ready(Some(Err(shared.lost().into())));
-        };
 
-        // Read on from the original. It only ever sees the fan-out waker,
-        // so a handle that polls it last (and may then be dropped, like an
-        // abandoned attempt) does not take the wake-up away from one that
-        // polled it before: when the original can make progress, every
-        // handle that saw it pending is woken and re-polls, replaying what
-        // another handle read meanwhile. Register before polling so that a
-        // wake from another thread between the two is not lost. A handle
-        // whose poll is ready stays registered until the next wake, which
-        // costs at most one spurious wake-up.
-        shared.waiting.register(cx.waker());
-        let mut fan_out = Context::from_waker(&shared.fan_out);
-        loop {
-            let frame = match body.as_mut().poll_frame(&mut fan_out) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(frame) => frame,
-            };
-            match frame {
-                None => {
-                    shared.finish(None);
-                    this.done = true;
-                    return Poll::Ready(None);
+        // Read on from the original, and keep this handle's place.
+        let polled = ready!(shared.read_on(cx));
+        match &polled {
+            Some(Ok(frame)) => match frame.data_ref() {
+                Some(chunk) => {
+                    this.next = this.next.saturating_add(1);
+                    this.yielded = this.yielded.saturating_add(len_u64(chunk));
                 }
-                Some(Err(error)) => {
-                    shared.fail();
-                    return Poll::Ready(Some(Err(error.into())));
-                }
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(mut data) => {
-                        let chunk = data.copy_to_bytes(data.remaining());
-                        shared.record(&chunk);
-                        this.next = this.next.saturating_add(1);
-                        this.yielded = this.yielded.saturating_add(len_u64(&chunk));
-                        return Poll::Ready(Some(Ok(Frame::data(chunk))));
-                    }
-                    Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            shared.finish(Some(trailers.clone()));
-                            this.done = true;
-                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                        }
-                        // A frame kind this version of http-body does not
-                        // know: neither data nor trailers, so skip it.
-                    }
-                },
-            }
+                // Trailers: the end.
+                None => this.done = true,
+            },
+            Some(Err(_)) => {}
+            None => this.done = true,
         }
+        Poll::Ready(polled)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -373,6 +339,60 @@ where
             }
         }
         hint
+    }
+}
+
+impl<B> Shared<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    /// The next frame of the original (data recorded, the end or an error
+    /// noted), for a handle that has every frame read so far.
+    ///
+    /// The original only ever sees the fan-out waker, so a handle that
+    /// polls it last (and may then be dropped, like an abandoned attempt)
+    /// does not take the wake-up away from one that polled it before: when
+    /// the original can make progress, every handle that saw it pending is
+    /// woken and re-polls, replaying what another handle read meanwhile.
+    /// The handle registers before the original is polled so that a wake
+    /// from another thread between the two is not lost. A handle whose
+    /// poll is ready stays registered until the next wake, which costs at
+    /// most one spurious wake-up.
+    fn read_on(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(body) = self.body.as_mut() else {
+            return Poll::Ready(Some(Err(self.lost().into())));
+        };
+        self.waiting.register(cx.waker());
+        let mut fan_out = Context::from_waker(&self.fan_out);
+        loop {
+            let frame = match ready!(body.as_mut().poll_frame(&mut fan_out)) {
+                None => {
+                    self.finish(None);
+                    return Poll::Ready(None);
+                }
+                Some(Err(error)) => {
+                    self.fail();
+                    return Poll::Ready(Some(Err(error.into())));
+                }
+                Some(Ok(frame)) => frame,
+            };
+            match frame.into_data() {
+                Ok(mut data) => {
+                    let chunk = data.copy_to_bytes(data.remaining());
+                    self.record(&chunk);
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        self.finish(Some(trailers.clone()));
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                    // A frame kind this version of http-body does not
+                    // know: neither data nor trailers, so skip it.
+                }
+            }
+        }
     }
 }
 

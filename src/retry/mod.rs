@@ -57,6 +57,7 @@ mod http_policy;
 mod layer;
 mod policy;
 mod service;
+mod state;
 mod tally;
 
 pub use backoff::{Backoff, MAX_RETRY_AFTER, parse_retry_after};
