@@ -15,8 +15,9 @@ use std::task::{Context, Poll};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use tower::{Layer, Service, service_fn};
 use tower_lb::Endpoint;
+use tower_lb::PickRng;
 use tower_lb::balance::{
-    BuildContext, KeyHash, Maglev, PickContext, PickRng, Picker, Rendezvous, Ring, Strategy,
+    BuildContext, KeyHash, Maglev, PickContext, Picker, Rendezvous, Ring, Strategy,
 };
 use tower_lb::discover::StaticSource;
 use tower_lb::pool::{DiscoverLayer, Snapshot};

@@ -103,9 +103,11 @@ pub mod retry;
 #[cfg(feature = "sim")]
 pub mod sim;
 mod trace;
+mod util;
 
 pub use attempt::Attempted;
 pub use endpoint::Endpoint;
+pub use util::rng::PickRng;
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../README.md")]

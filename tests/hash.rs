@@ -18,11 +18,12 @@ use std::time::Duration;
 
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_lb::Endpoint;
+use tower_lb::PickRng;
 use tower_lb::attempt::Tracked;
 use tower_lb::balance::hash::{DEFAULT_LOAD_FACTOR, crc32, xxh64};
 use tower_lb::balance::{
-    Balance, BalanceLayer, BuildContext, KeyHash, Maglev, PickContext, PickRng, Picker, Rendezvous,
-    Ring, RoundRobin, Strategy, WhenEmpty, key_fn,
+    Balance, BalanceLayer, BuildContext, KeyHash, Maglev, PickContext, Picker, Rendezvous, Ring,
+    RoundRobin, Strategy, WhenEmpty, key_fn,
 };
 use tower_lb::discover::StaticSource;
 use tower_lb::pool::{DiscoverLayer, Pool, Snapshot};

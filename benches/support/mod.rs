@@ -15,7 +15,8 @@ use arc_swap::ArcSwap;
 use tokio::runtime::Runtime;
 use tower::{Layer, Service, ServiceExt};
 use tower_lb::Endpoint;
-use tower_lb::balance::{Balance, BuildContext, PickContext, PickRng, Picker, Strategy};
+use tower_lb::PickRng;
+use tower_lb::balance::{Balance, BuildContext, PickContext, Picker, Strategy};
 use tower_lb::discover::StaticSource;
 use tower_lb::pool::{DiscoverLayer, Member, Pool, Snapshot};
 

@@ -12,13 +12,13 @@ use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use super::clock::LatencyClock;
 use super::service::{Balance, Pick, Timing};
 use super::{Classify, ErrorsAreFailures, NoKey, Strategy};
 use crate::attempt::Attempted;
 use crate::error::{BoxError, Error};
 use crate::failover::HealthReport;
 use crate::pool::EndpointStats;
+use crate::util::clock::LatencyClock;
 
 /// When a timed request started, and how to time it.
 #[derive(Debug, Clone, Copy)]

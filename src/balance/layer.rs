@@ -1,6 +1,7 @@
 use tower_layer::Layer;
 
-use super::{Balance, ErrorsAreFailures, NoKey, PickRng, Strategy, WhenEmpty};
+use super::{Balance, ErrorsAreFailures, NoKey, Strategy, WhenEmpty};
+use crate::PickRng;
 use crate::pool::Pool;
 
 /// Wraps a [`Pool`] in a [`Balance`] with a strategy and options.

@@ -57,13 +57,11 @@
 //! ```
 
 mod classify;
-mod clock;
 pub mod future;
 pub mod hash;
 mod layer;
 mod p2c;
 mod random;
-mod rng;
 mod rotation;
 mod round_robin;
 mod service;
@@ -79,7 +77,6 @@ pub use hash::{
 pub use layer::BalanceLayer;
 pub use p2c::{LeastInFlight, LeastInFlightPicker, PeakEwma, PeakEwmaPicker};
 pub use random::{Random, RandomPicker};
-pub use rng::PickRng;
 pub use round_robin::{RoundRobin, RoundRobinPicker};
 pub use service::{Balance, WhenEmpty};
 pub use strategy::{BuildContext, PickContext, Picker, Strategy};

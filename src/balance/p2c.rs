@@ -2,11 +2,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::clock::{LatencyClock, inv_tau_ns};
 use super::strategy::Active;
 use super::weighted_random::AliasTable;
-use super::{BuildContext, PickContext, PickRng, Picker, Strategy};
+use super::{BuildContext, PickContext, Picker, Strategy};
+use crate::PickRng;
 use crate::pool::{Member, StatsHandle};
+use crate::util::clock::{LatencyClock, inv_tau_ns};
 
 /// Power of two choices over the fewest requests in flight, weight-aware.
 ///

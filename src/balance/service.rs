@@ -7,13 +7,14 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tower_service::Service;
 
-use super::clock::{LatencyClock, inv_tau_ns};
 use super::future::{Failure, InFlight, ResponseFuture, Started};
 use super::hash::{KeyOf, NoKey, mix};
-use super::{BuildContext, Classify, ErrorsAreFailures, PickContext, PickRng, Picker, Strategy};
+use super::{BuildContext, Classify, ErrorsAreFailures, PickContext, Picker, Strategy};
+use crate::PickRng;
 use crate::attempt::{Attempted, Attempts};
 use crate::error::{BoxError, Error};
 use crate::pool::{Member, Pool, Snapshot};
+use crate::util::clock::{LatencyClock, inv_tau_ns};
 
 /// What a balancer does when its pool has no endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,10 +2,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::PickRng;
-use super::clock::LatencyClock;
 use super::hash::KeyHash;
+use crate::PickRng;
 use crate::pool::Member;
+use crate::util::clock::LatencyClock;
 
 /// How a balancer chooses an endpoint: builds one immutable [`Picker`] per
 /// set of members (a snapshot of the pool, or one priority tier of a

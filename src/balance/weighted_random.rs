@@ -1,5 +1,6 @@
 use super::strategy::Active;
-use super::{BuildContext, PickContext, PickRng, Picker, Strategy};
+use super::{BuildContext, PickContext, Picker, Strategy};
+use crate::PickRng;
 use crate::pool::Member;
 
 /// A random endpoint with probability proportional to its weight, in O(1)

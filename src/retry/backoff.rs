@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
 
-use crate::balance::PickRng;
+use crate::PickRng;
 
 /// The longest pause [`parse_retry_after`] returns: one day. Larger
 /// values, as seconds or as a date, are cut to it, so a typo or a hostile
@@ -45,7 +45,7 @@ const NANOS_PER_SEC: u128 = 1_000_000_000;
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_lb::balance::PickRng;
+/// use tower_lb::PickRng;
 /// use tower_lb::retry::Backoff;
 ///
 /// let backoff = Backoff::new(Duration::from_millis(25), Duration::from_secs(2));

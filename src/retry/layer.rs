@@ -8,7 +8,7 @@ use super::budget::RetryBudget;
 use super::hedge::{Hedge, LatencyHistogram};
 use super::service::Retry;
 use super::tally::Tally;
-use crate::balance::PickRng;
+use crate::PickRng;
 
 /// Settings shared by every clone of a retrying client.
 #[derive(Debug)]

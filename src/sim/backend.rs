@@ -16,7 +16,7 @@ use tower_service::Service;
 
 use super::latency::{from_nanos_f64, unit};
 use super::{Fault, FaultSchedule, InvalidSim, Latency, SimError};
-use crate::balance::PickRng;
+use crate::PickRng;
 
 /// A simulated backend: a `tower::Service` for any request type that
 /// answers after a latency drawn from its [`Latency`] distribution, fails
