@@ -7,12 +7,14 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use tower_lb::balance::{Balance, LeastInFlight};
 use tower_lb::failover::bench::Republish;
 
 fn republish_group(c: &mut Criterion) {
     let mut g = c.benchmark_group("failover_republish");
     for n in [10, 100, 1000] {
         let mut r = Republish::new(n);
+        let _balance = Balance::new(r.view().clone(), LeastInFlight);
         // Every fifth endpoint is a backup and gets nothing while all are healthy.
         assert_eq!(r.run(), n - n / 5);
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {

@@ -41,10 +41,10 @@ use tower::load::{CompleteOnResponse, PeakEwmaDiscover, PendingRequestsDiscover}
 use tower::util::{MapErrLayer, MapResponseLayer};
 use tower::{Layer, Service};
 use tower_lb::balance::{
-    BalanceLayer, LeastInFlight, PeakEwma, Random, RoundRobin, Strategy, WeightedRandom,
+    BalanceLayer, LeastInFlight, PeakEwma, Random, RoundRobin, Strategy, Upstream, WeightedRandom,
     WeightedRoundRobin,
 };
-use tower_lb::failover::{FailoverConfig, FailoverLayer};
+use tower_lb::failover::{Failover, FailoverConfig, FailoverLayer};
 use tower_lb::pool::Pool;
 use tower_lb::retry::{RetryErrors, RetryLayer};
 
@@ -88,7 +88,7 @@ fn bench_service_then<S>(
 }
 
 /// A `Failover` view of `pool`, evaluated once (nothing is ejected).
-fn failover(rt: &Runtime, pool: &Pool<Echo>) -> Pool<Echo> {
+fn failover(rt: &Runtime, pool: &Pool<Echo>) -> Failover<Echo> {
     let _guard = rt.enter();
     let view = FailoverLayer::new(FailoverConfig::new()).layer(pool.clone());
     rt.block_on(view.changed(0));
@@ -102,11 +102,11 @@ fn bench_balance<St: Strategy + Clone>(
     g: &mut Group<'_>,
     rt: &Runtime,
     name: &str,
-    pool: &Pool<Echo>,
+    pool: &Upstream<Echo>,
     strategy: St,
 ) {
     let _guard = rt.enter();
-    let n = pool.snapshot().len();
+    let n = pool.pool().snapshot().len();
     let lb = BalanceLayer::new(strategy).layer(pool.clone());
     bench_service(g, rt, name, n, lb);
 }
@@ -132,11 +132,11 @@ fn bench_full_stack<St: Strategy + Clone>(
     g: &mut Group<'_>,
     rt: &Runtime,
     name: &str,
-    view: &Pool<Echo>,
+    view: &Upstream<Echo>,
     strategy: St,
 ) {
     let _guard = rt.enter();
-    let n = view.snapshot().len();
+    let n = view.pool().snapshot().len();
     let lb = BalanceLayer::new(strategy).layer(view.clone());
     let retry = RetryLayer::new(RetryErrors::new()).layer(lb);
     bench_service(g, rt, name, n, retry);
@@ -210,35 +210,71 @@ fn roundtrip_group(c: &mut Criterion) {
         bench_service(&mut g, &rt, "tower_p2c_peak_ewma", n, tower_ewma);
 
         let pool = support::pool(&rt, n, Weights::Uniform);
-        bench_balance(&mut g, &rt, "least_in_flight", &pool, LeastInFlight);
+        bench_balance(
+            &mut g,
+            &rt,
+            "least_in_flight",
+            &pool.clone().into(),
+            LeastInFlight,
+        );
         // The layers over it right after it, so the rows compared with it
         // run back to back.
-        bench_full_stack(&mut g, &rt, "retry_least_in_flight", &pool, LeastInFlight);
+        bench_full_stack(
+            &mut g,
+            &rt,
+            "retry_least_in_flight",
+            &pool.clone().into(),
+            LeastInFlight,
+        );
         bench_noop_layer(&mut g, &rt, &pool);
         bench_tower_retry(&mut g, &rt, &pool);
         bench_control(&mut g, &rt, &pool);
-        bench_balance(&mut g, &rt, "peak_ewma", &pool, PeakEwma::new());
-        bench_balance(&mut g, &rt, "round_robin", &pool, RoundRobin);
-        bench_balance(&mut g, &rt, "random", &pool, Random);
+        bench_balance(
+            &mut g,
+            &rt,
+            "peak_ewma",
+            &pool.clone().into(),
+            PeakEwma::new(),
+        );
+        bench_balance(&mut g, &rt, "round_robin", &pool.clone().into(), RoundRobin);
+        bench_balance(&mut g, &rt, "random", &pool.clone().into(), Random);
         bench_balance(
             &mut g,
             &rt,
             "weighted_round_robin",
-            &pool,
+            &pool.clone().into(),
             WeightedRoundRobin,
         );
-        bench_balance(&mut g, &rt, "weighted_random", &pool, WeightedRandom);
+        bench_balance(
+            &mut g,
+            &rt,
+            "weighted_random",
+            &pool.clone().into(),
+            WeightedRandom,
+        );
 
         let view = failover(&rt, &pool);
         bench_balance(
             &mut g,
             &rt,
             "failover_least_in_flight",
-            &view,
+            &view.clone().into(),
             LeastInFlight,
         );
-        bench_full_stack(&mut g, &rt, "full_stack", &view, LeastInFlight);
-        bench_full_stack(&mut g, &rt, "full_stack_peak_ewma", &view, PeakEwma::new());
+        bench_full_stack(
+            &mut g,
+            &rt,
+            "full_stack",
+            &view.clone().into(),
+            LeastInFlight,
+        );
+        bench_full_stack(
+            &mut g,
+            &rt,
+            "full_stack_peak_ewma",
+            &view.clone().into(),
+            PeakEwma::new(),
+        );
     }
     g.finish();
 }

@@ -190,8 +190,7 @@ async fn main() -> Result<(), BoxError> {
         "retry layer: {} retries, {} refused by the budget, {} deadlines",
         stats.retries, stats.budget_exhausted, stats.deadlines_exceeded
     );
-    let view = client.get_ref().pool().snapshot();
-    if let Some(health) = view.health() {
+    if let Some(health) = client.get_ref().health() {
         println!(
             "failover: {} marked down, {} ejections, panic: {}",
             health.downs, health.ejections, health.panic

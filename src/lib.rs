@@ -7,6 +7,8 @@
 //!
 //! ```text
 //! Source ──updates──▶ Pool ──snapshot──▶ Failover ──eligible view──▶ Balance ──pick──▶ endpoint service
+//!
+//! (retry sits above the balancer; PickRng and the clock are leaf utilities)
 //! ```
 //!
 //! - [`discover`]: where endpoints come from — a static list, the
@@ -14,16 +16,19 @@
 //!   adapter to tower's `Discover`.
 //! - [`pool`]: the live set, applied off the request path and published as
 //!   immutable snapshots, with per-endpoint [`EndpointStats`](pool::EndpointStats).
-//! - [`failover`]: the eligible view — priority tiers with gradual spill
-//!   to backups and fail-back, outlier ejection, panic mode, slow start
-//!   and active health checks.
+//! - [`failover`]: the eligible [`View`](failover::View) of a pool, kept
+//!   current by a [`Failover`](failover::Failover) handle — priority tiers
+//!   with gradual spill to backups and fail-back, outlier ejection, panic
+//!   mode, slow start and active health checks. The pool knows nothing of
+//!   it.
 //! - [`retry`]: retries within a budget, with backoff, another endpoint
 //!   per attempt, replayable bodies, hedging and a deadline.
 //! - [`attempt`]: the record of where a request's attempts went, which the
 //!   request carries from the retry layer to the balancer (and through a
 //!   `Buffer`).
-//! - [`balance`]: the [`Balance`](balance::Balance) service and its
-//!   strategies: round robin, random, smooth weighted round robin, weighted
+//! - [`balance`]: the [`Balance`](balance::Balance) service, which picks
+//!   from an [`Upstream`](balance::Upstream) (a pool or a failover view),
+//!   and its strategies: round robin, random, smooth weighted round robin, weighted
 //!   random, power of two choices over in-flight requests or Peak-EWMA
 //!   latency, and consistent hashing by a request key (Maglev, a
 //!   nginx-compatible ketama ring, rendezvous; with bounded load).

@@ -15,7 +15,7 @@ use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_lb::Endpoint;
 use tower_lb::balance::{
     BalanceLayer, KeyHash, KeyOf, LeastInFlight, Maglev, PeakEwma, Random, Rendezvous, Ring,
-    RoundRobin, Strategy, WeightedRandom, WeightedRoundRobin,
+    RoundRobin, Strategy, Upstream, WeightedRandom, WeightedRoundRobin,
 };
 use tower_lb::discover::StaticSource;
 use tower_lb::failover::{FailoverConfig, FailoverLayer};
@@ -85,13 +85,13 @@ async fn allocations_per_1000_with<St: Strategy + Clone>(strategy: St, stack: St
     });
     let pool = DiscoverLayer::new(StaticSource::new(endpoints)).layer(connector);
     assert!(pool.applied(1).await);
-    let pool = match stack {
-        Stack::Balance | Stack::Retry | Stack::RetryClonePerRequest => pool,
+    let pool: Upstream<_> = match stack {
+        Stack::Balance | Stack::Retry | Stack::RetryClonePerRequest => pool.into(),
         Stack::Failover | Stack::Full => {
             let view = FailoverLayer::new(FailoverConfig::new()).layer(pool);
             assert!(view.applied(1).await);
             assert_eq!(view.snapshot().len(), 50, "nothing is ejected");
-            view
+            view.into()
         }
     };
     let lb = BalanceLayer::new(strategy).layer(pool);

@@ -22,8 +22,8 @@ use tower::{Layer, ServiceBuilder, ServiceExt};
 use tower_lb::balance::{Balance, BalanceLayer, RoundRobin, Strategy, WeightedRoundRobin};
 use tower_lb::discover::{Registration, Registry};
 use tower_lb::failover::{
-    EndpointHealth, FailoverConfig, FailoverLayer, HealthReport, OutlierDetection, PanicMode,
-    SlowStart,
+    EndpointHealth, Failover, FailoverConfig, FailoverLayer, HealthReport, OutlierDetection,
+    PanicMode, SlowStart,
 };
 use tower_lb::pool::{DiscoverLayer, Pool};
 use tower_lb::{Endpoint, Error};
@@ -44,6 +44,13 @@ type Client<St> = Balance<Backend, St>;
 
 /// `Balance(strategy, seeded) → Failover(config) → Pool(registry watch) →
 /// mock connector`.
+/// The failover view a balancer picks from.
+fn view<S, St: Strategy, C, K>(lb: &Balance<S, St, C, K>) -> &Failover<S> {
+    lb.upstream()
+        .failover()
+        .expect("a balancer over a failover view")
+}
+
 fn client<St: Strategy + Clone>(
     registry: &Registry,
     backends: &Backends,
@@ -114,32 +121,27 @@ fn delta(before: &[u64], after: &[u64]) -> Vec<u64> {
     before.iter().zip(after).map(|(b, a)| a - b).collect()
 }
 
-fn report<S>(pool: &Pool<S>) -> HealthReport {
-    pool.snapshot()
-        .health()
-        .cloned()
-        .expect("a failover view carries a health report")
+fn report<S>(view: &Failover<S>) -> HealthReport {
+    view.health().as_ref().clone()
 }
 
 /// Polls the view's report every millisecond of tokio time until `done`
 /// holds; panics with `what` and the last report after `limit`.
 async fn wait_report<S>(
-    pool: &Pool<S>,
+    view: &Failover<S>,
     what: &str,
     limit: Duration,
     done: impl Fn(&HealthReport) -> bool,
 ) -> HealthReport {
     let start = Instant::now();
     loop {
-        if let Some(r) = pool.snapshot().health() {
-            if done(r) {
-                return r.clone();
-            }
+        let r = view.health();
+        if done(&r) {
+            return r.as_ref().clone();
         }
         assert!(
             start.elapsed() <= limit,
-            "{what}: not seen within {limit:?}; last report: {:#?}",
-            pool.snapshot().health()
+            "{what}: not seen within {limit:?}; last report: {r:#?}"
         );
         sleep(Duration::from_millis(1)).await;
     }
@@ -179,7 +181,7 @@ async fn ejection_cap(outliers: OutlierDetection, cap: usize) {
     }
     let config = FailoverConfig::new().outlier_detection(outliers);
     let lb = client(&registry, &backends, RoundRobin, config);
-    wait_report(lb.pool(), "ten endpoints in the view", INTERVAL, |r| {
+    wait_report(view(&lb), "ten endpoints in the view", INTERVAL, |r| {
         r.endpoints.len() == 10
     })
     .await;
@@ -194,7 +196,7 @@ async fn ejection_cap(outliers: OutlierDetection, cap: usize) {
             "every request fails with the endpoint's own error: {out:?}"
         );
         sleep(INTERVAL).await;
-        let r = report(lb.pool());
+        let r = report(view(&lb));
         let now_out = ejected(&r);
         assert!(
             now_out <= cap,
@@ -207,7 +209,7 @@ async fn ejection_cap(outliers: OutlierDetection, cap: usize) {
         );
         most = most.max(now_out);
     }
-    let r = report(lb.pool());
+    let r = report(view(&lb));
     assert_eq!(most, cap, "all ten failing: the cap ({cap}) is reached");
     assert!(
         r.ejections > cap as u64,
@@ -238,7 +240,7 @@ async fn a_lone_failing_endpoint_is_ejected_but_still_gets_requests() {
     let backends = Backends::new();
     backends.set(&key(1), Behaviour::Fail);
     let lb = client(&registry, &backends, RoundRobin, FailoverConfig::new());
-    wait_report(lb.pool(), "the endpoint in the view", INTERVAL, |r| {
+    wait_report(view(&lb), "the endpoint in the view", INTERVAL, |r| {
         r.endpoints.len() == 1
     })
     .await;
@@ -246,7 +248,7 @@ async fn a_lone_failing_endpoint_is_ejected_but_still_gets_requests() {
     let out = burst(&lb, 5).await;
     assert_eq!(out.inner, 5);
     let r = wait_report(
-        lb.pool(),
+        view(&lb),
         "the failing endpoint ejected within 2 s",
         2 * INTERVAL,
         |r| ejected(r) == 1,
@@ -286,14 +288,14 @@ async fn all_ejected(
             .max_ejection(Duration::from_secs(5)),
     );
     let lb = client(registry, backends, RoundRobin, config);
-    wait_report(lb.pool(), "four endpoints in the view", INTERVAL, |r| {
+    wait_report(view(&lb), "four endpoints in the view", INTERVAL, |r| {
         r.endpoints.len() == 4
     })
     .await;
     let out = burst(&lb, 20).await;
     assert_eq!(out.inner, 20, "{out:?}");
     let r = wait_report(
-        lb.pool(),
+        view(&lb),
         "all four ejected within 2 s",
         2 * INTERVAL,
         |r| ejected(r) == 4,
@@ -352,7 +354,7 @@ async fn panic_ends_when_the_ejections_end() {
     let _regs = register_ports(&registry, 4);
     let backends = Backends::new();
     let lb = all_ejected(&registry, &backends, PanicMode::FailClosed).await;
-    let r = report(lb.pool());
+    let r = report(view(&lb));
     let until = r
         .endpoints
         .iter()
@@ -364,7 +366,7 @@ async fn panic_ends_when_the_ejections_end() {
     }
     let limit = until.saturating_duration_since(Instant::now()) + 2 * INTERVAL;
     let r = wait_report(
-        lb.pool(),
+        view(&lb),
         "all four on trial once their ejections end",
         limit,
         |r| r.endpoints.iter().all(|e| e.on_trial),
@@ -381,7 +383,7 @@ async fn panic_ends_when_the_ejections_end() {
         "one trial request each"
     );
     let r = wait_report(
-        lb.pool(),
+        view(&lb),
         "panic left at once when the trials pass (the outcomes wake failover)",
         Duration::from_millis(20),
         |r| !r.panic,
@@ -427,7 +429,7 @@ async fn slow_start_ramp(weight: u32) {
     let backends = Backends::new();
     let config = FailoverConfig::new().slow_start(SlowStart::new(WINDOW));
     let lb = client(&registry, &backends, WeightedRoundRobin, config);
-    let r = wait_report(lb.pool(), "three endpoints in the view", INTERVAL, |r| {
+    let r = wait_report(view(&lb), "three endpoints in the view", INTERVAL, |r| {
         r.endpoints.len() == 3
     })
     .await;
@@ -454,7 +456,7 @@ async fn slow_start_ramp(weight: u32) {
     }
 
     let _new = register(&registry, ep(4).with_weight(weight));
-    let r = wait_report(lb.pool(), "the new endpoint in the view", INTERVAL, |r| {
+    let r = wait_report(view(&lb), "the new endpoint in the view", INTERVAL, |r| {
         r.endpoints.len() == 4
     })
     .await;
@@ -476,7 +478,7 @@ async fn slow_start_ramp(weight: u32) {
         }
         let got = delta(&before, &calls(&backends, &ports));
         shares.push(got[3] as f64 / got.iter().sum::<u64>() as f64);
-        let r = report(lb.pool());
+        let r = report(view(&lb));
         for p in 1..=3 {
             assert_eq!(
                 health(&r, p).weight_factor,
@@ -552,7 +554,7 @@ async fn drive<St: Strategy>(
         all.none_eligible += out.none_eligible;
         all.other.extend(out.other);
         sleep(STEP).await;
-        check(&report(lb.pool()));
+        check(&report(view(lb)));
     }
     (delta(&before, &calls(backends, ports)), all)
 }
@@ -568,7 +570,7 @@ async fn drive_until<St: Strategy>(
     loop {
         let out = burst(lb, 20).await;
         assert!(out.other.is_empty() && out.none_eligible == 0, "{out:?}");
-        let r = report(lb.pool());
+        let r = report(view(lb));
         if done(&r) {
             return r;
         }
@@ -608,7 +610,7 @@ async fn a_flapping_primary_gets_traffic_back_only_after_staying_up_for_the_fail
                 .max_ejection(EJECTION),
         );
     let lb = client(&registry, &backends, RoundRobin, config);
-    wait_report(lb.pool(), "three endpoints in the view", INTERVAL, |r| {
+    wait_report(view(&lb), "three endpoints in the view", INTERVAL, |r| {
         r.endpoints.len() == 3
     })
     .await;
@@ -718,7 +720,7 @@ async fn a_primary_that_leaves_discovery_and_returns_waits_for_the_failback_dela
     let backends = Backends::new();
     let config = FailoverConfig::new().failback_delay(FAILBACK);
     let lb = client(&registry, &backends, RoundRobin, config);
-    wait_report(lb.pool(), "both endpoints in the view", INTERVAL, |r| {
+    wait_report(view(&lb), "both endpoints in the view", INTERVAL, |r| {
         r.endpoints.len() == 2
     })
     .await;
@@ -728,7 +730,7 @@ async fn a_primary_that_leaves_discovery_and_returns_waits_for_the_failback_dela
     assert_eq!(got, [200, 0], "the primary takes everything");
 
     drop(primary);
-    wait_report(lb.pool(), "the primary gone from the view", INTERVAL, |r| {
+    wait_report(view(&lb), "the primary gone from the view", INTERVAL, |r| {
         r.endpoints.len() == 1
     })
     .await;
@@ -736,7 +738,7 @@ async fn a_primary_that_leaves_discovery_and_returns_waits_for_the_failback_dela
     assert_eq!(got, [0, 200], "the backup takes everything");
 
     let _primary = register(&registry, ep(a));
-    wait_report(lb.pool(), "the primary back in the view", INTERVAL, |r| {
+    wait_report(view(&lb), "the primary back in the view", INTERVAL, |r| {
         r.endpoints.len() == 2
     })
     .await;
@@ -762,14 +764,14 @@ async fn the_view_reports_discovery_progress() {
     let backends = Backends::new();
     let lb = client(&registry, &backends, RoundRobin, FailoverConfig::new());
     let revision = registry.revision_of(SERVICE);
-    let applied = timeout(Duration::from_secs(5), lb.pool().applied(revision)).await;
+    let applied = timeout(Duration::from_secs(5), view(&lb).applied(revision)).await;
     assert_eq!(
         applied.ok(),
         Some(true),
         "client.pool().applied({revision}) did not return within 5 s; discovery status of the view: {:?}",
-        lb.pool().discovery()
+        view(&lb).discovery()
     );
-    assert_eq!(lb.pool().discovery().applied_revision, Some(revision));
+    assert_eq!(view(&lb).discovery().applied_revision, Some(revision));
 }
 
 /// The balancer never hands out an ejected endpoint while others are
@@ -787,7 +789,7 @@ async fn an_ejected_endpoint_is_never_picked_while_others_are_healthy() {
         WeightedRoundRobin,
         FailoverConfig::new(),
     );
-    wait_report(lb.pool(), "five endpoints in the view", INTERVAL, |r| {
+    wait_report(view(&lb), "five endpoints in the view", INTERVAL, |r| {
         r.endpoints.len() == 5
     })
     .await;
@@ -836,7 +838,7 @@ async fn an_endpoint_back_from_an_ejection_gets_one_trial_request_which_decides(
     // 3 s and 3 s end in that time, one trial request each.
     let ports = [1, 2, 3, 4, 5];
     let (hits, out) = drive(&lb, &backends, &ports, 100, 20, |_| {}).await;
-    let r = report(lb.pool());
+    let r = report(view(&lb));
     let trials = r.ejections - ejections;
     assert!(
         (3..=5).contains(&trials),
@@ -919,17 +921,17 @@ async fn failure_rates_are_evaluated_once_per_interval() {
     let backends = Backends::new();
     let config = FailoverConfig::new().interval(Duration::from_millis(100));
     let lb = client(&registry, &backends, RoundRobin, config);
-    wait_report(lb.pool(), "three endpoints", INTERVAL, |r| {
+    wait_report(view(&lb), "three endpoints", INTERVAL, |r| {
         r.endpoints.len() == 3
     })
     .await;
-    let before = report(lb.pool()).detections;
+    let before = report(view(&lb)).detections;
     for _ in 0..50 {
         // Traffic and failures in between must not shift the schedule.
         let _ = burst(&lb, 3).await;
         sleep(Duration::from_millis(100)).await;
     }
-    let passes = report(lb.pool()).detections - before;
+    let passes = report(view(&lb)).detections - before;
     assert!(
         (49..=51).contains(&passes),
         "{passes} passes in 50 intervals"
@@ -945,7 +947,7 @@ async fn a_streak_ejects_and_an_unreachable_endpoint_goes_down_on_the_failure_it
     let _regs = register_ports(&registry, 6);
     let backends = Backends::new();
     let lb = client(&registry, &backends, RoundRobin, FailoverConfig::new());
-    wait_report(lb.pool(), "six endpoints", INTERVAL, |r| {
+    wait_report(view(&lb), "six endpoints", INTERVAL, |r| {
         r.endpoints.len() == 6
     })
     .await;
@@ -955,7 +957,7 @@ async fn a_streak_ejects_and_an_unreachable_endpoint_goes_down_on_the_failure_it
         let _ = burst(&lb, 1).await;
     }
     let r = wait_report(
-        lb.pool(),
+        view(&lb),
         "ejected at once",
         Duration::from_millis(5),
         |r| health(r, 1).ejected_until.is_some(),
@@ -972,7 +974,7 @@ async fn a_streak_ejects_and_an_unreachable_endpoint_goes_down_on_the_failure_it
     while backends.calls(&key(2)) == b2 || backends.calls(&key(3)) == b3 {
         let _ = burst(&lb, 1).await;
     }
-    let r = wait_report(lb.pool(), "down at once", Duration::from_millis(5), |r| {
+    let r = wait_report(view(&lb), "down at once", Duration::from_millis(5), |r| {
         health(r, 2).down && health(r, 3).down
     })
     .await;
@@ -1004,13 +1006,13 @@ async fn primaries_that_refuse_hand_their_traffic_to_the_backups() {
     backends.set(&key(1), Behaviour::Refuse);
     backends.set(&key(2), Behaviour::Refuse);
     let lb = client(&registry, &backends, RoundRobin, FailoverConfig::new());
-    wait_report(lb.pool(), "three endpoints", INTERVAL, |r| {
+    wait_report(view(&lb), "three endpoints", INTERVAL, |r| {
         r.endpoints.len() == 3
     })
     .await;
     let first = burst(&lb, 2).await;
     sleep(Duration::from_millis(1)).await;
-    let r = report(lb.pool());
+    let r = report(view(&lb));
     assert_eq!(r.tiers[0].down, 2, "{first:?} {r:#?}");
     assert!((load_of(&r, 1) - 100.0).abs() < 0.01, "{r:#?}");
     let out = burst(&lb, 50).await;
@@ -1038,7 +1040,7 @@ async fn a_retry_moves_to_the_next_tier_when_its_own_has_nothing_untried() {
             .layer(mock::untracked(&backends)),
     );
     let lb = BalanceLayer::new(RoundRobin).seed(SEED).layer(pool);
-    wait_report(lb.pool(), "three endpoints", INTERVAL, |r| {
+    wait_report(view(&lb), "three endpoints", INTERVAL, |r| {
         r.endpoints.len() == 3
     })
     .await;
@@ -1131,7 +1133,7 @@ async fn an_empty_pool_waits_for_discovery_then_fails_fast() {
     assert_eq!(got.expect("task").expect("served"), key(1));
 
     tx.send(Update::snapshot(2, vec![])).expect("pool listens");
-    lb.pool().applied(2).await;
+    view(&lb).applied(2).await;
     let start = Instant::now();
     let got = timeout(REQUEST_LIMIT, lb.clone().oneshot(Behaviour::Answer))
         .await

@@ -21,13 +21,14 @@ use hyper::{Request, Response, StatusCode};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout};
 use tower::{Service, ServiceBuilder};
-use tower_lb::balance::{Balance, BalanceLayer, RoundRobin};
+use tower_lb::balance::{Balance, BalanceLayer, RoundRobin, Strategy};
 use tower_lb::discover::{Registration, Registry};
 use tower_lb::failover::{
-    EndpointHealth, FailoverConfig, FailoverLayer, HealthCheck, HealthReport, OutlierDetection,
+    EndpointHealth, Failover, FailoverConfig, FailoverLayer, HealthCheck, HealthReport,
+    OutlierDetection,
 };
 use tower_lb::http::ServerErrorsAreFailures;
-use tower_lb::pool::{DiscoverLayer, Pool};
+use tower_lb::pool::DiscoverLayer;
 use tower_lb::{Endpoint, Error};
 
 use support::{Backend, GetError, HungBackend, TimedEndpointService};
@@ -50,6 +51,13 @@ type Client<S> = Balance<S, RoundRobin, ServerErrorsAreFailures>;
 
 /// Builds `Balance(5xx = failure) → Failover(config) → Pool(registry) →
 /// connector`, with a fixed seed so tier draws repeat.
+/// The failover view a balancer picks from.
+fn view<S, St: Strategy, C, K>(lb: &Balance<S, St, C, K>) -> &Failover<S> {
+    lb.upstream()
+        .failover()
+        .expect("a balancer over a failover view")
+}
+
 fn client<C, S>(registry: &Registry, config: FailoverConfig, connector: C) -> Client<S>
 where
     C: Service<Endpoint, Response = S> + Send + 'static,
@@ -75,23 +83,20 @@ fn register(registry: &Registry, endpoint: Endpoint) -> Registration {
 /// Polls the view's health report (every 5 ms) until `done` holds; panics
 /// with `what` and the last report after `limit`.
 async fn wait_report<S>(
-    pool: &Pool<S>,
+    view: &Failover<S>,
     what: &str,
     limit: Duration,
     done: impl Fn(&HealthReport) -> bool,
 ) -> HealthReport {
     let start = Instant::now();
     loop {
-        let snapshot = pool.snapshot();
-        if let Some(report) = snapshot.health() {
-            if done(report) {
-                return report.clone();
-            }
+        let report = view.health();
+        if done(&report) {
+            return report.as_ref().clone();
         }
         assert!(
             start.elapsed() <= limit,
-            "{what}: not seen within {limit:?}; last report: {:#?}",
-            snapshot.health()
+            "{what}: not seen within {limit:?}; last report: {report:#?}"
         );
         sleep(Duration::from_millis(5)).await;
     }
@@ -336,7 +341,7 @@ async fn a_backend_answering_500_is_ejected_then_gets_its_share_back() {
         support::connector(support::http_client()),
     );
     wait_report(
-        lb.pool(),
+        view(&lb),
         "all five backends in the view",
         WAIT_LIMIT,
         |r| r.endpoints.len() == 5,
@@ -360,7 +365,7 @@ async fn a_backend_answering_500_is_ejected_then_gets_its_share_back() {
     victim.set_status(StatusCode::INTERNAL_SERVER_ERROR);
     let failing_since = Instant::now();
     let report = wait_report(
-        lb.pool(),
+        view(&lb),
         "the backend answering 500 is ejected within 1 s",
         Duration::from_secs(1),
         |r| is_ejected(r, &key),
@@ -383,8 +388,7 @@ async fn a_backend_answering_500_is_ejected_then_gets_its_share_back() {
         "the ejected backend got {} of {total} requests (must be < 1 %), ejected {took:?} after it started failing: {during:?}",
         during[2]
     );
-    let still = lb.pool().snapshot();
-    let report = still.health().expect("a failover view has a report");
+    let report = &*view(&lb).health();
     assert!(
         is_ejected(report, &key),
         "the ejection ({EJECTION:?}) ended before 1000 requests were measured; too slow a machine for this window"
@@ -395,7 +399,7 @@ async fn a_backend_answering_500_is_ejected_then_gets_its_share_back() {
     victim.set_status(StatusCode::OK);
     let limit = until.saturating_duration_since(Instant::now()) + Duration::from_millis(500);
     wait_report(
-        lb.pool(),
+        view(&lb),
         "the recovered backend is re-admitted within 500 ms of its ejection's end",
         limit,
         |r| !is_ejected(r, &key),
@@ -465,7 +469,7 @@ async fn traffic_moves_to_backups_as_primaries_fail_and_back_after_the_failback_
         config,
         support::connector(support::http_client()),
     );
-    let report = wait_report(lb.pool(), "both tiers in the view", WAIT_LIMIT, |r| {
+    let report = wait_report(view(&lb), "both tiers in the view", WAIT_LIMIT, |r| {
         r.endpoints.len() == 5
     })
     .await;
@@ -488,7 +492,7 @@ async fn traffic_moves_to_backups_as_primaries_fail_and_back_after_the_failback_
 
     // One primary down: 2/3 × 1.5 = 100 %, nothing spills.
     backends[0].set_status(StatusCode::INTERNAL_SERVER_ERROR);
-    let r = wait_report(lb.pool(), "p0 ejected", Duration::from_secs(1), |r| {
+    let r = wait_report(view(&lb), "p0 ejected", Duration::from_secs(1), |r| {
         is_ejected(r, &keys[0])
     })
     .await;
@@ -506,7 +510,7 @@ async fn traffic_moves_to_backups_as_primaries_fail_and_back_after_the_failback_
 
     // Two down: 1/3 × 1.5 = 50 % stays on the last primary.
     backends[1].set_status(StatusCode::INTERNAL_SERVER_ERROR);
-    let r = wait_report(lb.pool(), "p1 ejected", Duration::from_secs(1), |r| {
+    let r = wait_report(view(&lb), "p1 ejected", Duration::from_secs(1), |r| {
         is_ejected(r, &keys[1])
     })
     .await;
@@ -523,7 +527,7 @@ async fn traffic_moves_to_backups_as_primaries_fail_and_back_after_the_failback_
 
     // All down: everything goes to the backups.
     backends[2].set_status(StatusCode::INTERNAL_SERVER_ERROR);
-    let r = wait_report(lb.pool(), "p2 ejected", Duration::from_secs(1), |r| {
+    let r = wait_report(view(&lb), "p2 ejected", Duration::from_secs(1), |r| {
         is_ejected(r, &keys[2])
     })
     .await;
@@ -547,7 +551,7 @@ async fn traffic_moves_to_backups_as_primaries_fail_and_back_after_the_failback_
     }
     let failback_at = first_until + FAILBACK;
     let r = wait_report(
-        lb.pool(),
+        view(&lb),
         "p0 re-admitted at the end of its ejection",
         first_until.saturating_duration_since(Instant::now()) + Duration::from_millis(500),
         |r| !is_ejected(r, &keys[0]),
@@ -573,14 +577,14 @@ async fn traffic_moves_to_backups_as_primaries_fail_and_back_after_the_failback_
         w[..3].iter().all(|&n| n <= 1),
         "until the fail-back delay has passed the backups keep all the traffic but one trial request per primary: {w:?}"
     );
-    let r = lb.pool().snapshot().health().cloned().expect("report");
+    let r = view(&lb).health();
     assert!(
         load_of(&r, 0) < 0.01 && (load_of(&r, 1) - 100.0).abs() < 0.01,
         "100 ms before the fail-back delay ends the backups still carry 100 %: {r:#?}"
     );
 
     let r = wait_report(
-        lb.pool(),
+        view(&lb),
         "traffic back on the primaries within 500 ms after the fail-back delay",
         failback_at.saturating_duration_since(Instant::now()) + Duration::from_millis(500),
         |r| load_of(r, 0) > 99.99,
@@ -593,7 +597,7 @@ async fn traffic_moves_to_backups_as_primaries_fail_and_back_after_the_failback_
         failback_at - flipped
     );
     assert!(load_of(&r, 1) < 0.01, "{r:#?}");
-    wait_report(lb.pool(), "all primaries re-admitted", WAIT_LIMIT, |r| {
+    wait_report(view(&lb), "all primaries re-admitted", WAIT_LIMIT, |r| {
         keys[..3].iter().all(|k| !is_ejected(r, k))
     })
     .await;
@@ -639,7 +643,7 @@ async fn a_backend_failing_its_health_check_gets_no_requests_until_it_passes_aga
         config,
         support::connector(support::http_client()),
     );
-    wait_report(lb.pool(), "three backends in the view", WAIT_LIMIT, |r| {
+    wait_report(view(&lb), "three backends in the view", WAIT_LIMIT, |r| {
         r.endpoints.len() == 3
     })
     .await;
@@ -657,7 +661,7 @@ async fn a_backend_failing_its_health_check_gets_no_requests_until_it_passes_aga
     let checks_before = victim.health_checks();
     victim.set_health(StatusCode::SERVICE_UNAVAILABLE);
     let r = wait_report(
-        lb.pool(),
+        view(&lb),
         "the backend failing /healthz marked unhealthy within 1 s (2 failed probes, 50 ms apart)",
         Duration::from_secs(1),
         |r| !health(r, &key).active_healthy,
@@ -684,7 +688,7 @@ async fn a_backend_failing_its_health_check_gets_no_requests_until_it_passes_aga
 
     victim.set_health(StatusCode::OK);
     let r = wait_report(
-        lb.pool(),
+        view(&lb),
         "the backend passing /healthz again marked healthy within 1 s (2 passes, 50 ms apart)",
         Duration::from_secs(1),
         |r| health(r, &key).active_healthy,
@@ -736,7 +740,7 @@ async fn a_dead_and_a_hung_backend_are_ejected_and_no_request_hangs() {
         config,
         support::timeout_connector(support::http_client(), PER_REQUEST),
     );
-    wait_report(lb.pool(), "six endpoints in the view", WAIT_LIMIT, |r| {
+    wait_report(view(&lb), "six endpoints in the view", WAIT_LIMIT, |r| {
         r.endpoints.len() == 6
     })
     .await;
@@ -744,7 +748,7 @@ async fn a_dead_and_a_hung_backend_are_ejected_and_no_request_hangs() {
 
     let (load, tasks) = Load::start(&lb, 5_000);
     let r = wait_report(
-        lb.pool(),
+        view(&lb),
         "the hung backend ejected within 2 s (5 timeouts of 200 ms)",
         Duration::from_secs(2),
         |r| is_ejected(r, &hung_key),
@@ -766,7 +770,7 @@ async fn a_dead_and_a_hung_backend_are_ejected_and_no_request_hangs() {
         .await
         .expect("shut the doomed backend down");
     let r = wait_report(
-        lb.pool(),
+        view(&lb),
         "the dead backend down within 1 s",
         Duration::from_secs(1),
         |r| health(r, &doomed_key).down,

@@ -25,7 +25,7 @@ use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, timeout};
 use tower::{Layer, ServiceBuilder};
-use tower_lb::balance::{Balance, BalanceLayer, LeastInFlight};
+use tower_lb::balance::{Balance, BalanceLayer, LeastInFlight, Upstream};
 use tower_lb::discover::{Registration, Registry};
 use tower_lb::failover::{FailoverConfig, FailoverLayer};
 use tower_lb::http::{ServerErrorsAreFailures, SetAuthority};
@@ -80,9 +80,9 @@ impl Cluster {
     ) -> RetryClient {
         let pool = DiscoverLayer::new(self.registry.watch(SERVICE).expect("watch"))
             .layer(support::connector_with(support::retry_client()));
-        let pool = match failover {
-            Some(config) => FailoverLayer::new(config).layer(pool),
-            None => pool,
+        let pool: Upstream<_> = match failover {
+            Some(config) => FailoverLayer::new(config).layer(pool).into(),
+            None => pool.into(),
         };
         let revision = self.registry.revision_of(SERVICE);
         let applied = timeout(WAIT_LIMIT, pool.applied(revision)).await;

@@ -369,12 +369,7 @@ where
         .layer(DiscoverLayer::new(StaticSource::new(endpoints)))
         .service(backends.connector());
     for _ in 0..1_000 {
-        if lb
-            .pool()
-            .snapshot()
-            .health()
-            .is_some_and(|r| r.endpoints.len() == n)
-        {
+        if lb.health().is_some_and(|r| r.endpoints.len() == n) {
             break;
         }
         sleep(Duration::from_millis(1)).await;
@@ -392,8 +387,8 @@ where
         for _ in 0..requests {
             // The view this request is picked from: the pick happens in
             // `call`, on the first poll, with no await in between.
-            let view = lb.pool().snapshot();
-            let report = view.health().expect("a failover view has a report");
+            let report = lb.health().expect("a failover view has a report");
+            let report = &*report;
             let before: Vec<u64> = (0..n).map(|i| backends.calls(&name(i))).collect();
             let out = timeout(
                 Duration::from_secs(5),
@@ -428,8 +423,8 @@ where
     // The check above must have had something to check: an endpoint whose
     // last request was refused is reported down.
     sleep(Duration::from_millis(1)).await;
-    let view = lb.pool().snapshot();
-    let report = view.health().expect("a failover view has a report");
+    let report = lb.health().expect("a failover view has a report");
+    let report = &*report;
     for (i, _) in refused_last.iter().enumerate().filter(|(_, r)| **r) {
         let e = health_of(report, i).expect("every endpoint is in the report");
         prop_assert!(

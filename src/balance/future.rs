@@ -239,7 +239,7 @@ where
         key: Option<u64>,
         limit: Duration,
     ) -> Self {
-        let notified = balance.pool().notify().clone().notified_owned();
+        let notified = balance.upstream().notify().clone().notified_owned();
         let deadline = Instant::now()
             .checked_add(limit)
             .map(tokio::time::sleep_until);
@@ -287,7 +287,7 @@ where
                             }
                         }
                         Pick::NoneEligible(total) => {
-                            let health = w.balance.snapshot().health_arc();
+                            let health = w.balance.health();
                             return Poll::Ready(Err(Error::none_eligible(
                                 total,
                                 health.as_deref(),
@@ -300,7 +300,7 @@ where
                             if w.notified.as_mut().poll(cx).is_ready() {
                                 // Re-arm before looking again, so a publish
                                 // between the look and the next poll wakes us.
-                                let fresh = w.balance.pool().notify().clone().notified_owned();
+                                let fresh = w.balance.upstream().notify().clone().notified_owned();
                                 w.notified.set(fresh);
                                 continue;
                             }

@@ -1,7 +1,9 @@
 use tower_layer::Layer;
 
+use super::Upstream;
 use super::{Balance, ErrorsAreFailures, NoKey, Strategy, WhenEmpty};
 use crate::PickRng;
+use crate::failover::Failover;
 use crate::pool::Pool;
 
 /// Wraps a [`Pool`] in a [`Balance`] with a strategy and options.
@@ -89,6 +91,30 @@ impl<St, C, K> BalanceLayer<St, C, K> {
     }
 }
 
+impl<St, C, K> BalanceLayer<St, C, K>
+where
+    St: Strategy + Clone,
+    C: Clone,
+    K: Clone,
+{
+    fn balance<S>(&self, upstream: Upstream<S>) -> Balance<S, St, C, K>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        let rng = self
+            .seed
+            .map_or_else(PickRng::from_entropy, PickRng::seeded);
+        Balance::with_options(
+            upstream,
+            self.strategy.clone(),
+            rng,
+            self.when_empty,
+            self.classify.clone(),
+            self.key.clone(),
+        )
+    }
+}
+
 impl<S, St, C, K> Layer<Pool<S>> for BalanceLayer<St, C, K>
 where
     S: Clone + Send + Sync + 'static,
@@ -99,16 +125,34 @@ where
     type Service = Balance<S, St, C, K>;
 
     fn layer(&self, pool: Pool<S>) -> Self::Service {
-        let rng = self
-            .seed
-            .map_or_else(PickRng::from_entropy, PickRng::seeded);
-        Balance::with_options(
-            pool,
-            self.strategy.clone(),
-            rng,
-            self.when_empty,
-            self.classify.clone(),
-            self.key.clone(),
-        )
+        self.balance(pool.into())
+    }
+}
+
+impl<S, St, C, K> Layer<Upstream<S>> for BalanceLayer<St, C, K>
+where
+    S: Clone + Send + Sync + 'static,
+    St: Strategy + Clone,
+    C: Clone,
+    K: Clone,
+{
+    type Service = Balance<S, St, C, K>;
+
+    fn layer(&self, upstream: Upstream<S>) -> Self::Service {
+        self.balance(upstream)
+    }
+}
+
+impl<S, St, C, K> Layer<Failover<S>> for BalanceLayer<St, C, K>
+where
+    S: Clone + Send + Sync + 'static,
+    St: Strategy + Clone,
+    C: Clone,
+    K: Clone,
+{
+    type Service = Balance<S, St, C, K>;
+
+    fn layer(&self, view: Failover<S>) -> Self::Service {
+        self.balance(view.into())
     }
 }

@@ -66,6 +66,7 @@ mod rotation;
 mod round_robin;
 mod service;
 mod strategy;
+mod upstream;
 mod weighted_random;
 mod weighted_round_robin;
 
@@ -80,5 +81,6 @@ pub use random::{Random, RandomPicker};
 pub use round_robin::{RoundRobin, RoundRobinPicker};
 pub use service::{Balance, WhenEmpty};
 pub use strategy::{BuildContext, PickContext, Picker, Strategy};
+pub use upstream::Upstream;
 pub use weighted_random::{WeightedRandom, WeightedRandomPicker};
 pub use weighted_round_robin::{WeightedRoundRobin, WeightedRoundRobinPicker};

@@ -9,10 +9,12 @@ use tower_service::Service;
 
 use super::future::{Failure, InFlight, ResponseFuture, Started};
 use super::hash::{KeyOf, NoKey, mix};
+use super::upstream::{Eligible, Upstream};
 use super::{BuildContext, Classify, ErrorsAreFailures, PickContext, Picker, Strategy};
 use crate::PickRng;
 use crate::attempt::{Attempted, Attempts};
 use crate::error::{BoxError, Error};
+use crate::failover::HealthReport;
 use crate::pool::{Member, Pool, Snapshot};
 use crate::util::clock::{LatencyClock, inv_tau_ns};
 
@@ -80,7 +82,7 @@ impl WhenEmpty {
 /// [`hash`](super::hash)); a keyed request also draws its group by its
 /// key, so it stays in one tier while the traffic split is unchanged.
 pub struct Balance<S, St: Strategy, C = ErrorsAreFailures, K = NoKey> {
-    pool: Pool<S>,
+    upstream: Upstream<S>,
     shared: Arc<Shared<S, St::Picker>>,
     classify: C,
     key: K,
@@ -92,9 +94,9 @@ pub(super) struct Shared<S, P> {
     pub(super) when_empty: WhenEmpty,
 }
 
-/// A snapshot and the pickers built for it, published together.
+/// What picks come from and the pickers built for it, published together.
 pub(super) struct Routing<S, P> {
-    pub(super) snapshot: Arc<Snapshot<S>>,
+    pub(super) eligible: Eligible<S>,
     /// One per group, in priority order, with or without a share of
     /// traffic.
     lanes: Box<[Lane<P>]>,
@@ -126,16 +128,16 @@ struct Lane<P> {
 
 impl<S, P: Picker> Routing<S, P> {
     fn build<St: Strategy<Picker = P>>(
-        snapshot: Arc<Snapshot<S>>,
+        eligible: Eligible<S>,
         strategy: &St,
         rng: &PickRng,
         clock: LatencyClock,
     ) -> Self {
-        let all = snapshot.members();
-        let ctx = BuildContext::with_clock(rng, snapshot.epoch(), clock);
+        let all = eligible.snapshot().members();
+        let ctx = BuildContext::with_clock(rng, eligible.snapshot().epoch(), clock);
         let mut lanes = Vec::new();
         let mut until: u32 = 0;
-        for group in snapshot.groups() {
+        for group in eligible.groups() {
             let range = group.members();
             if range.is_empty() || range.end > all.len() {
                 continue;
@@ -173,7 +175,7 @@ impl<S, P: Picker> Routing<S, P> {
             inv_tau_ns: inv_tau_ns(d),
         });
         Routing {
-            snapshot,
+            eligible,
             lanes: lanes.into(),
             only,
             ewma,
@@ -202,7 +204,8 @@ impl<S, P> Routing<S, P> {
     /// A lane's members in the snapshot.
     #[inline]
     fn members_of(&self, lane: &Lane<P>) -> &[Member<S>] {
-        self.snapshot
+        self.eligible
+            .snapshot()
             .members()
             .get(lane.members.clone())
             .unwrap_or_default()
@@ -228,7 +231,7 @@ pub(super) enum Pick<S> {
 impl<S, St: Strategy, C: Clone, K: Clone> Clone for Balance<S, St, C, K> {
     fn clone(&self) -> Self {
         Balance {
-            pool: self.pool.clone(),
+            upstream: self.upstream.clone(),
             shared: self.shared.clone(),
             classify: self.classify.clone(),
             key: self.key.clone(),
@@ -241,7 +244,7 @@ impl<S, St: Strategy, C, K> fmt::Debug for Balance<S, St, C, K> {
         f.debug_struct("Balance")
             .field("strategy", &std::any::type_name::<St>())
             .field("key", &std::any::type_name::<K>())
-            .field("pool", &self.pool)
+            .field("upstream", &self.upstream)
             .field("when_empty", &self.shared.when_empty)
             .finish()
     }
@@ -252,11 +255,13 @@ where
     S: Clone + Send + Sync + 'static,
     St: Strategy,
 {
-    /// Balances over `pool` with `strategy`, entropy-seeded randomness, the
-    /// default [`WhenEmpty`] policy and [`ErrorsAreFailures`].
-    pub fn new(pool: Pool<S>, strategy: St) -> Self {
+    /// Balances over `upstream` (a [`Pool`], or a
+    /// [`Failover`](crate::failover::Failover) view of one) with
+    /// `strategy`, entropy-seeded randomness, the default [`WhenEmpty`]
+    /// policy and [`ErrorsAreFailures`].
+    pub fn new(upstream: impl Into<Upstream<S>>, strategy: St) -> Self {
         Self::with_options(
-            pool,
+            upstream.into(),
             strategy,
             PickRng::from_entropy(),
             WhenEmpty::default(),
@@ -272,7 +277,7 @@ where
     St: Strategy,
 {
     pub(super) fn with_options(
-        pool: Pool<S>,
+        upstream: Upstream<S>,
         strategy: St,
         rng: PickRng,
         when_empty: WhenEmpty,
@@ -284,17 +289,17 @@ where
         // under the pool's subscriber lock.
         let clock = LatencyClock::detect();
         let routing = Arc::new(ArcSwap::from_pointee(Routing::build(
-            pool.snapshot(),
+            upstream.eligible(),
             &strategy,
             &rng,
             clock,
         )));
         let weak: Weak<ArcSwap<Routing<S, St::Picker>>> = Arc::downgrade(&routing);
         let build_rng = rng.clone();
-        pool.subscribe(move |snapshot| match weak.upgrade() {
+        upstream.subscribe(move |eligible| match weak.upgrade() {
             Some(routing) => {
-                if !Arc::ptr_eq(&routing.load().snapshot, snapshot) {
-                    let next = Routing::build(snapshot.clone(), &strategy, &build_rng, clock);
+                if !Arc::ptr_eq(routing.load().eligible.snapshot(), eligible.snapshot()) {
+                    let next = Routing::build(eligible, &strategy, &build_rng, clock);
                     routing.store(Arc::new(next));
                 }
                 true
@@ -302,7 +307,7 @@ where
             None => false,
         });
         Balance {
-            pool,
+            upstream,
             shared: Arc::new(Shared {
                 routing,
                 rng,
@@ -315,14 +320,26 @@ where
 }
 
 impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
-    /// The pool this balancer picks from.
+    /// The pool discovery feeds (for a failover view, the pool it views).
     pub fn pool(&self) -> &Pool<S> {
-        &self.pool
+        self.upstream.pool()
     }
 
-    /// The snapshot the current pickers were built for.
+    /// What this balancer picks from.
+    pub fn upstream(&self) -> &Upstream<S> {
+        &self.upstream
+    }
+
+    /// The endpoints the current pickers were built for (for a failover
+    /// view, the eligible ones).
     pub fn snapshot(&self) -> Arc<Snapshot<S>> {
-        self.shared.routing.load().snapshot.clone()
+        self.shared.routing.load().eligible.snapshot().clone()
+    }
+
+    /// Failover's report behind the current pickers, when picks come from
+    /// a failover view.
+    pub fn health(&self) -> Option<Arc<HealthReport>> {
+        self.shared.routing.load().eligible.health()
     }
 
     /// The policy for an empty pool.
@@ -385,13 +402,13 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
         let lane = &routing.lanes[index];
         // One clock read serves both the picker and the request's timing.
         let timing = routing.ewma.map(|t| Started {
-            start_ns: t.clock.now_ns(routing.snapshot.epoch()),
+            start_ns: t.clock.now_ns(routing.eligible.snapshot().epoch()),
             timing: t,
         });
         let mut ctx = PickContext::new(&self.shared.rng).with_key(key);
         ctx.now_ns = timing.map(|t| t.start_ns);
         let members = routing.members_of(lane);
-        let mut chosen = take_trial(routing.snapshot.trials(), attempts);
+        let mut chosen = take_trial(routing.eligible.trials(), attempts);
         if chosen.is_none() {
             chosen = lane.picker.pick(members, &ctx).and_then(|i| members.get(i));
             if let Some(attempts) = attempts {
@@ -408,14 +425,12 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
                 let in_flight = InFlight::start(member.stats().start_request(), timing);
                 Pick::Picked(member.service().clone(), in_flight)
             }
-            None if routing.snapshot.is_empty() && routing.snapshot.upstream_len() == 0 => {
-                Pick::Empty {
-                    discovered: routing.snapshot.discovered(),
-                }
-            }
+            None if routing.eligible.upstream_len() == 0 => Pick::Empty {
+                discovered: routing.eligible.snapshot().discovered(),
+            },
             // A view that filtered everything out (failover closed), or a
             // picker that found nothing to pick.
-            None => Pick::NoneEligible(routing.snapshot.upstream_len()),
+            None => Pick::NoneEligible(routing.eligible.upstream_len()),
         }
     }
 }
@@ -505,7 +520,7 @@ where
                 ResponseFuture::ready(service, req, in_flight, self.classify.clone())
             }
             Pick::NoneEligible(total) => ResponseFuture::failed(
-                Failure::NoneEligible(total, self.snapshot().health_arc()),
+                Failure::NoneEligible(total, self.health()),
                 self.classify.clone(),
             ),
             Pick::Empty { discovered } if self.shared.when_empty.fails_now(discovered) => {

@@ -1,24 +1,21 @@
 //! Not part of the API: lets the criterion benches time one republish of
 //! the eligible view without a runtime or timers.
 
-use std::sync::Arc;
-
 use tokio::time::Instant;
 
-use super::FailoverConfig;
 use super::state::Tracker;
-use crate::balance::{Balance, LeastInFlight};
+use super::{Failover, FailoverConfig, View};
 use crate::endpoint::Endpoint;
 use crate::pool::{Member, Pool, Snapshot, StatsHandle};
 
-/// A pool of `n` endpoints in two tiers, a failover tracker over it, and a
-/// view pool with a least-in-flight balancer subscribed.
+/// A snapshot of `n` endpoints in two tiers, a failover tracker over it,
+/// and the [`Failover`] view it publishes into (with no driver: `run`
+/// evaluates and publishes by hand).
 #[derive(Debug)]
 pub struct Republish {
     upstream: Snapshot<()>,
     tracker: TrackerBox,
-    view: Pool<()>,
-    _balance: Balance<(), LeastInFlight>,
+    view: Failover<()>,
     revision: u64,
 }
 
@@ -50,20 +47,23 @@ impl Republish {
                 Member::new(ep, (), StatsHandle::new(epoch))
             })
             .collect();
-        let view = Pool::empty();
-        let balance = Balance::new(view.clone(), LeastInFlight);
         Republish {
             upstream: Snapshot::new(1, epoch, members),
             tracker: TrackerBox(Tracker::new(FailoverConfig::new())),
-            view,
-            _balance: balance,
+            view: Failover::detached(Pool::empty()),
             revision: 0,
         }
     }
 
+    /// The view `run` publishes into: subscribe a balancer to it to time
+    /// the picker's rebuild too.
+    pub fn view(&self) -> &Failover<()> {
+        &self.view
+    }
+
     /// Evaluates health (outlier detection included), builds the view and
-    /// publishes it, which rebuilds the balancer's picker. Returns the
-    /// view's size.
+    /// publishes it, which rebuilds the pickers of balancers over it.
+    /// Returns the view's size.
     pub fn run(&mut self) -> usize {
         let next = self
             .tracker
@@ -71,13 +71,13 @@ impl Republish {
             .evaluate(&self.upstream, Instant::now(), true);
         self.revision += 1;
         let len = next.members.len();
-        self.view.shared().publish(Snapshot::view(
+        self.view.publish(View::new(
             self.revision,
             &self.upstream,
             next.members,
             next.groups,
             next.trials,
-            Arc::new(next.report),
+            next.report,
         ));
         len
     }

@@ -2,27 +2,19 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, watch};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::config::FailoverConfig;
 use super::health::{self, HealthCheck};
 use super::state::Tracker;
+use super::view::{AbortOnDrop, Shared, View};
 use crate::endpoint::Endpoint;
-use crate::pool::pool::Shared;
 use crate::pool::{Pool, Snapshot};
 
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Follows `upstream`, evaluates health and republishes the eligible view
-/// into `view` whenever it changes. Runs until aborted (when the view pool
-/// is dropped).
+/// into `view` whenever it changes. Runs until aborted (when the last
+/// [`Failover`](super::Failover) handle is dropped).
 ///
 /// It wakes when the upstream publishes, when a request fails (the pool's
 /// outcome signal: a streak is ejected and an unreachable endpoint marked
@@ -97,13 +89,13 @@ where
         let next = tracker.evaluate(&snapshot, now, std::mem::take(&mut detect));
         if fresh || !next.same_as(&view.current()) {
             revision += 1;
-            view.publish(Snapshot::view(
+            view.publish(View::new(
                 revision,
                 &snapshot,
                 next.members,
                 next.groups,
                 next.trials,
-                Arc::new(next.report),
+                next.report,
             ));
         }
         view.set_evaluated(snapshot.revision());

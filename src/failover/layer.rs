@@ -1,12 +1,12 @@
 use tokio::runtime::Handle;
 use tower_layer::Layer;
 
-use super::FailoverConfig;
+use super::{Failover, FailoverConfig};
 use crate::pool::Pool;
 
-/// Turns a [`Pool`] into its eligible view: a pool of the endpoints that
-/// may take requests now, split into priority tiers with their shares of
-/// traffic, for a [`Balance`](crate::balance::Balance) to pick from.
+/// Turns a [`Pool`] into its eligible view, a [`Failover`]: the endpoints
+/// that may take requests now, split into priority tiers with their shares
+/// of traffic, for a [`Balance`](crate::balance::Balance) to pick from.
 ///
 /// `layer` spawns the failover driver on the current tokio runtime (or the
 /// handle given with [`handle`](FailoverLayer::handle)); it runs off the
@@ -45,19 +45,16 @@ impl<S> Layer<Pool<S>> for FailoverLayer
 where
     S: Clone + Send + Sync + 'static,
 {
-    type Service = Pool<S>;
+    type Service = Failover<S>;
 
-    fn layer(&self, upstream: Pool<S>) -> Pool<S> {
-        let view = Pool::<S>::empty();
+    fn layer(&self, upstream: Pool<S>) -> Failover<S> {
         let handle = match &self.handle {
             Some(h) => h.clone(),
             None => Handle::current(),
         };
-        let task = handle.spawn(super::driver::run(
-            self.config.clone(),
-            upstream.clone(),
-            view.shared().clone(),
-        ));
-        view.with_view_driver(task, upstream)
+        let config = self.config.clone();
+        Failover::start(upstream, move |upstream, view| {
+            handle.spawn(super::driver::run(config, upstream, view))
+        })
     }
 }

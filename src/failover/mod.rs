@@ -41,7 +41,7 @@
 //! events (target `tower_lb`, fields `endpoint`, `reason`, `times_ejected`,
 //! `ejection_ms`, `loads`, `healthy_percent`) and appear in the
 //! [`HealthReport`] published with each view
-//! ([`Snapshot::health`](crate::pool::Snapshot::health)).
+//! ([`View::health`], [`Failover::health`]).
 //!
 //! ```
 //! use std::time::Duration;
@@ -93,6 +93,7 @@ mod health;
 mod layer;
 mod report;
 mod state;
+mod view;
 
 pub use config::{
     FailoverConfig, InvalidReconnect, OutlierDetection, PanicMode, Reconnect, SlowStart,
@@ -100,3 +101,4 @@ pub use config::{
 pub use health::{CheckFuture, HealthCheck, Probe};
 pub use layer::FailoverLayer;
 pub use report::{EndpointHealth, HealthReport, TierReport};
+pub use view::{Failover, Group, View};

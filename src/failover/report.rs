@@ -3,7 +3,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 /// What failover decided, as published with each eligible view (see
-/// [`Snapshot::health`](crate::pool::Snapshot::health)).
+/// [`View::health`](super::View::health)).
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct HealthReport {

@@ -40,7 +40,7 @@ where
     C::Error: Into<BoxError>,
     S: Clone,
 {
-    pub(crate) fn new(
+    pub(super) fn new(
         source: Src,
         connector: C,
         shared: Arc<Shared<S>>,

@@ -36,12 +36,12 @@
 mod driver;
 mod layer;
 #[allow(clippy::module_inception)]
-pub(crate) mod pool;
+mod pool;
 mod snapshot;
 mod stats;
 
 pub use driver::PoolDriver;
 pub use layer::{DiscoverLayer, PoolConfig};
 pub use pool::{DiscoveryStatus, Pool};
-pub use snapshot::{EndpointReport, Group, Member, Snapshot};
+pub use snapshot::{EndpointReport, Member, Snapshot};
 pub use stats::{EndpointStats, StatsHandle};

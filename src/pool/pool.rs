@@ -1,8 +1,6 @@
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -11,6 +9,7 @@ use super::{PoolDriver, Snapshot};
 use crate::discover::Source;
 use crate::endpoint::Endpoint;
 use crate::error::BoxError;
+use crate::util::publish::{Published, lock};
 
 /// The live set of endpoints of one service. Cheap to clone; all clones
 /// share the same set.
@@ -20,11 +19,8 @@ use crate::error::BoxError;
 /// (which hands the driver to you). The driver stops when the last clone of
 /// a spawned pool is dropped.
 pub struct Pool<S> {
-    pub(crate) shared: Arc<Shared<S>>,
+    shared: Arc<Shared<S>>,
     driver: Option<Arc<DriverGuard>>,
-    /// For a view (failover), the pool it is a view of: kept alive, and
-    /// asked about discovery.
-    upstream: Option<Arc<Pool<S>>>,
 }
 
 /// Keeps a pool's driver task running, and whatever it feeds from alive,
@@ -39,19 +35,11 @@ impl Drop for DriverGuard {
     }
 }
 
-type Subscriber<S> = Box<dyn FnMut(&Arc<Snapshot<S>>) -> bool + Send>;
-
-pub(crate) struct Shared<S> {
-    current: ArcSwap<Snapshot<S>>,
-    /// Held while publishing, so subscribers see snapshots in order.
-    subscribers: Mutex<Vec<Subscriber<S>>>,
-    notify: Arc<Notify>,
+pub(super) struct Shared<S> {
+    published: Published<Snapshot<S>>,
     /// Woken by every failure recorded in this pool's endpoint stats.
     outcomes: Arc<Notify>,
     status: Mutex<DiscoveryStatus>,
-    /// For a view: 1 + the revision of the upstream snapshot it last
-    /// evaluated (0 before any).
-    evaluated: AtomicU64,
 }
 
 /// How discovery has gone for a pool so far.
@@ -81,25 +69,19 @@ impl<S> Clone for Pool<S> {
         Pool {
             shared: self.shared.clone(),
             driver: self.driver.clone(),
-            upstream: self.upstream.clone(),
         }
     }
 }
 
 impl<S> fmt::Debug for Pool<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let snap = self.shared.current.load();
+        let snap = self.shared.published.load();
         f.debug_struct("Pool")
             .field("revision", &snap.revision())
             .field("endpoints", &snap.len())
             .field("driver", &self.driver.is_some())
             .finish()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panicking subscriber must not wedge discovery for everyone else.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl<S: Clone + Send + Sync + 'static> Pool<S> {
@@ -136,7 +118,7 @@ impl<S: Clone + Send + Sync + 'static> Pool<S> {
         pool.with_driver(task)
     }
 
-    pub(crate) fn with_config<Src, C>(
+    pub(super) fn with_config<Src, C>(
         source: Src,
         connector: C,
         config: super::PoolConfig,
@@ -151,68 +133,41 @@ impl<S: Clone + Send + Sync + 'static> Pool<S> {
         (pool, driver)
     }
 
-    /// A pool that is never fed; for layers that republish another pool's
-    /// view.
+    /// A pool that is never fed.
     pub(crate) fn empty() -> Self {
         Pool {
             shared: Arc::new(Shared {
-                current: ArcSwap::from_pointee(Snapshot::initial(Instant::now())),
-                subscribers: Mutex::new(Vec::new()),
-                notify: Arc::new(Notify::new()),
+                published: Published::new(Snapshot::initial(Instant::now())),
                 outcomes: Arc::new(Notify::new()),
-                evaluated: AtomicU64::new(0),
                 status: Mutex::new(DiscoveryStatus::default()),
             }),
             driver: None,
-            upstream: None,
         }
     }
 
-    pub(crate) fn with_driver(mut self, task: JoinHandle<()>) -> Self {
+    pub(super) fn with_driver(mut self, task: JoinHandle<()>) -> Self {
         self.driver = Some(Arc::new(DriverGuard { task }));
         self
-    }
-
-    /// A pool whose driver `task` republishes a view of `upstream`, which
-    /// it keeps alive.
-    pub(crate) fn with_view_driver(mut self, task: JoinHandle<()>, upstream: Pool<S>) -> Self {
-        self.driver = Some(Arc::new(DriverGuard { task }));
-        self.upstream = Some(Arc::new(upstream));
-        self
-    }
-
-    pub(crate) fn shared(&self) -> &Arc<Shared<S>> {
-        &self.shared
     }
 }
 
 impl<S> Pool<S> {
     /// The current set. One atomic load; never blocks.
     pub fn snapshot(&self) -> Arc<Snapshot<S>> {
-        self.shared.current.load_full()
+        self.shared.published.load()
     }
 
-    /// How discovery has gone so far (for a failover view, discovery of
-    /// the pool it views).
+    /// How discovery has gone so far.
     pub fn discovery(&self) -> DiscoveryStatus {
-        lock(&self.root().shared.status).clone()
-    }
-
-    /// The pool discovery feeds: the end of a chain of views.
-    fn root(&self) -> &Pool<S> {
-        let mut pool = self;
-        while let Some(up) = &pool.upstream {
-            pool = up;
-        }
-        pool
+        lock(&self.shared.status).clone()
     }
 
     /// Waits until the snapshot's revision differs from `seen`, and returns
     /// the new one. Returns at once if it already differs.
     pub async fn changed(&self, seen: u64) -> u64 {
         loop {
-            let notified = self.shared.notify.clone().notified_owned();
-            let now = self.shared.current.load().revision();
+            let notified = self.notify().clone().notified_owned();
+            let now = self.shared.published.load().revision();
             if now != seen {
                 return now;
             }
@@ -225,27 +180,9 @@ impl<S> Pool<S> {
     /// reached. Revisions are the source's own: for a
     /// [`Registry`](crate::discover::Registry) watch, use
     /// [`Registry::revision_of`](crate::discover::Registry::revision_of).
-    ///
-    /// For a failover view, discovery is that of the pool it views, and
-    /// this also waits until the view has been re-evaluated since.
     pub async fn applied(&self, revision: u64) -> bool {
-        let mut chain = vec![self];
-        while let Some(up) = &chain[chain.len() - 1].upstream {
-            chain.push(up);
-        }
-        let mut below = chain.pop().unwrap_or(self);
-        let reached = below.applied_here(revision).await;
-        for view in chain.into_iter().rev() {
-            let target = below.snapshot().revision();
-            view.evaluated(target).await;
-            below = view;
-        }
-        reached
-    }
-
-    async fn applied_here(&self, revision: u64) -> bool {
         loop {
-            let notified = self.shared.notify.clone().notified_owned();
+            let notified = self.notify().clone().notified_owned();
             {
                 let st = lock(&self.shared.status);
                 if st.applied_revision.is_some_and(|r| r >= revision) {
@@ -259,73 +196,46 @@ impl<S> Pool<S> {
         }
     }
 
-    /// Waits until this view has evaluated its upstream at `revision` or
-    /// later.
-    async fn evaluated(&self, revision: u64) {
-        loop {
-            let notified = self.shared.notify.clone().notified_owned();
-            if self.shared.evaluated.load(Ordering::Acquire) > revision {
-                return;
-            }
-            notified.await;
-        }
-    }
-
+    /// Woken (all waiters) whenever a snapshot is published or the
+    /// discovery status changes.
     pub(crate) fn notify(&self) -> &Arc<Notify> {
-        &self.shared.notify
+        self.shared.published.notify()
     }
 
-    /// Woken (one permit) by every failure recorded in the stats of the
-    /// pool discovery feeds; what failover waits on to act at once.
+    /// Woken (one permit) by every failure recorded in this pool's
+    /// endpoint stats, for whoever acts on failures as they happen.
     pub(crate) fn outcomes(&self) -> &Arc<Notify> {
-        &self.root().shared.outcomes
+        &self.shared.outcomes
     }
 
     /// Calls `f` with the current snapshot now and with every snapshot
     /// published later, until `f` returns `false`.
-    pub(crate) fn subscribe(&self, mut f: impl FnMut(&Arc<Snapshot<S>>) -> bool + Send + 'static) {
-        let mut subs = lock(&self.shared.subscribers);
-        if f(&self.shared.current.load_full()) {
-            subs.push(Box::new(f));
-        }
+    pub(crate) fn subscribe(&self, f: impl FnMut(&Arc<Snapshot<S>>) -> bool + Send + 'static) {
+        self.shared.published.subscribe(f);
     }
 }
 
 impl<S> Shared<S> {
-    pub(crate) fn outcomes(&self) -> &Arc<Notify> {
+    pub(super) fn outcomes(&self) -> &Arc<Notify> {
         &self.outcomes
     }
 
-    pub(crate) fn current(&self) -> Arc<Snapshot<S>> {
-        self.current.load_full()
+    pub(super) fn current(&self) -> Arc<Snapshot<S>> {
+        self.published.load()
     }
 
     /// Publishes a new snapshot: subscribers first (so a balancer's picker
     /// is ready), then wakes anyone waiting for a change.
-    pub(crate) fn publish(&self, snapshot: Snapshot<S>) {
-        let snapshot = Arc::new(snapshot);
-        {
-            let mut subs = lock(&self.subscribers);
-            self.current.store(snapshot.clone());
-            subs.retain_mut(|f| f(&snapshot));
-        }
-        self.notify.notify_waiters();
+    pub(super) fn publish(&self, snapshot: Snapshot<S>) {
+        self.published.publish(snapshot);
     }
 
-    /// Records that a view has evaluated its upstream at `revision`.
-    pub(crate) fn set_evaluated(&self, revision: u64) {
-        let next = revision.saturating_add(1);
-        if self.evaluated.swap(next, Ordering::AcqRel) != next {
-            self.notify.notify_waiters();
-        }
-    }
-
-    pub(crate) fn applied_revision(&self) -> Option<u64> {
+    pub(super) fn applied_revision(&self) -> Option<u64> {
         lock(&self.status).applied_revision
     }
 
-    pub(crate) fn update_status(&self, f: impl FnOnce(&mut DiscoveryStatus)) {
+    pub(super) fn update_status(&self, f: impl FnOnce(&mut DiscoveryStatus)) {
         f(&mut lock(&self.status));
-        self.notify.notify_waiters();
+        self.published.wake();
     }
 }

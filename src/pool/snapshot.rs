@@ -1,6 +1,3 @@
-use std::ops::Range;
-use std::sync::Arc;
-
 use tokio::time::Instant;
 
 use super::StatsHandle;
@@ -15,46 +12,8 @@ pub struct Snapshot<S> {
     revision: u64,
     epoch: Instant,
     members: Vec<Member<S>>,
-    /// How traffic splits between runs of `members`; empty means one group
-    /// of all of them.
-    groups: Box<[Group]>,
-    /// Endpoints upstream of this view (more than `members` when a filter
-    /// such as failover left some out).
-    upstream: usize,
-    /// Out of rotation, each offered one trial request.
-    trials: Box<[Member<S>]>,
-    health: Option<Arc<crate::failover::HealthReport>>,
     /// Whether discovery had delivered an update when this was published.
     discovered: bool,
-}
-
-/// A run of a snapshot's members that receives a fixed share of traffic:
-/// failover puts each priority tier in a group and gives it the tier's
-/// load. A balancer first picks a group by share, then an endpoint within
-/// it by its strategy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Group {
-    pub(crate) members: Range<usize>,
-    /// The group's share of traffic, in parts of `u32::MAX`.
-    pub(crate) share: u32,
-    pub(crate) priority: u8,
-}
-
-impl Group {
-    /// The members' indices in [`Snapshot::members`].
-    pub fn members(&self) -> Range<usize> {
-        self.members.clone()
-    }
-
-    /// The share of requests this group receives, from 0.0 to 1.0.
-    pub fn share(&self) -> f64 {
-        f64::from(self.share) / f64::from(u32::MAX)
-    }
-
-    /// The priority tier of the group's endpoints.
-    pub fn priority(&self) -> u8 {
-        self.priority
-    }
 }
 
 /// One endpoint in a [`Snapshot`]: its metadata, its service and its stats.
@@ -68,15 +27,10 @@ pub struct Member<S> {
 impl<S> Snapshot<S> {
     /// A set discovery delivered.
     pub(crate) fn new(revision: u64, epoch: Instant, members: Vec<Member<S>>) -> Self {
-        let upstream = members.len();
         Snapshot {
             revision,
             epoch,
             members,
-            groups: Box::new([]),
-            trials: Box::new([]),
-            upstream,
-            health: None,
             discovered: true,
         }
     }
@@ -89,24 +43,13 @@ impl<S> Snapshot<S> {
         }
     }
 
-    /// A filtered view: `members` split into `groups` (contiguous, in
-    /// order), out of `upstream` endpoints, with a health report.
-    pub(crate) fn view(
-        revision: u64,
-        of: &Snapshot<S>,
-        members: Vec<Member<S>>,
-        groups: Vec<Group>,
-        trials: Vec<Member<S>>,
-        health: Arc<crate::failover::HealthReport>,
-    ) -> Self {
+    /// Some of `of`'s members, at another revision: what a stage that
+    /// filters a pool publishes.
+    pub(crate) fn subset(revision: u64, of: &Snapshot<S>, members: Vec<Member<S>>) -> Self {
         Snapshot {
             revision,
             epoch: of.epoch,
             members,
-            groups: groups.into(),
-            trials: trials.into(),
-            upstream: of.len(),
-            health: Some(health),
             discovered: of.discovered,
         }
     }
@@ -116,34 +59,6 @@ impl<S> Snapshot<S> {
     /// that is not discovered is a pool still starting.
     pub fn discovered(&self) -> bool {
         self.discovered
-    }
-
-    /// How traffic splits between runs of members. Empty for a plain pool:
-    /// one group of every member.
-    pub fn groups(&self) -> &[Group] {
-        &self.groups
-    }
-
-    /// Endpoints out of rotation that are offered one trial request each
-    /// (the request that takes the trial from their stats): failover's way of letting the next request decide whether an
-    /// ejected endpoint comes back.
-    pub(crate) fn trials(&self) -> &[Member<S>] {
-        &self.trials
-    }
-
-    /// How many endpoints the source of this view holds; more than
-    /// [`len`](Snapshot::len) when failover has left some out.
-    pub fn upstream_len(&self) -> usize {
-        self.upstream
-    }
-
-    /// The failover health report behind this view, when it is one.
-    pub fn health(&self) -> Option<&crate::failover::HealthReport> {
-        self.health.as_deref()
-    }
-
-    pub(crate) fn health_arc(&self) -> Option<Arc<crate::failover::HealthReport>> {
-        self.health.clone()
     }
 
     /// The revision of the last discovery update that changed this set

@@ -3,4 +3,5 @@
 //! latency is timed with, and the cell stages publish their sets through.
 
 pub(crate) mod clock;
+pub(crate) mod publish;
 pub(crate) mod rng;

@@ -11,8 +11,9 @@ use tokio::time::Instant;
 
 use super::config::{FailoverConfig, OutlierDetection, Reconnect};
 use super::report::HealthReport;
+use super::view::{Group, View};
 use crate::endpoint::Endpoint;
-use crate::pool::{Group, Member, Snapshot};
+use crate::pool::{Member, Snapshot};
 use crate::trace::event;
 
 mod view;
@@ -91,8 +92,9 @@ struct TierHealth {
     rising_since: Option<Instant>,
 }
 
-/// The eligible view to publish: members, their groups, and the report.
-pub(crate) struct View<S> {
+/// What an evaluation found: the members of the view to publish, their
+/// groups, the endpoints on trial, and the report.
+pub(crate) struct Evaluation<S> {
     pub(crate) members: Vec<Member<S>>,
     pub(crate) groups: Vec<Group>,
     /// Out of rotation, each offered one trial request.
@@ -100,10 +102,10 @@ pub(crate) struct View<S> {
     pub(crate) report: HealthReport,
 }
 
-impl<S> View<S> {
-    /// Whether this view would publish the same thing as `last`.
-    pub(crate) fn same_as(&self, last: &Snapshot<S>) -> bool {
-        last.health() == Some(&self.report)
+impl<S> Evaluation<S> {
+    /// Whether this would publish the same view as `last`.
+    pub(crate) fn same_as(&self, last: &View<S>) -> bool {
+        last.health() == &self.report
             && last.groups() == &self.groups[..]
             && same_members(last.members(), &self.members)
             && same_members(last.trials(), &self.trials)
@@ -181,7 +183,7 @@ impl Tracker {
         snapshot: &Snapshot<S>,
         now: Instant,
         interval: bool,
-    ) -> View<S> {
+    ) -> Evaluation<S> {
         self.sync(snapshot, now);
         self.reachability(snapshot, now);
         self.judge_trials(snapshot, now);
@@ -546,7 +548,7 @@ mod tests {
         }
     }
 
-    fn loads(view: &View<()>) -> Vec<(u8, u32)> {
+    fn loads(view: &Evaluation<()>) -> Vec<(u8, u32)> {
         view.report
             .tiers
             .iter()
@@ -616,7 +618,7 @@ mod tests {
         snap.members()[i].stats().record_failure(true);
     }
 
-    fn down(v: &View<()>) -> Vec<bool> {
+    fn down(v: &Evaluation<()>) -> Vec<bool> {
         v.report.endpoints.iter().map(|e| e.down).collect()
     }
 

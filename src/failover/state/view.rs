@@ -6,16 +6,17 @@ use std::collections::BTreeMap;
 
 use tokio::time::Instant;
 
-use super::{EndpointState, TierHealth, Tracker, View};
+use super::{EndpointState, Evaluation, TierHealth, Tracker};
 use crate::failover::report::{EndpointHealth, HealthReport, TierReport};
-use crate::pool::{Group, Member, Snapshot};
+use crate::failover::view::Group;
+use crate::pool::{Member, Snapshot};
 use crate::trace::event;
 
 impl Tracker {
     /// The view to publish: each tier's health (with its fail-back
     /// delay), panic, the load split, then the members, groups and trials,
     /// and the report.
-    pub(super) fn view<S: Clone>(&mut self, snapshot: &Snapshot<S>, now: Instant) -> View<S> {
+    pub(super) fn view<S: Clone>(&mut self, snapshot: &Snapshot<S>, now: Instant) -> Evaluation<S> {
         let tiers = self.tiers_now();
         let shares: Vec<f64> = tiers.values().map(TierCount::share).collect();
         let effective = self.tier_health(&tiers, &shares, now);
@@ -25,7 +26,7 @@ impl Tracker {
         let ramp = Ramp::new(&self.states, self.config.slow_start.as_ref(), now);
         let (members, groups, trials) = self.select(snapshot, &tiers, &loads, panic, &ramp);
         let report = self.report(&tiers, &effective, &loads, panic, &ramp);
-        View {
+        Evaluation {
             members,
             groups,
             trials,
