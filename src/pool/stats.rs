@@ -190,8 +190,8 @@ impl EndpointStats {
 
     /// Failures that showed the endpoint could not be reached: connection
     /// refused or reset before an answer, a connect timeout, the endpoint
-    /// service not becoming ready (see
-    /// [`Classify::is_unreachable`](crate::balance::Classify::is_unreachable)).
+    /// service not becoming ready, as the balancer's classifier judged
+    /// them.
     pub fn unreachable_failures(&self) -> u64 {
         self.outcomes.unreachable.load(Relaxed)
     }
