@@ -27,16 +27,7 @@ where
 {
     let mut tracker = Tracker::new(config.clone());
 
-    // Wake when the upstream publishes; the permit is kept if we are busy.
-    let changed = Arc::new(Notify::new());
-    let weak: Weak<Notify> = Arc::downgrade(&changed);
-    upstream.subscribe(move |_| match weak.upgrade() {
-        Some(n) => {
-            n.notify_one();
-            true
-        }
-        None => false,
-    });
+    let changed = wake_on_publish(&upstream);
     let outcomes = upstream.outcomes().clone();
 
     // Active checks run in their own task, fed the endpoint list.
@@ -61,13 +52,11 @@ where
     let mut probes: JoinSet<(Arc<str>, bool)> = JoinSet::new();
 
     // The failure-rate detector's schedule, and the slow-start ramp's.
-    let mut detect_ticks = tokio::time::interval(config.interval);
-    detect_ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut ramp_ticks = config.slow_start.as_ref().map(|ss| {
-        let mut t = tokio::time::interval((ss.window / 20).max(Duration::from_millis(1)));
-        t.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        t
-    });
+    let mut detect_ticks = ticks(config.interval);
+    let mut ramp_ticks = config
+        .slow_start
+        .as_ref()
+        .map(|ss| ticks((ss.window / 20).max(Duration::from_millis(1))));
     let mut detect = false;
     let mut last_upstream: Option<Arc<Snapshot<S>>> = None;
     let mut revision = 0u64;
@@ -125,6 +114,28 @@ where
             () = sleep_until_opt(deadline), if deadline.is_some() => {}
         }
     }
+}
+
+/// A signal the upstream's publications wake; the permit is kept while the
+/// driver is busy.
+fn wake_on_publish<S>(upstream: &Pool<S>) -> Arc<Notify> {
+    let changed = Arc::new(Notify::new());
+    let weak: Weak<Notify> = Arc::downgrade(&changed);
+    upstream.subscribe(move |_| match weak.upgrade() {
+        Some(n) => {
+            n.notify_one();
+            true
+        }
+        None => false,
+    });
+    changed
+}
+
+/// Ticks every `period`, delayed (not bunched) after a busy spell.
+fn ticks(period: Duration) -> tokio::time::Interval {
+    let mut t = tokio::time::interval(period);
+    t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    t
 }
 
 async fn tick_opt(ticks: &mut Option<tokio::time::Interval>) {
