@@ -71,16 +71,13 @@ mod weighted_random;
 mod weighted_round_robin;
 
 pub use classify::{Classify, ClassifyFn, ErrorsAreFailures, unreachable};
-pub use hash::{
-    KeyFn, KeyHash, KeyOf, Maglev, MaglevPicker, NoKey, Rendezvous, RendezvousPicker, Ring,
-    RingPicker, key_fn,
-};
+pub use hash::{KeyFn, KeyHash, KeyOf, Maglev, NoKey, Rendezvous, Ring, key_fn};
 pub use layer::BalanceLayer;
-pub use p2c::{LeastInFlight, LeastInFlightPicker, PeakEwma, PeakEwmaPicker};
-pub use random::{Random, RandomPicker};
-pub use round_robin::{RoundRobin, RoundRobinPicker};
+pub use p2c::{LeastInFlight, PeakEwma};
+pub use random::Random;
+pub use round_robin::RoundRobin;
 pub use service::{Balance, WhenEmpty};
 pub use strategy::{BuildContext, PickContext, Picker, Strategy};
 pub use upstream::Upstream;
-pub use weighted_random::{WeightedRandom, WeightedRandomPicker};
-pub use weighted_round_robin::{WeightedRoundRobin, WeightedRoundRobinPicker};
+pub use weighted_random::WeightedRandom;
+pub use weighted_round_robin::WeightedRoundRobin;

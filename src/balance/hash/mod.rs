@@ -96,9 +96,9 @@ mod ring;
 mod stable;
 
 pub use key::{KeyFn, KeyOf, NoKey, key_fn};
-pub use maglev::{DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, Maglev, MaglevPicker};
-pub use rendezvous::{Rendezvous, RendezvousPicker};
-pub use ring::{KETAMA_POINTS, MAX_RING_POINTS, Ring, RingPicker};
+pub use maglev::{DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, Maglev};
+pub use rendezvous::Rendezvous;
+pub use ring::{KETAMA_POINTS, MAX_RING_POINTS, Ring};
 pub(crate) use stable::mix;
 pub use stable::{KeyHash, crc32, xxh64};
 
