@@ -132,6 +132,8 @@ fn bench_strategy<St: Strategy>(
     bench_threads(g, name, &|| routed.pick());
 }
 
+/// Does a second thread slow each thread's pick, or its round trip (each
+/// thread with its own clone of the client), against one thread alone?
 fn contention_group(c: &mut Criterion) {
     let rt = support::runtime();
     let pool = support::pool(&rt, N, Weights::Uniform);

@@ -10,6 +10,8 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use tower_lb::balance::{Balance, LeastInFlight};
 use tower_lb::failover::bench::Republish;
 
+/// How long does one republish of the failover view take over N
+/// endpoints? (No peer does this work.)
 fn republish_group(c: &mut Criterion) {
     let mut g = c.benchmark_group("failover_republish");
     for n in [10, 100, 1000] {

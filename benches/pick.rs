@@ -2,8 +2,8 @@
 //! picker [`Strategy::build`](tower_lb::balance::Strategy::build) makes for
 //! a pool snapshot, loaded through `arc_swap` with its snapshot as a
 //! balancer holds it, then [`Picker::pick`](tower_lb::balance::Picker::pick).
-//! The floor in the same group is the least any pick can cost: an
-//! `arc_swap` load and one atomic `fetch_add` indexing into the snapshot.
+//! The hash strategies (Maglev, the ketama ring, rendezvous) pick for 1024
+//! different keys in turn, hashing each.
 //!
 //! `target/criterion/pick/<implementation>/<N>`, N endpoints of weight 1
 //! (rows ending `_weighted` use weights 1, 2, 3, 4, 1, …).
@@ -14,19 +14,16 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use support::{Floor, Routed, SIZES, Weights};
+use support::{Echo, Floor, Routed, SIZES, Weights};
 use tower_lb::balance::{
-    LeastInFlight, PeakEwma, Random, RoundRobin, Strategy, WeightedRandom, WeightedRoundRobin,
+    LeastInFlight, Maglev, PeakEwma, Random, Rendezvous, Ring, RoundRobin, Strategy,
+    WeightedRandom, WeightedRoundRobin,
 };
+use tower_lb::pool::Pool;
 
 type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
 
-fn bench_strategy<St: Strategy>(
-    g: &mut Group<'_>,
-    pool: &tower_lb::pool::Pool<support::Echo>,
-    name: &str,
-    strategy: St,
-) {
+fn bench_strategy<St: Strategy>(g: &mut Group<'_>, pool: &Pool<Echo>, name: &str, strategy: St) {
     let routed = Routed::new(pool, strategy);
     let n = routed.len();
     assert!(routed.pick().is_some_and(|i| i < n), "{name}/{n} picks");
@@ -35,8 +32,38 @@ fn bench_strategy<St: Strategy>(
     });
 }
 
+/// A hash strategy's pick for each of `keys` in turn.
+fn bench_keyed<St: Strategy>(
+    g: &mut Group<'_>,
+    pool: &Pool<Echo>,
+    name: &str,
+    strategy: St,
+    keys: &[Vec<u8>],
+) {
+    let routed = Routed::new(pool, strategy);
+    let n = routed.len();
+    assert!(
+        routed.pick_key(&keys[0]).is_some_and(|i| i < n),
+        "{name}/{n} picks"
+    );
+    let mut next = 0usize;
+    g.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+        b.iter(|| {
+            next = (next + 1) % keys.len();
+            black_box(routed.pick_key(black_box(&keys[next])))
+        })
+    });
+}
+
+/// How close does each strategy's pick come to the floor (one `arc_swap`
+/// load and one atomic `fetch_add`, the least any pick can cost), and
+/// does it stay flat as N grows?
 fn pick_group(c: &mut Criterion) {
     let rt = support::runtime();
+    // Request keys as a user-id header would carry them.
+    let keys: Vec<Vec<u8>> = (0..1024)
+        .map(|i| format!("user-{:08}", i * 7919).into_bytes())
+        .collect();
     let mut g = c.benchmark_group("pick");
     for n in SIZES {
         let pool = support::pool(&rt, n, Weights::Uniform);
@@ -51,6 +78,11 @@ fn pick_group(c: &mut Criterion) {
         bench_strategy(&mut g, &pool, "weighted_random", WeightedRandom);
         bench_strategy(&mut g, &pool, "least_in_flight", LeastInFlight);
         bench_strategy(&mut g, &pool, "peak_ewma", PeakEwma::new());
+        bench_keyed(&mut g, &pool, "maglev", Maglev::new(), &keys);
+        bench_keyed(&mut g, &pool, "ring", Ring::new(), &keys);
+        // Hashes every endpoint per pick (`O(N)`), up to N = 10 000 anyway,
+        // to show where it stops being cheap.
+        bench_keyed(&mut g, &pool, "rendezvous", Rendezvous::new(), &keys);
 
         // Unequal weights take the weighted paths (stride schedule, alias
         // table, weight-proportional first draw).

@@ -1,7 +1,7 @@
 //! What one pick costs in pingora-load-balancing (`LoadBalancer::select`,
 //! which also checks the backend's health) beside the equivalent tower-lb
-//! picks and the floor, over N backends of weight 1, in one group:
-//! `benches/peers/target/criterion/pick/<implementation>/<N>`.
+//! picks, over N backends of weight 1, in one group:
+//! `benches/peers/target/criterion/pick_vs_pingora/<implementation>/<N>`.
 //!
 //! pingora's `RoundRobin` and `Random` are weighted (a backend of weight w
 //! appears w times in their table), so both our plain and our weighted
@@ -20,7 +20,7 @@ use pingora_load_balancing::LoadBalancer;
 use pingora_load_balancing::selection::{
     BackendIter, BackendSelection, Consistent, Random, RoundRobin,
 };
-use support::{Floor, Routed, SIZES, Weights};
+use support::{Routed, SIZES, Weights};
 use tower_lb::balance::{self as lb, Strategy};
 
 type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
@@ -95,18 +95,16 @@ fn bench_keyed<St: Strategy>(
     });
 }
 
+/// How much cheaper is each of our picks than pingora's `select` with the
+/// same selection?
 fn pick_group(c: &mut Criterion) {
     let rt = support::runtime();
     let keys: Vec<Vec<u8>> = (0..1024)
         .map(|i| format!("user-{i}").into_bytes())
         .collect();
-    let mut g = c.benchmark_group("pick");
+    let mut g = c.benchmark_group("pick_vs_pingora");
     for n in SIZES {
         let pool = support::pool(&rt, n, Weights::Uniform);
-        let floor = Floor::new(&pool);
-        g.bench_with_input(BenchmarkId::new("floor", n), &n, |b, _| {
-            b.iter(|| black_box(floor.pick()))
-        });
         bench_ours(&mut g, &pool, "round_robin", lb::RoundRobin);
         bench_ours(
             &mut g,

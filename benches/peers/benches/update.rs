@@ -3,7 +3,7 @@
 //! against the current one and rebuilds the selector) beside tower-lb
 //! publishing a snapshot of N endpoints through a channel source (the
 //! subscribed least-in-flight picker rebuilt too), in one group:
-//! `benches/peers/target/criterion/update/<implementation>/<N>`.
+//! `benches/peers/target/criterion/update_vs_pingora/<implementation>/<N>`.
 //! Consecutive sets differ in every weight, so each is a real change.
 
 #[path = "../../support/mod.rs"]
@@ -66,9 +66,11 @@ where
     });
 }
 
+/// How much cheaper is publishing a new set of N endpoints than pingora's
+/// `update` with round robin (and, for scale, with consistent hashing)?
 fn update_group(c: &mut Criterion) {
     let rt = support::runtime();
-    let mut g = c.benchmark_group("update");
+    let mut g = c.benchmark_group("update_vs_pingora");
     for n in SIZES {
         bench_pingora::<RoundRobin>(&mut g, &rt, "pingora_update", n);
         bench_pingora::<Consistent>(&mut g, &rt, "pingora_update_consistent", n);
