@@ -339,3 +339,41 @@ mod tests {
         );
     }
 }
+
+/// A setting given a number outside its range, from a `try_…` setter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {setting}: {value} ({reason})")]
+#[non_exhaustive]
+pub struct InvalidSetting {
+    /// The setting, as its setter is named.
+    pub setting: &'static str,
+    /// The value given, rendered.
+    pub value: String,
+    /// What the setting accepts.
+    pub reason: &'static str,
+}
+
+impl InvalidSetting {
+    pub(crate) fn new(
+        setting: &'static str,
+        value: impl std::fmt::Display,
+        reason: &'static str,
+    ) -> Self {
+        InvalidSetting {
+            setting,
+            value: value.to_string(),
+            reason,
+        }
+    }
+}
+
+/// `Ok(n)` for `n >= 1`, else the error for `setting`.
+pub(crate) fn at_least_one(
+    setting: &'static str,
+    n: impl Into<u64> + Copy,
+) -> Result<(), InvalidSetting> {
+    if n.into() == 0 {
+        return Err(InvalidSetting::new(setting, 0, "must be at least 1"));
+    }
+    Ok(())
+}

@@ -118,4 +118,6 @@ pub use util::rng::PickRng;
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
-pub use error::{BoxError, DiscoveryError, Error, Ineligible, InvalidEndpoint, TierIneligible};
+pub use error::{
+    BoxError, DiscoveryError, Error, Ineligible, InvalidEndpoint, InvalidSetting, TierIneligible,
+};

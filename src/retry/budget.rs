@@ -147,6 +147,31 @@ pub struct BudgetStats {
 }
 
 impl RetryBudget {
+    /// As [`new`](Self::new), but refusing what `new` sanitises: a zero
+    /// `window`, and a `ratio` that is NaN, negative, infinite or above
+    /// 1000.
+    pub fn try_new(
+        window: Duration,
+        ratio: f64,
+        min_per_second: u32,
+    ) -> Result<Self, crate::InvalidSetting> {
+        if window.is_zero() {
+            return Err(crate::InvalidSetting::new(
+                "retry budget window",
+                "0s",
+                "must be longer than zero",
+            ));
+        }
+        if !(0.0..=MAX_RATIO).contains(&ratio) {
+            return Err(crate::InvalidSetting::new(
+                "retry budget ratio",
+                ratio,
+                "must be a number from 0 to 1000",
+            ));
+        }
+        Ok(Self::new(window, ratio, min_per_second))
+    }
+
     /// A budget that allows `ratio × requests + min_per_second × window`
     /// retries over any sliding `window`, less the retries already made in
     /// it.
@@ -367,6 +392,22 @@ impl fmt::Debug for RetryBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn try_new_refuses_what_new_sanitises() {
+        let second = Duration::from_secs(1);
+        assert!(RetryBudget::try_new(second, 0.2, 10).is_ok());
+        assert!(RetryBudget::try_new(second, 1000.0, 0).is_ok());
+        for bad in [f64::NAN, -0.1, 1000.5, f64::INFINITY] {
+            let e = RetryBudget::try_new(second, bad, 10).unwrap_err();
+            assert_eq!(e.setting, "retry budget ratio", "{bad}");
+        }
+        let e = RetryBudget::try_new(Duration::ZERO, 0.2, 10).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid retry budget window: 0s (must be longer than zero)"
+        );
+    }
     use tokio::time::advance;
 
     fn drain(budget: &RetryBudget) -> u32 {

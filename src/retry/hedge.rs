@@ -21,6 +21,23 @@ pub(crate) enum HedgeDelay {
 }
 
 impl Hedge {
+    /// As [`at_percentile`](Self::at_percentile), but refusing a
+    /// `percentile` outside 0–100 (or NaN) instead of clamping it.
+    pub fn try_at_percentile(
+        percentile: f64,
+        min: Duration,
+        max: Duration,
+    ) -> Result<Self, crate::InvalidSetting> {
+        if !(0.0..=100.0).contains(&percentile) {
+            return Err(crate::InvalidSetting::new(
+                "hedge percentile",
+                percentile,
+                "must be a number from 0 to 100",
+            ));
+        }
+        Ok(Self::at_percentile(percentile, min, max))
+    }
+
     /// Hedges requests that have not answered after `delay`.
     pub fn after(delay: Duration) -> Self {
         Hedge {
@@ -118,6 +135,16 @@ impl LatencyHistogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn try_at_percentile_refuses_a_percentile_outside_0_to_100() {
+        let (min, max) = (Duration::from_millis(1), Duration::from_secs(1));
+        assert!(Hedge::try_at_percentile(95.0, min, max).is_ok());
+        for bad in [f64::NAN, -1.0, 100.1, f64::INFINITY] {
+            let e = Hedge::try_at_percentile(bad, min, max).unwrap_err();
+            assert_eq!(e.setting, "hedge percentile", "{bad}");
+        }
+    }
 
     #[test]
     fn learns_a_percentile_within_its_bounds() {

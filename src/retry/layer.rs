@@ -9,6 +9,7 @@ use super::hedge::{Hedge, LatencyHistogram};
 use super::service::Retry;
 use super::tally::Tally;
 use crate::PickRng;
+use crate::error::{InvalidSetting, at_least_one};
 
 /// Settings shared by every clone of a retrying client.
 #[derive(Debug)]
@@ -109,11 +110,23 @@ impl<P> RetryLayer<P> {
         self
     }
 
-    /// Attempts per request, the first included (at least 1).
+    /// Attempts per request, the first included (default 3; 1 turns
+    /// retries off).
+    ///
+    /// # Panics
+    ///
+    /// When `n` is 0; [`try_max_attempts`](Self::try_max_attempts) returns
+    /// an error instead.
     #[must_use]
-    pub fn max_attempts(mut self, n: u32) -> Self {
-        self.max_attempts = n.max(1);
-        self
+    pub fn max_attempts(self, n: u32) -> Self {
+        self.try_max_attempts(n).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As [`max_attempts`](Self::max_attempts), refusing 0.
+    pub fn try_max_attempts(mut self, n: u32) -> Result<Self, InvalidSetting> {
+        at_least_one("max_attempts", n)?;
+        self.max_attempts = n;
+        Ok(self)
     }
 
     /// An overall deadline per request, covering every attempt and pause;
@@ -190,5 +203,33 @@ impl Config {
             budget_exhausted: self.stats.budget_exhausted.load(Relaxed),
             deadlines_exceeded: self.stats.deadlines.load(Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retry::RetryErrors;
+
+    #[test]
+    fn max_attempts_refuses_zero_and_keeps_any_other_count() {
+        let layer = RetryLayer::new(RetryErrors::new());
+        let e = layer.clone().try_max_attempts(0).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid max_attempts: 0 (must be at least 1)"
+        );
+        let one = layer
+            .clone()
+            .try_max_attempts(1)
+            .expect("1 turns retries off");
+        assert_eq!(one.max_attempts, 1);
+        assert_eq!(layer.max_attempts(7).max_attempts, 7);
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid max_attempts: 0")]
+    fn max_attempts_of_zero_panics_naming_the_setting() {
+        let _ = RetryLayer::new(RetryErrors::new()).max_attempts(0);
     }
 }

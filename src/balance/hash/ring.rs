@@ -7,6 +7,7 @@ use super::stable::{Crc32, xxh64};
 use crate::Endpoint;
 use crate::balance::strategy::Active;
 use crate::balance::{BuildContext, PickContext, Picker, Strategy, WeightedRoundRobin};
+use crate::error::{InvalidSetting, at_least_one};
 use crate::pool::Member;
 
 /// Points per unit of weight, as nginx and pingora-ketama place them.
@@ -66,12 +67,24 @@ impl Ring {
 }
 
 impl<F> Ring<F> {
-    /// Points per unit of weight (at least 1); other values than 160 do not
-    /// match nginx's ring.
+    /// Points per unit of weight; other values than 160 do not match
+    /// nginx's ring.
+    ///
+    /// # Panics
+    ///
+    /// When `points` is 0; [`try_points_per_weight`](Self::try_points_per_weight)
+    /// returns an error instead.
     #[must_use]
-    pub fn points_per_weight(mut self, points: u32) -> Self {
-        self.points_per_weight = points.max(1);
-        self
+    pub fn points_per_weight(self, points: u32) -> Self {
+        self.try_points_per_weight(points)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As [`points_per_weight`](Self::points_per_weight), refusing 0.
+    pub fn try_points_per_weight(mut self, points: u32) -> Result<Self, InvalidSetting> {
+        at_least_one("points_per_weight", points)?;
+        self.points_per_weight = points;
+        Ok(self)
     }
 
     /// The strategy for requests without a key.
@@ -213,5 +226,18 @@ impl<P> Walk for RingPicker<P> {
         let at = self.hashes.partition_point(|&p| p < h);
         // Past the last point, the circle starts again at the first.
         CycleWalk::new(&self.nodes, at)
+    }
+}
+
+#[cfg(test)]
+mod setting_tests {
+    use super::*;
+
+    #[test]
+    fn points_per_weight_refuses_zero() {
+        let e = Ring::new().try_points_per_weight(0).unwrap_err();
+        assert_eq!(e.setting, "points_per_weight");
+        let ring = Ring::new().try_points_per_weight(40).expect("40 points");
+        assert_eq!(ring.points_per_weight, 40);
     }
 }

@@ -79,6 +79,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::endpoint::Endpoint;
+use crate::error::{InvalidSetting, at_least_one};
 
 pub(crate) use probe::passes;
 pub(crate) use scheduler::run;
@@ -238,19 +239,43 @@ impl HealthCheck {
     }
 
     /// How many passes in a row bring an unhealthy endpoint back (default
-    /// 2); 0 is taken as 1.
+    /// 2).
+    ///
+    /// # Panics
+    ///
+    /// When `passes` is 0; [`try_healthy_threshold`](Self::try_healthy_threshold)
+    /// returns an error instead.
     #[must_use]
-    pub fn healthy_threshold(mut self, passes: u32) -> Self {
-        self.healthy_threshold = passes.max(1);
-        self
+    pub fn healthy_threshold(self, passes: u32) -> Self {
+        self.try_healthy_threshold(passes)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As [`healthy_threshold`](Self::healthy_threshold), refusing 0.
+    pub fn try_healthy_threshold(mut self, passes: u32) -> Result<Self, InvalidSetting> {
+        at_least_one("healthy_threshold", passes)?;
+        self.healthy_threshold = passes;
+        Ok(self)
     }
 
     /// How many failures in a row mark a healthy endpoint unhealthy
-    /// (default 3); 0 is taken as 1.
+    /// (default 3).
+    ///
+    /// # Panics
+    ///
+    /// When `failures` is 0; [`try_unhealthy_threshold`](Self::try_unhealthy_threshold)
+    /// returns an error instead.
     #[must_use]
-    pub fn unhealthy_threshold(mut self, failures: u32) -> Self {
-        self.unhealthy_threshold = failures.max(1);
-        self
+    pub fn unhealthy_threshold(self, failures: u32) -> Self {
+        self.try_unhealthy_threshold(failures)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As [`unhealthy_threshold`](Self::unhealthy_threshold), refusing 0.
+    pub fn try_unhealthy_threshold(mut self, failures: u32) -> Result<Self, InvalidSetting> {
+        at_least_one("unhealthy_threshold", failures)?;
+        self.unhealthy_threshold = failures;
+        Ok(self)
     }
 }
 
@@ -272,8 +297,8 @@ mod tests {
                 .expect_status(204)
                 .interval(Duration::from_millis(250))
                 .timeout(Duration::from_millis(100))
-                .healthy_threshold(0)
-                .unhealthy_threshold(0);
+                .healthy_threshold(1)
+                .unhealthy_threshold(1);
             assert!(
                 matches!(&check.probe, Probe::Http { path, expect: 204 } if path == "/ready"),
                 "{:?}",
@@ -283,6 +308,21 @@ mod tests {
             assert_eq!(check.timeout, Duration::from_millis(100));
             assert_eq!((check.healthy_threshold, check.unhealthy_threshold), (1, 1));
         }
+
+        // Thresholds of 0 are refused, naming the setting.
+        let e = HealthCheck::tcp().try_healthy_threshold(0).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid healthy_threshold: 0 (must be at least 1)"
+        );
+        let e = HealthCheck::tcp().try_unhealthy_threshold(0).unwrap_err();
+        assert_eq!(e.setting, "unhealthy_threshold");
+        assert_eq!(
+            HealthCheck::tcp()
+                .try_unhealthy_threshold(4)
+                .map(|c| c.unhealthy_threshold),
+            Ok(4)
+        );
 
         // `expect_status` leaves other probes alone; Debug never shows a closure.
         let check = HealthCheck::custom(|_| async { true });
