@@ -14,7 +14,7 @@ use tower_service::Service;
 
 use super::service::{Balance, Pick, Timing};
 use super::{Classify, ErrorsAreFailures, NoKey, Strategy};
-use crate::attempt::Attempted;
+use crate::attempt::{Attempted, Attempts};
 use crate::error::{BoxError, Error};
 use crate::failover::HealthReport;
 use crate::pool::EndpointStats;
@@ -261,6 +261,45 @@ where
     }
 }
 
+impl<S: Clone, St: Strategy, C, K> Wait<S, St, C, K> {
+    /// Picks as soon as an endpoint appears: the endpoint, or the error the
+    /// policy for an empty pool calls for.
+    fn poll_pick(
+        self: Pin<&mut Self>,
+        attempts: Option<&Attempts>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(S, InFlight), Error>> {
+        let mut w = self.project();
+        loop {
+            match w.balance.try_pick(*w.key, attempts) {
+                Pick::Picked(service, in_flight) => return Poll::Ready(Ok((service, in_flight))),
+                Pick::NoneEligible(total) => {
+                    let health = w.balance.health();
+                    return Poll::Ready(Err(Error::none_eligible(total, health.as_deref())));
+                }
+                Pick::Empty { discovered } => {
+                    if w.balance.when_empty().fails_now(discovered) {
+                        return Poll::Ready(Err(Error::NoEndpoints));
+                    }
+                    if w.notified.as_mut().poll(cx).is_ready() {
+                        // Re-arm before looking again, so a publish
+                        // between the look and the next poll wakes us.
+                        let fresh = w.balance.upstream().notify().clone().notified_owned();
+                        w.notified.set(fresh);
+                        continue;
+                    }
+                    if let Some(deadline) = w.deadline.as_pin_mut() {
+                        if deadline.poll(cx).is_ready() {
+                            return Poll::Ready(Err(Error::NoEndpointsWithin { waited: *w.limit }));
+                        }
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
 impl<S, St, Req, C, K> Future for ResponseFuture<S, St, Req, C, K>
 where
     S: Service<Req> + Clone,
@@ -276,43 +315,12 @@ where
         loop {
             let next = match this.state.as_mut().project() {
                 StateProj::Waiting { wait, req } => {
-                    let mut w = wait.as_mut().project();
                     let attempts = req.as_ref().and_then(|r| r.attempts());
-                    match w.balance.try_pick(*w.key, attempts) {
-                        Pick::Picked(service, in_flight) => {
-                            *this.in_flight = Some(in_flight);
-                            State::Ready {
-                                service,
-                                req: req.take(),
-                            }
-                        }
-                        Pick::NoneEligible(total) => {
-                            let health = w.balance.health();
-                            return Poll::Ready(Err(Error::none_eligible(
-                                total,
-                                health.as_deref(),
-                            )));
-                        }
-                        Pick::Empty { discovered } => {
-                            if w.balance.when_empty().fails_now(discovered) {
-                                return Poll::Ready(Err(Error::NoEndpoints));
-                            }
-                            if w.notified.as_mut().poll(cx).is_ready() {
-                                // Re-arm before looking again, so a publish
-                                // between the look and the next poll wakes us.
-                                let fresh = w.balance.upstream().notify().clone().notified_owned();
-                                w.notified.set(fresh);
-                                continue;
-                            }
-                            if let Some(deadline) = w.deadline.as_pin_mut() {
-                                if deadline.poll(cx).is_ready() {
-                                    return Poll::Ready(Err(Error::NoEndpointsWithin {
-                                        waited: *w.limit,
-                                    }));
-                                }
-                            }
-                            return Poll::Pending;
-                        }
+                    let (service, in_flight) = ready!(wait.as_mut().poll_pick(attempts, cx))?;
+                    *this.in_flight = Some(in_flight);
+                    State::Ready {
+                        service,
+                        req: req.take(),
                     }
                 }
                 StateProj::Ready { service, req } => {
