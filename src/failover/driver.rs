@@ -75,19 +75,16 @@ where
             targets_tx.send_replace(endpoints.into());
         }
         let now = Instant::now();
-        let next = tracker.evaluate(&snapshot, now, std::mem::take(&mut detect));
-        if fresh || !next.same_as(&view.current()) {
-            revision += 1;
-            view.publish(View::new(
-                revision,
-                &snapshot,
-                next.members,
-                next.groups,
-                next.trials,
-                next.report,
-            ));
-        }
-        view.set_evaluated(snapshot.revision());
+        let detected = std::mem::take(&mut detect);
+        evaluate(
+            &mut tracker,
+            &snapshot,
+            &view,
+            fresh,
+            detected,
+            &mut revision,
+            now,
+        );
         for endpoint in tracker.due_probes(&snapshot, now) {
             let probe = probe.clone();
             probes.spawn(async move {
@@ -114,6 +111,32 @@ where
             () = sleep_until_opt(deadline), if deadline.is_some() => {}
         }
     }
+}
+
+/// Evaluates health over `snapshot` and publishes the view when it is new
+/// (`fresh`) or changed, then records the snapshot as evaluated.
+fn evaluate<S: Clone>(
+    tracker: &mut Tracker,
+    snapshot: &Snapshot<S>,
+    view: &Shared<S>,
+    fresh: bool,
+    detect: bool,
+    revision: &mut u64,
+    now: Instant,
+) {
+    let next = tracker.evaluate(snapshot, now, detect);
+    if fresh || !next.same_as(&view.current()) {
+        *revision += 1;
+        view.publish(View::new(
+            *revision,
+            snapshot,
+            next.members,
+            next.groups,
+            next.trials,
+            next.report,
+        ));
+    }
+    view.set_evaluated(snapshot.revision());
 }
 
 /// A signal the upstream's publications wake; the permit is kept while the
