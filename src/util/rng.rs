@@ -1,4 +1,3 @@
-use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -16,33 +15,22 @@ fn wyrand_step(state: u64) -> u64 {
     wymix(state ^ WY_P1, state)
 }
 
-/// A thread's first draw: its generator's seed, from the OS.
-#[cold]
-#[inline(never)]
-fn seed_thread() -> u64 {
-    rand::random::<u64>() | 1
-}
-
-thread_local! {
-    /// 0 until first use, then seeded from the OS. A `const` initializer
-    /// keeps each access a plain thread-local read with no lazy-init check.
-    static THREAD_STATE: Cell<u64> = const { Cell::new(0) };
-}
-
 /// The random numbers a picker draws from: lock-free, allocation-free and,
 /// when seeded, repeatable.
 ///
-/// The default draws from a per-thread generator seeded from the OS, so
-/// clones on different threads never contend. [`PickRng::seeded`] shares one
-/// atomic state between all clones of a balancer: a single-threaded run
-/// with the same seed makes the same picks. Both use wyrand, which is fast
-/// and statistically sound but not cryptographic; picks need nothing more.
+/// The default draws from [`rand::rng()`], rand's generator of the calling
+/// thread (ChaCha12, seeded from the OS), so clones on different threads
+/// never contend. [`PickRng::seeded`] shares one atomic state between all
+/// clones of a balancer: a single-threaded run with the same seed makes the
+/// same picks. It steps wyrand, which is fast and statistically sound but
+/// not cryptographic; picks need nothing more.
 pub struct PickRng {
     seeded: Option<AtomicU64>,
 }
 
 impl PickRng {
-    /// Per-thread generators seeded from the OS.
+    /// rand's generator of the calling thread ([`rand::rng()`]), seeded
+    /// from the OS.
     pub fn from_entropy() -> Self {
         PickRng { seeded: None }
     }
@@ -62,19 +50,10 @@ impl PickRng {
     /// The next 64 random bits.
     #[inline]
     pub fn next_u64(&self) -> u64 {
-        let state = match &self.seeded {
-            Some(s) => s.fetch_add(WY_P0, Relaxed).wrapping_add(WY_P0),
-            None => THREAD_STATE.with(|c| {
-                let s = match c.get() {
-                    0 => seed_thread(),
-                    s => s,
-                }
-                .wrapping_add(WY_P0);
-                c.set(s);
-                s
-            }),
-        };
-        wyrand_step(state)
+        match &self.seeded {
+            Some(s) => wyrand_step(s.fetch_add(WY_P0, Relaxed).wrapping_add(WY_P0)),
+            None => rand::rng().next_u64(),
+        }
     }
 
     /// A uniform index below `n` (`n > 0`), by Lemire's multiply-shift.
