@@ -365,34 +365,10 @@ impl EndpointStats {
     }
 }
 
-/// `exp(-elapsed / tau)` given `1 / tau`, to a relative error below 1e-6 —
-/// ample for weighing latencies — without a division or a libm call on
-/// the request path.
+/// `exp(-elapsed / tau)` given `1 / tau`.
 #[inline]
 fn decay(elapsed_ns: u64, inv_tau_ns: f64) -> f64 {
-    let x = elapsed_ns as f64 * inv_tau_ns;
-    if x < 1e-3 {
-        // The common case: far less than tau since the last sample.
-        return 1.0 - x + 0.5 * x * x;
-    }
-    if x >= 700.0 {
-        return 0.0;
-    }
-    // exp(-x) = 2^-(k + f) with k whole and f in [0, 1); 2^-f by a
-    // polynomial, 2^-k by building the exponent bits.
-    let y = x * std::f64::consts::LOG2_E;
-    let k = y.floor();
-    let f = (y - k) * std::f64::consts::LN_2;
-    // exp(-f) for f in [0, ln 2), Taylor to the 8th power (error < 1e-7).
-    let p = 1.0
-        - f * (1.0
-            - f * (0.5
-                - f * (1.0 / 6.0
-                    - f * (1.0 / 24.0
-                        - f * (1.0 / 120.0
-                            - f * (1.0 / 720.0 - f * (1.0 / 5040.0 - f / 40320.0)))))));
-    // k <= 1010 here, so 1023 - k stays a normal exponent.
-    p * f64::from_bits(((1023 - k as i64) as u64) << 52)
+    (-(elapsed_ns as f64 * inv_tau_ns)).exp()
 }
 
 #[cfg(test)]
@@ -518,18 +494,28 @@ mod tests {
     }
 
     #[test]
-    fn decay_matches_exp() {
-        let mut x = 0.0f64;
-        while x < 800.0 {
-            let got = decay((x * 1e9) as u64, 1e-9);
-            let want = (-x).exp();
-            assert!(
-                (got - want).abs() <= 1e-6 * want + 1e-300,
-                "{x}: {got} vs {want}"
-            );
-            x = x * 1.01 + 1e-6;
+    fn the_estimate_decays_by_exp_of_elapsed_over_tau() {
+        let s = StatsHandle::new(Instant::now());
+        let tau_ns = 1e9;
+        let inv_tau = 1.0 / tau_ns;
+        s.record_rtt(1000.0, 0, inv_tau);
+        // Untouched, the estimate is 1000 × e^(-t / tau).
+        for (t_ns, want) in [
+            (0, 1000.0),
+            (500_000_000, 606.530_659_712_633_5),
+            (1_000_000_000, 367.879_441_171_442_35),
+            (3_000_000_000, 49.787_068_367_863_945),
+        ] {
+            let got = s.rtt_estimate(t_ns, inv_tau).unwrap();
+            assert!((got - want).abs() < 1e-9 * want, "{t_ns}: {got} vs {want}");
         }
-        assert_eq!(decay(u64::MAX, 1.0), 0.0);
+        assert_eq!(s.rtt_estimate(10_000_000_000_000, inv_tau), Some(0.0));
+        // A lower sample one tau later weighs 1 - 1/e against the decayed
+        // estimate's 1/e: 1000/e + 100 × (1 - 1/e).
+        s.record_rtt(100.0, 1_000_000_000, inv_tau);
+        let want = 431.091_497_054_298_1;
+        let got = s.rtt_estimate(1_000_000_000, inv_tau).unwrap();
+        assert!((got - want).abs() < 1e-9 * want, "{got} vs {want}");
     }
 
     #[test]
