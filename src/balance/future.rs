@@ -16,9 +16,8 @@ use super::service::{Balance, Pick, Timing};
 use super::{Classify, ErrorsAreFailures, NoKey, Strategy};
 use crate::attempt::{Attempted, Attempts};
 use crate::error::{BoxError, Error};
-use crate::failover::HealthReport;
+use crate::failover::{HealthReport, Trial};
 use crate::pool::EndpointStats;
-use crate::util::clock::LatencyClock;
 
 /// When a timed request started, and how to time it.
 #[derive(Debug, Clone, Copy)]
@@ -34,12 +33,11 @@ pub(super) struct Started {
 pub(super) struct InFlight {
     /// `None` once the outcome has been recorded.
     stats: Option<Arc<EndpointStats>>,
-    /// When the request was picked, on the clock `rate` names.
-    start_ns: u64,
-    /// `1 / tau` of the Peak-EWMA decay, tagged with the clock the request
-    /// is timed on ([`LatencyClock::tag`]); 0 when it is not timed. One
-    /// word rather than two keeps every request's future smaller.
-    rate: f64,
+    /// When the request was picked and how to time it, when its latency
+    /// feeds Peak-EWMA.
+    started: Option<Started>,
+    /// The trial this request decides, when it took one.
+    trial: Option<Arc<Trial>>,
 }
 
 impl InFlight {
@@ -49,18 +47,18 @@ impl InFlight {
     /// Peak-EWMA.
     #[inline]
     pub(super) fn start(stats: Arc<EndpointStats>, started: Option<Started>) -> Self {
-        match started {
-            Some(s) => InFlight {
-                stats: Some(stats),
-                start_ns: s.start_ns,
-                rate: s.timing.clock.tag(s.timing.inv_tau_ns),
-            },
-            None => InFlight {
-                stats: Some(stats),
-                start_ns: 0,
-                rate: 0.0,
-            },
+        InFlight {
+            stats: Some(stats),
+            started,
+            trial: None,
         }
+    }
+
+    /// Makes this the request that decides `trial`: it ends the trial when
+    /// it finishes or is dropped.
+    pub(super) fn deciding(mut self, trial: Arc<Trial>) -> Self {
+        self.trial = Some(trial);
+        self
     }
 
     /// Records the outcome.
@@ -72,9 +70,10 @@ impl InFlight {
         let Some(stats) = self.stats.take() else {
             return;
         };
-        if let Some((clock, inv_tau_ns)) = LatencyClock::untag(self.rate) {
+        if let Some(Started { start_ns, timing }) = self.started {
+            let Timing { clock, inv_tau_ns } = timing;
             let now = clock.now_ns(stats.epoch());
-            let rtt = now.saturating_sub(self.start_ns) as f64;
+            let rtt = now.saturating_sub(start_ns) as f64;
             if !matches!(outcome, Outcome::Cancelled) {
                 stats.record_answer(now);
             }
@@ -89,7 +88,13 @@ impl InFlight {
         match outcome {
             Outcome::Success => stats.record_success(),
             Outcome::Failure { unreachable } => stats.record_failure(unreachable),
-            Outcome::Cancelled => stats.record_cancelled(),
+            Outcome::Cancelled => {}
+        }
+        if let Some(trial) = self.trial.take() {
+            // After the outcome, which the trial's end publishes; then wake
+            // failover to judge it.
+            trial.end();
+            stats.wake();
         }
         // Dropping `stats` ends the request's time in flight.
     }

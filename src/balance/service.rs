@@ -14,7 +14,7 @@ use super::{BuildContext, Classify, ErrorsAreFailures, PickContext, Picker, Stra
 use crate::PickRng;
 use crate::attempt::{Attempted, Attempts};
 use crate::error::{BoxError, Error};
-use crate::failover::HealthReport;
+use crate::failover::{HealthReport, OnTrial};
 use crate::pool::{Member, Pool, Snapshot};
 use crate::util::clock::{LatencyClock, inv_tau_ns};
 
@@ -408,13 +408,19 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
         let mut ctx = PickContext::new(&self.shared.rng).with_key(key);
         ctx.now_ns = timing.map(|t| t.start_ns);
         let members = routing.members_of(lane);
-        let mut chosen = take_trial(routing.eligible.trials(), attempts);
-        if chosen.is_none() {
-            chosen = lane.picker.pick(members, &ctx).and_then(|i| members.get(i));
+        if let Some(on_trial) = take_trial(routing.eligible.trials(), attempts) {
+            let member = &on_trial.member;
             if let Some(attempts) = attempts {
-                if chosen.is_none_or(|m| attempts.tried(m.stats().id())) {
-                    chosen = avoid_tried(&routing, index, &ctx, attempts).or(chosen);
-                }
+                attempts.record(member.stats().id());
+            }
+            let in_flight = InFlight::start(member.stats().start_request(), timing)
+                .deciding(on_trial.trial.clone());
+            return Pick::Picked(member.service().clone(), in_flight);
+        }
+        let mut chosen = lane.picker.pick(members, &ctx).and_then(|i| members.get(i));
+        if let Some(attempts) = attempts {
+            if chosen.is_none_or(|m| attempts.tried(m.stats().id())) {
+                chosen = avoid_tried(&routing, index, &ctx, attempts).or(chosen);
             }
         }
         match chosen {
@@ -441,15 +447,15 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
 /// instead of a full share while its history is stale.
 #[inline]
 fn take_trial<'r, S>(
-    trials: &'r [Member<S>],
+    trials: &'r [OnTrial<S>],
     attempts: Option<&Attempts>,
-) -> Option<&'r Member<S>> {
+) -> Option<&'r OnTrial<S>> {
     if trials.is_empty() {
         return None;
     }
     trials
         .iter()
-        .find(|m| attempts.is_none_or(|a| !a.tried(m.stats().id())) && m.stats().take_trial())
+        .find(|t| attempts.is_none_or(|a| !a.tried(t.member.stats().id())) && t.trial.take())
 }
 
 /// A member no attempt of this request has been sent to: further along the

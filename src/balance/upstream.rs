@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-use crate::failover::{Failover, Group, HealthReport, View};
-use crate::pool::{Member, Pool, Snapshot};
+use crate::failover::{Failover, Group, HealthReport, OnTrial, View};
+use crate::pool::{Pool, Snapshot};
 
 /// What a [`Balance`](super::Balance) picks from: every endpoint of a
 /// [`Pool`], or the eligible endpoints of a [`Failover`] view of one.
@@ -134,7 +134,7 @@ impl<S> Eligible<S> {
 
     /// Endpoints out of rotation, each offered one trial request.
     #[inline]
-    pub(super) fn trials(&self) -> &[Member<S>] {
+    pub(super) fn trials(&self) -> &[OnTrial<S>] {
         self.view.as_deref().map_or(&[], View::trials)
     }
 

@@ -93,6 +93,7 @@ mod health;
 mod layer;
 mod report;
 mod state;
+mod trial;
 mod view;
 
 pub use config::{
@@ -101,4 +102,5 @@ pub use config::{
 pub use health::{CheckFuture, HealthCheck, Probe};
 pub use layer::FailoverLayer;
 pub use report::{EndpointHealth, HealthReport, TierReport};
+pub(crate) use trial::{OnTrial, Trial};
 pub use view::{Failover, Group, View};

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::HealthReport;
+use super::trial::OnTrial;
 use crate::pool::{DiscoveryStatus, Member, Pool, Snapshot};
 use crate::util::publish::Published;
 
@@ -22,7 +23,7 @@ pub struct View<S> {
     eligible: Arc<Snapshot<S>>,
     groups: Box<[Group]>,
     /// Out of rotation, each offered one trial request.
-    trials: Box<[Member<S>]>,
+    trials: Box<[OnTrial<S>]>,
     upstream_len: usize,
     report: Arc<HealthReport>,
 }
@@ -64,7 +65,7 @@ impl<S> View<S> {
         of: &Snapshot<S>,
         members: Vec<Member<S>>,
         groups: Vec<Group>,
-        trials: Vec<Member<S>>,
+        trials: Vec<OnTrial<S>>,
         report: HealthReport,
     ) -> Self {
         View {
@@ -132,8 +133,8 @@ impl<S> View<S> {
     }
 
     /// Endpoints out of rotation that are offered one trial request each
-    /// (the request that takes the trial from their stats).
-    pub(crate) fn trials(&self) -> &[Member<S>] {
+    /// (the request that takes the trial).
+    pub(crate) fn trials(&self) -> &[OnTrial<S>] {
         &self.trials
     }
 }

@@ -16,9 +16,9 @@
 
 use tokio::time::Instant;
 
-/// Where a balancer reads the time for latency timing. `Copy` and one
-/// word, so a request can carry it from pick to completion.
-#[derive(Debug, Clone, Copy)]
+/// Where a balancer reads the time for latency timing. One byte, so a
+/// request carries it from pick to completion at no cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LatencyClock {
     /// Tokio's clock: nanoseconds since the pool's epoch. Follows a paused
     /// clock.
@@ -26,7 +26,7 @@ pub(crate) enum LatencyClock {
     /// The CPU's counter: nanoseconds since the process first calibrated
     /// it.
     #[cfg(feature = "cpu-clock")]
-    Cpu(&'static cpu::Counter),
+    Cpu,
 }
 
 impl LatencyClock {
@@ -38,7 +38,9 @@ impl LatencyClock {
     pub(crate) fn detect() -> Self {
         #[cfg(feature = "cpu-clock")]
         if !tokio_paused() {
-            return LatencyClock::Cpu(cpu::Counter::get());
+            // Calibrate now rather than on the first request's pick.
+            cpu::Counter::get();
+            return LatencyClock::Cpu;
         }
         LatencyClock::Tokio
     }
@@ -51,37 +53,8 @@ impl LatencyClock {
         match self {
             LatencyClock::Tokio => nanos_since(epoch),
             #[cfg(feature = "cpu-clock")]
-            LatencyClock::Cpu(counter) => counter.now_ns(),
+            LatencyClock::Cpu => cpu::Counter::get().now_ns(),
         }
-    }
-}
-
-impl LatencyClock {
-    /// A positive `rate` tagged with this clock, so that a request carries
-    /// both in one word: positive on the CPU's counter, negative on
-    /// tokio's clock.
-    #[inline]
-    pub(crate) fn tag(self, rate: f64) -> f64 {
-        match self {
-            LatencyClock::Tokio => -rate,
-            #[cfg(feature = "cpu-clock")]
-            LatencyClock::Cpu(_) => rate,
-        }
-    }
-
-    /// Undoes [`tag`](LatencyClock::tag): the clock and the rate, or
-    /// `None` for zero (and NaN), which means "not timed".
-    #[inline]
-    pub(crate) fn untag(tagged: f64) -> Option<(LatencyClock, f64)> {
-        if tagged < 0.0 {
-            return Some((LatencyClock::Tokio, -tagged));
-        }
-        #[cfg(feature = "cpu-clock")]
-        if tagged > 0.0 {
-            // A positive tag is only made once the counter exists.
-            return cpu::Counter::existing().map(|c| (LatencyClock::Cpu(c), tagged));
-        }
-        None
     }
 }
 
@@ -109,15 +82,25 @@ fn tokio_paused() -> bool {
         return false;
     }
     let first = Instant::now();
-    if Instant::now() != first {
-        return false;
+    // Read the OS clock until it has moved on (a few dozen nanoseconds on
+    // a fine-grained clock): a running tokio clock, which reads the same
+    // OS clock, has moved with it. On a clock too coarse to move within
+    // the bound, this answers "paused", which only means timing on
+    // tokio's clock: correct, at the OS clock's price.
+    #[allow(clippy::disallowed_types, reason = "real time, whatever tokio's clock does")]
+    let real = std::time::Instant::now();
+    for _ in 0..MAX_READINGS {
+        if real.elapsed() > std::time::Duration::ZERO {
+            break;
+        }
     }
-    // Two equal readings: a paused clock, or a coarse one. Let real time
-    // move on (a thread sleep is real time whatever tokio's clock does)
-    // and look again.
-    std::thread::sleep(std::time::Duration::from_micros(20));
     Instant::now() == first
 }
+
+/// How many times [`tokio_paused`] reads the OS clock, at most, waiting for
+/// it to move: a few microseconds' worth.
+#[cfg(feature = "cpu-clock")]
+const MAX_READINGS: u32 = 200;
 
 #[cfg(feature = "cpu-clock")]
 mod cpu {
@@ -134,18 +117,13 @@ mod cpu {
 
     impl Counter {
         /// The process's counter, calibrated on first use.
+        #[inline]
         pub(crate) fn get() -> &'static Counter {
             COUNTER.get_or_init(|| {
                 let clock = quanta::Clock::new();
                 let origin = clock.raw();
                 Counter { clock, origin }
             })
-        }
-
-        /// The process's counter, if it has been calibrated.
-        #[inline]
-        pub(crate) fn existing() -> Option<&'static Counter> {
-            COUNTER.get()
         }
 
         #[inline]
@@ -161,25 +139,6 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn a_tag_carries_the_clock_and_the_rate() {
-        assert!(LatencyClock::untag(0.0).is_none());
-        assert!(LatencyClock::untag(f64::NAN).is_none());
-        let tagged = LatencyClock::Tokio.tag(1e-9);
-        assert!(matches!(
-            LatencyClock::untag(tagged),
-            Some((LatencyClock::Tokio, r)) if r == 1e-9
-        ));
-        #[cfg(feature = "cpu-clock")]
-        {
-            let cpu = LatencyClock::Cpu(cpu::Counter::get());
-            assert!(matches!(
-                LatencyClock::untag(cpu.tag(2e-9)),
-                Some((LatencyClock::Cpu(_), r)) if r == 2e-9
-            ));
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_paused_clock_is_timed_by_tokio() {
         assert!(matches!(LatencyClock::detect(), LatencyClock::Tokio));
@@ -192,14 +151,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn a_multi_thread_runtime_is_timed_by_the_cpu() {
         assert!(!tokio_paused(), "only a current-thread runtime can pause");
-        assert!(matches!(LatencyClock::detect(), LatencyClock::Cpu(_)));
+        assert!(matches!(LatencyClock::detect(), LatencyClock::Cpu));
     }
 
     #[cfg(feature = "cpu-clock")]
     #[tokio::test]
     async fn a_running_clock_is_timed_by_the_cpu_in_nanoseconds() {
         let clock = LatencyClock::detect();
-        assert!(matches!(clock, LatencyClock::Cpu(_)), "{clock:?}");
+        assert!(matches!(clock, LatencyClock::Cpu), "{clock:?}");
         let epoch = Instant::now();
         let start = clock.now_ns(epoch);
         std::thread::sleep(Duration::from_millis(20));
@@ -217,7 +176,9 @@ mod tests {
     async fn pausing_tokio_switches_to_tokio_and_resuming_back() {
         assert!(matches!(LatencyClock::detect(), LatencyClock::Tokio));
         tokio::time::resume();
-        assert!(matches!(LatencyClock::detect(), LatencyClock::Cpu(_)));
+        for _ in 0..1_000 {
+            assert!(matches!(LatencyClock::detect(), LatencyClock::Cpu));
+        }
         tokio::time::pause();
         assert!(matches!(LatencyClock::detect(), LatencyClock::Tokio));
     }

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::config::{FailoverConfig, OutlierDetection, Reconnect};
 use super::report::HealthReport;
+use super::trial::{OnTrial, Trial};
 use super::view::{Group, View};
 use crate::endpoint::Endpoint;
 use crate::pool::{Member, Snapshot};
@@ -29,10 +30,9 @@ struct EndpointState {
     seen_unreachable: u64,
     ejected_until: Option<Instant>,
     times_ejected: u32,
-    /// On trial (back from an ejection, or down with no way to probe it):
-    /// its counters when the trial was offered. Out of rotation; one
-    /// request may go there, and its outcome decides.
-    trial: Option<Counters>,
+    /// On trial (back from an ejection, or down with no way to probe it).
+    /// Out of rotation; one request may go there, and its outcome decides.
+    trial: Option<Pending>,
     active_healthy: bool,
     /// When its slow-start ramp began, while it ramps.
     warm_since: Option<Instant>,
@@ -53,6 +53,24 @@ impl Counters {
             successes: m.stats().successes(),
             failures: m.stats().failures(),
         }
+    }
+}
+
+/// A trial offered and not yet decided.
+#[derive(Debug)]
+struct Pending {
+    /// The endpoint's counters when the trial was offered.
+    at: Counters,
+    /// What the view publishes, and the trial request ends.
+    trial: Arc<Trial>,
+}
+
+impl Pending {
+    fn offer<S>(m: &Member<S>) -> Option<Self> {
+        Some(Pending {
+            at: Counters::of(m),
+            trial: Trial::offered(),
+        })
     }
 }
 
@@ -98,7 +116,7 @@ pub(crate) struct Evaluation<S> {
     pub(crate) members: Vec<Member<S>>,
     pub(crate) groups: Vec<Group>,
     /// Out of rotation, each offered one trial request.
-    pub(crate) trials: Vec<Member<S>>,
+    pub(crate) trials: Vec<OnTrial<S>>,
     pub(crate) report: HealthReport,
 }
 
@@ -108,8 +126,15 @@ impl<S> Evaluation<S> {
         last.health() == &self.report
             && last.groups() == &self.groups[..]
             && same_members(last.members(), &self.members)
-            && same_members(last.trials(), &self.trials)
+            && same_trials(last.trials(), &self.trials)
     }
+}
+
+fn same_trials<S>(a: &[OnTrial<S>], b: &[OnTrial<S>]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(a, b)| Arc::ptr_eq(&a.trial, &b.trial))
 }
 
 fn same_members<S>(a: &[Member<S>], b: &[Member<S>]) -> bool {
@@ -253,9 +278,7 @@ impl Tracker {
                         probing: false,
                         at: Counters::of(m),
                     });
-                    if st.trial.take().is_some() {
-                        m.stats().end_trial();
-                    }
+                    st.trial = None;
                     self.downs += 1;
                     event!(warn, endpoint = %m.endpoint(), probe_in_ms = wait.as_millis() as u64, "endpoint down: it could not be reached");
                 }
@@ -272,9 +295,7 @@ impl Tracker {
     /// Brings a down endpoint back.
     fn up<S>(st: &mut EndpointState, m: &Member<S>, now: Instant, slow: bool) {
         st.down = None;
-        if st.trial.take().is_some() {
-            m.stats().end_trial();
-        }
+        st.trial = None;
         st.seen_unreachable = m.stats().unreachable_failures();
         m.stats().reset_history();
         st.last = Counters::of(m);
@@ -302,8 +323,7 @@ impl Tracker {
             if checks || m.endpoint().address().is_some() {
                 due.push(m.endpoint().clone());
             } else {
-                st.trial = Some(Counters::of(m));
-                m.stats().offer_trial();
+                st.trial = Pending::offer(m);
                 event!(debug, endpoint = %m.endpoint(), "down endpoint with nothing to probe put on trial");
             }
         }
@@ -358,19 +378,19 @@ impl Tracker {
         let reconnect = self.config.reconnect;
         let slow = self.config.slow_start.is_some();
         for (st, m) in self.states.iter_mut().zip(snapshot.members()) {
-            let Some(at) = st.trial else {
+            let Some(pending) = &st.trial else {
                 continue;
             };
             let counts = Counters::of(m);
-            let failed = counts.failures > at.failures;
-            if !failed && counts.successes == at.successes {
-                if m.stats().trial_taken() && m.stats().in_flight() == 0 {
-                    m.stats().offer_trial();
+            let failed = counts.failures > pending.at.failures;
+            if !failed && counts.successes == pending.at.successes {
+                // Ended with no outcome: given up on.
+                if pending.trial.ended() {
+                    pending.trial.offer_again();
                 }
                 continue;
             }
             st.trial = None;
-            m.stats().end_trial();
             st.last = counts;
             match (st.down.as_mut(), failed) {
                 (Some(down), true) => {
@@ -404,8 +424,7 @@ impl Tracker {
         for (st, m) in self.states.iter_mut().zip(snapshot.members()) {
             if st.ejected_until.is_some_and(|until| until <= now) {
                 st.ejected_until = None;
-                st.trial = Some(Counters::of(m));
-                m.stats().offer_trial();
+                st.trial = Pending::offer(m);
                 event!(debug, endpoint = %m.endpoint(), times_ejected = st.times_ejected, "ejection over: endpoint on trial");
             }
             if let (Some(since), Some(ss)) = (st.warm_since, slow) {
@@ -601,9 +620,10 @@ mod tests {
         let v = t.evaluate(&snap, later, false);
         assert_eq!(v.trials.len(), 3);
         assert_eq!(loads(&v), [(0, 0), (1, 100)], "on trial: not healthy yet");
-        for i in 0..3 {
-            assert!(snap.members()[i].stats().take_trial());
-            snap.members()[i].stats().record_success();
+        for on_trial in &v.trials {
+            assert!(on_trial.trial.take());
+            on_trial.member.stats().record_success();
+            on_trial.trial.end();
         }
         // They passed; the tier's share waits for the delay.
         let v = t.evaluate(&snap, later, false);
@@ -705,40 +725,44 @@ mod tests {
         assert_eq!(v.members.len(), 2, "not in rotation while on trial");
         assert_eq!(v.trials.len(), 1);
         let stats = snap.members()[0].stats();
-        assert!(stats.take_trial(), "one request takes the trial");
-        assert!(!stats.take_trial(), "and only one");
+        let trial = v.trials[0].trial.clone();
+        assert!(trial.take(), "one request takes the trial");
+        assert!(!trial.take(), "and only one");
 
         // The trial request fails: ejected again, for 2 s.
         fail(&snap, 0, 1);
+        trial.end();
         let v = t.evaluate(&snap, at, false);
         assert_eq!(
             v.report.endpoints[0].ejected_until,
             Some(at + Duration::from_secs(2))
         );
         assert!(!v.report.endpoints[0].on_trial);
-        assert!(v.trials.is_empty());
-        assert!(!stats.take_trial(), "no trial while ejected");
+        assert!(v.trials.is_empty(), "no trial while ejected");
 
-        // On trial again. A trial request given up on decides nothing: the
-        // trial is offered again once it is no longer in flight.
+        // On trial again, with a new trial. A trial request given up on
+        // decides nothing: the trial is offered again once it has ended,
+        // and not before, however few requests are in flight.
         let at = at + Duration::from_secs(2);
+        let v = t.evaluate(&snap, at, false);
+        let again = v.trials[0].trial.clone();
+        assert!(!Arc::ptr_eq(&trial, &again));
+        assert!(again.take());
+        let v = t.evaluate(&snap, at, false);
+        assert!(!again.take(), "still running: not offered again");
+        assert!(Arc::ptr_eq(&v.trials[0].trial, &again), "the same trial");
+        again.end();
         t.evaluate(&snap, at, false);
-        assert!(stats.take_trial());
-        let running = stats.start_request();
-        t.evaluate(&snap, at, false);
-        assert!(!stats.take_trial(), "still in flight: not offered again");
-        drop(running);
-        t.evaluate(&snap, at, false);
-        assert!(stats.take_trial(), "cancelled: offered again");
+        assert!(again.take(), "ended with no outcome: offered again");
 
         // Its success brings it back, into the view.
         stats.record_success();
+        again.end();
         let v = t.evaluate(&snap, at, false);
         assert!(!v.report.endpoints[0].on_trial);
         assert!(v.report.endpoints[0].is_healthy());
         assert_eq!(v.members.len(), 3);
         assert!(v.trials.is_empty());
-        assert!(!stats.take_trial());
         // Later ejections grow to the 3 s cap.
         for _ in 0..3 {
             fail(&snap, 0, 5);

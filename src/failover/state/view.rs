@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use super::{EndpointState, Evaluation, TierHealth, Tracker};
 use crate::failover::report::{EndpointHealth, HealthReport, TierReport};
+use crate::failover::trial::OnTrial;
 use crate::failover::view::Group;
 use crate::pool::{Member, Snapshot};
 use crate::trace::event;
@@ -147,7 +148,7 @@ impl Tracker {
         loads: &[f64],
         panic: bool,
         ramp: &Ramp,
-    ) -> (Vec<Member<S>>, Vec<Group>, Vec<Member<S>>) {
+    ) -> (Vec<Member<S>>, Vec<Group>, Vec<OnTrial<S>>) {
         let members = snapshot.members();
         let states = &self.states;
         let open = panic && self.config.panic_mode == crate::failover::PanicMode::FailOpen;
@@ -188,7 +189,13 @@ impl Tracker {
         // outcome judges it.
         let trials = (0..members.len())
             .filter(|&i| states[i].trial.is_some() && states[i].active_healthy && !in_view(i))
-            .map(|i| members[i].clone())
+            .filter_map(|i| {
+                let pending = states[i].trial.as_ref()?;
+                Some(OnTrial {
+                    member: members[i].clone(),
+                    trial: pending.trial.clone(),
+                })
+            })
             .collect();
         (view, groups, trials)
     }
