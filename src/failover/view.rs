@@ -251,14 +251,8 @@ impl<S> Failover<S> {
     /// Waits until the view's revision differs from `seen`, and returns the
     /// new one. Returns at once if it already differs.
     pub async fn changed(&self, seen: u64) -> u64 {
-        loop {
-            let notified = self.notify().clone().notified_owned();
-            let now = self.shared.published.load().revision();
-            if now != seen {
-                return now;
-            }
-            notified.await;
-        }
+        let revision = |v: &Arc<View<S>>| (v.revision() != seen).then(|| v.revision());
+        self.shared.published.wait_for(revision).await
     }
 
     /// Waits until the pool has applied discovery revision `revision` or
@@ -267,13 +261,10 @@ impl<S> Failover<S> {
     pub async fn applied(&self, revision: u64) -> bool {
         let reached = self.upstream.applied(revision).await;
         let target = self.upstream.snapshot().revision();
-        loop {
-            let notified = self.notify().clone().notified_owned();
-            if self.shared.evaluated.load(Ordering::Acquire) > target {
-                return reached;
-            }
-            notified.await;
-        }
+        let evaluated = |_: &Arc<View<S>>| {
+            (self.shared.evaluated.load(Ordering::Acquire) > target).then_some(reached)
+        };
+        self.shared.published.wait_for(evaluated).await
     }
 
     /// Woken (all waiters) on every publication of the view.

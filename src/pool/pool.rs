@@ -165,14 +165,8 @@ impl<S> Pool<S> {
     /// Waits until the snapshot's revision differs from `seen`, and returns
     /// the new one. Returns at once if it already differs.
     pub async fn changed(&self, seen: u64) -> u64 {
-        loop {
-            let notified = self.notify().clone().notified_owned();
-            let now = self.shared.published.load().revision();
-            if now != seen {
-                return now;
-            }
-            notified.await;
-        }
+        let revision = |s: &Arc<Snapshot<S>>| (s.revision() != seen).then(|| s.revision());
+        self.shared.published.wait_for(revision).await
     }
 
     /// Waits until discovery has applied an update with revision `revision`
@@ -181,19 +175,14 @@ impl<S> Pool<S> {
     /// [`Registry`](crate::discover::Registry) watch, use
     /// [`Registry::revision_of`](crate::discover::Registry::revision_of).
     pub async fn applied(&self, revision: u64) -> bool {
-        loop {
-            let notified = self.notify().clone().notified_owned();
-            {
-                let st = lock(&self.shared.status);
-                if st.applied_revision.is_some_and(|r| r >= revision) {
-                    return true;
-                }
-                if st.ended {
-                    return false;
-                }
+        let reached = |_: &Arc<Snapshot<S>>| {
+            let st = lock(&self.shared.status);
+            if st.applied_revision.is_some_and(|r| r >= revision) {
+                return Some(true);
             }
-            notified.await;
-        }
+            st.ended.then_some(false)
+        };
+        self.shared.published.wait_for(reached).await
     }
 
     /// Woken (all waiters) whenever a snapshot is published or the

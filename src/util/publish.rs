@@ -48,6 +48,19 @@ impl<T> Published<T> {
         self.notify.notify_waiters();
     }
 
+    /// Waits until `ready` answers, asking it with the current value now
+    /// and again after every publication and [`wake`](Self::wake).
+    pub(crate) async fn wait_for<R>(&self, mut ready: impl FnMut(&Arc<T>) -> Option<R>) -> R {
+        loop {
+            // Made before asking, so a publication in between still wakes it.
+            let notified = self.notify.clone().notified_owned();
+            if let Some(answer) = ready(&self.current.load_full()) {
+                return answer;
+            }
+            notified.await;
+        }
+    }
+
     /// Calls `f` with the current value now and with every value published
     /// later, until `f` returns `false`.
     pub(crate) fn subscribe(&self, mut f: impl FnMut(&Arc<T>) -> bool + Send + 'static) {
