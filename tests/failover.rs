@@ -777,10 +777,18 @@ async fn the_view_reports_discovery_progress() {
 /// The balancer never hands out an ejected endpoint while others are
 /// healthy, whatever the strategy: checked on every pick across a run
 /// with a failing endpoint.
-#[tokio::test(start_paused = true)]
-async fn an_ejected_endpoint_is_never_picked_while_others_are_healthy() {
+/// Five endpoints under weighted round robin with the default failover,
+/// port 3 failing every request, driven until port 3 is ejected; with the
+/// report at that moment. Keep the registry and registrations alive.
+async fn port_3_ejected() -> (
+    Registry,
+    Vec<Registration>,
+    Backends,
+    Client<WeightedRoundRobin>,
+    HealthReport,
+) {
     let registry = Registry::new();
-    let _regs = register_ports(&registry, 5);
+    let regs = register_ports(&registry, 5);
     let backends = Backends::new();
     backends.set(&key(3), Behaviour::Fail);
     let lb = client(
@@ -793,10 +801,16 @@ async fn an_ejected_endpoint_is_never_picked_while_others_are_healthy() {
         r.endpoints.len() == 5
     })
     .await;
-    drive_until(&lb, "port 3 ejected", 3 * INTERVAL, |r| {
+    let r = drive_until(&lb, "port 3 ejected", 3 * INTERVAL, |r| {
         health(r, 3).ejected_until.is_some()
     })
     .await;
+    (registry, regs, backends, lb, r)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ejected_endpoint_is_never_picked_while_others_are_healthy() {
+    let (_registry, _regs, backends, lb, _) = port_3_ejected().await;
     for _ in 0..1_000 {
         let i = lb.pick_index().expect("something to pick");
         let snapshot = lb.snapshot();
@@ -819,20 +833,7 @@ async fn an_ejected_endpoint_is_never_picked_while_others_are_healthy() {
 /// answers, its trial request brings it back at once.
 #[tokio::test(start_paused = true)]
 async fn an_endpoint_back_from_an_ejection_gets_one_trial_request_which_decides() {
-    let registry = Registry::new();
-    let _regs = register_ports(&registry, 5);
-    let backends = Backends::new();
-    backends.set(&key(3), Behaviour::Fail);
-    let lb = client(
-        &registry,
-        &backends,
-        WeightedRoundRobin,
-        FailoverConfig::new(),
-    );
-    let r = drive_until(&lb, "port 3 ejected", 3 * INTERVAL, |r| {
-        health(r, 3).ejected_until.is_some()
-    })
-    .await;
+    let (_registry, _regs, backends, lb, r) = port_3_ejected().await;
     let ejections = r.ejections;
     // 10 s of 200 requests/s while it still fails: ejections of 1 s, 2 s,
     // 3 s and 3 s end in that time, one trial request each.

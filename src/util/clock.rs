@@ -87,7 +87,10 @@ fn tokio_paused() -> bool {
     // OS clock, has moved with it. On a clock too coarse to move within
     // the bound, this answers "paused", which only means timing on
     // tokio's clock: correct, at the OS clock's price.
-    #[allow(clippy::disallowed_types, reason = "real time, whatever tokio's clock does")]
+    #[allow(
+        clippy::disallowed_types,
+        reason = "real time, whatever tokio's clock does"
+    )]
     let real = std::time::Instant::now();
     for _ in 0..MAX_READINGS {
         if real.elapsed() > std::time::Duration::ZERO {
