@@ -7,7 +7,7 @@ use super::stable::{Crc32, xxh64};
 use crate::Endpoint;
 use crate::balance::strategy::Active;
 use crate::balance::{BuildContext, PickContext, Picker, Strategy, WeightedRoundRobin};
-use crate::error::{InvalidSetting, at_least_one};
+use crate::error::{InvalidSetting, check, valid};
 use crate::pool::Member;
 
 /// Points per unit of weight, as nginx and pingora-ketama place them.
@@ -67,22 +67,28 @@ impl Ring {
 }
 
 impl<F> Ring<F> {
-    /// Points per unit of weight; other values than 160 do not match
-    /// nginx's ring.
+    /// Points per unit of weight (at least 1); other values than 160 do not
+    /// match nginx's ring.
     ///
     /// # Panics
     ///
-    /// When `points` is 0; [`try_points_per_weight`](Self::try_points_per_weight)
-    /// returns an error instead.
+    /// When `points` is 0;
+    /// [`try_points_per_weight`](Ring::try_points_per_weight) returns the
+    /// error instead.
     #[must_use]
+    #[track_caller]
     pub fn points_per_weight(self, points: u32) -> Self {
-        self.try_points_per_weight(points)
-            .unwrap_or_else(|e| panic!("{e}"))
+        valid(self.try_points_per_weight(points))
     }
 
-    /// As [`points_per_weight`](Self::points_per_weight), refusing 0.
+    /// [`points_per_weight`](Ring::points_per_weight), refusing 0.
     pub fn try_points_per_weight(mut self, points: u32) -> Result<Self, InvalidSetting> {
-        at_least_one("points_per_weight", points)?;
+        check(
+            points >= 1,
+            "Ring::points_per_weight",
+            points,
+            "must be at least 1",
+        )?;
         self.points_per_weight = points;
         Ok(self)
     }
@@ -236,7 +242,10 @@ mod setting_tests {
     #[test]
     fn points_per_weight_refuses_zero() {
         let e = Ring::new().try_points_per_weight(0).unwrap_err();
-        assert_eq!(e.setting, "points_per_weight");
+        assert_eq!(
+            (e.setting(), e.value(), e.reason()),
+            ("Ring::points_per_weight", "0", "must be at least 1")
+        );
         let ring = Ring::new().try_points_per_weight(40).expect("40 points");
         assert_eq!(ring.points_per_weight, 40);
     }

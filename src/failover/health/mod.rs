@@ -79,7 +79,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::endpoint::Endpoint;
-use crate::error::{InvalidSetting, at_least_one};
+use crate::error::{InvalidSetting, check, valid};
 
 pub(crate) use probe::passes;
 pub(crate) use scheduler::run;
@@ -239,41 +239,54 @@ impl HealthCheck {
     }
 
     /// How many passes in a row bring an unhealthy endpoint back (default
-    /// 2).
+    /// 2, at least 1).
     ///
     /// # Panics
     ///
-    /// When `passes` is 0; [`try_healthy_threshold`](Self::try_healthy_threshold)
-    /// returns an error instead.
+    /// When `passes` is 0;
+    /// [`try_healthy_threshold`](HealthCheck::try_healthy_threshold)
+    /// returns the error instead.
     #[must_use]
+    #[track_caller]
     pub fn healthy_threshold(self, passes: u32) -> Self {
-        self.try_healthy_threshold(passes)
-            .unwrap_or_else(|e| panic!("{e}"))
+        valid(self.try_healthy_threshold(passes))
     }
 
-    /// As [`healthy_threshold`](Self::healthy_threshold), refusing 0.
+    /// [`healthy_threshold`](HealthCheck::healthy_threshold), refusing 0.
     pub fn try_healthy_threshold(mut self, passes: u32) -> Result<Self, InvalidSetting> {
-        at_least_one("healthy_threshold", passes)?;
+        check(
+            passes >= 1,
+            "HealthCheck::healthy_threshold",
+            passes,
+            "must be at least 1",
+        )?;
         self.healthy_threshold = passes;
         Ok(self)
     }
 
     /// How many failures in a row mark a healthy endpoint unhealthy
-    /// (default 3).
+    /// (default 3, at least 1).
     ///
     /// # Panics
     ///
-    /// When `failures` is 0; [`try_unhealthy_threshold`](Self::try_unhealthy_threshold)
-    /// returns an error instead.
+    /// When `failures` is 0;
+    /// [`try_unhealthy_threshold`](HealthCheck::try_unhealthy_threshold)
+    /// returns the error instead.
     #[must_use]
+    #[track_caller]
     pub fn unhealthy_threshold(self, failures: u32) -> Self {
-        self.try_unhealthy_threshold(failures)
-            .unwrap_or_else(|e| panic!("{e}"))
+        valid(self.try_unhealthy_threshold(failures))
     }
 
-    /// As [`unhealthy_threshold`](Self::unhealthy_threshold), refusing 0.
+    /// [`unhealthy_threshold`](HealthCheck::unhealthy_threshold), refusing
+    /// 0.
     pub fn try_unhealthy_threshold(mut self, failures: u32) -> Result<Self, InvalidSetting> {
-        at_least_one("unhealthy_threshold", failures)?;
+        check(
+            failures >= 1,
+            "HealthCheck::unhealthy_threshold",
+            failures,
+            "must be at least 1",
+        )?;
         self.unhealthy_threshold = failures;
         Ok(self)
     }
@@ -284,7 +297,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn builders_set_defaults_overrides_and_clamp_zero_thresholds() {
+    fn builders_set_defaults_overrides_and_refuse_zero_thresholds() {
         let check = HealthCheck::tcp();
         assert!(matches!(check.probe, Probe::Tcp));
         assert_eq!(check.interval, Duration::from_secs(5));
@@ -313,10 +326,17 @@ mod tests {
         let e = HealthCheck::tcp().try_healthy_threshold(0).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "invalid healthy_threshold: 0 (must be at least 1)"
+            "invalid setting HealthCheck::healthy_threshold = 0: must be at least 1"
         );
         let e = HealthCheck::tcp().try_unhealthy_threshold(0).unwrap_err();
-        assert_eq!(e.setting, "unhealthy_threshold");
+        assert_eq!(
+            (e.setting(), e.value(), e.reason()),
+            (
+                "HealthCheck::unhealthy_threshold",
+                "0",
+                "must be at least 1"
+            )
+        );
         assert_eq!(
             HealthCheck::tcp()
                 .try_unhealthy_threshold(4)
