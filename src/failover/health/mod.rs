@@ -160,7 +160,8 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
 const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
-/// Shorter intervals are raised to this, so a zero interval cannot spin.
+/// The shortest interval accepted; the checker also raises shorter ones to
+/// it, so a zero interval cannot spin.
 const MIN_INTERVAL: Duration = Duration::from_millis(1);
 
 impl HealthCheck {
@@ -210,20 +211,55 @@ impl HealthCheck {
         })))
     }
 
-    /// How often each endpoint is probed (default 5 s). The first round
-    /// starts at once; intervals under 1 ms are raised to 1 ms.
+    /// How often each endpoint is probed (default 5 s, at least 1 ms).
+    /// The first round starts at once.
+    ///
+    /// # Panics
+    ///
+    /// When `interval` is shorter than 1 ms;
+    /// [`try_interval`](HealthCheck::try_interval) returns the error
+    /// instead.
     #[must_use]
-    pub fn interval(mut self, interval: Duration) -> Self {
+    #[track_caller]
+    pub fn interval(self, interval: Duration) -> Self {
+        valid(self.try_interval(interval))
+    }
+
+    /// [`interval`](HealthCheck::interval), refusing less than 1 ms.
+    pub fn try_interval(mut self, interval: Duration) -> Result<Self, InvalidSetting> {
+        check(
+            interval >= MIN_INTERVAL,
+            "HealthCheck::interval",
+            interval,
+            "must be at least 1ms",
+        )?;
         self.interval = interval;
-        self
+        Ok(self)
     }
 
     /// How long one probe may take, connect included, before it counts as a
     /// failure (default 1 s).
+    ///
+    /// # Panics
+    ///
+    /// When `timeout` is zero (every probe would fail);
+    /// [`try_timeout`](HealthCheck::try_timeout) returns the error instead.
     #[must_use]
-    pub fn timeout(mut self, timeout: Duration) -> Self {
+    #[track_caller]
+    pub fn timeout(self, timeout: Duration) -> Self {
+        valid(self.try_timeout(timeout))
+    }
+
+    /// [`timeout`](HealthCheck::timeout), refusing zero.
+    pub fn try_timeout(mut self, timeout: Duration) -> Result<Self, InvalidSetting> {
+        check(
+            !timeout.is_zero(),
+            "HealthCheck::timeout",
+            timeout,
+            "must be longer than zero",
+        )?;
         self.timeout = timeout;
-        self
+        Ok(self)
     }
 
     /// The status code an HTTP probe expects (default 200). No effect on
@@ -349,5 +385,77 @@ mod tests {
         #[cfg(feature = "http")]
         let check = check.expect_status(204);
         assert_eq!(format!("{:?}", check.probe), "Custom(..)");
+    }
+
+    /// The error's message, for a setting that was refused.
+    fn refused(setting: Result<HealthCheck, InvalidSetting>) -> String {
+        setting.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn timings_and_thresholds_refuse_out_of_range_values() {
+        let ms = Duration::from_millis;
+        let tcp = HealthCheck::tcp;
+        assert_eq!(tcp().try_interval(ms(1)).unwrap().interval, ms(1));
+        assert_eq!(
+            tcp().try_interval(Duration::MAX).unwrap().interval,
+            Duration::MAX
+        );
+        assert_eq!(
+            refused(tcp().try_interval(Duration::ZERO)),
+            "invalid setting HealthCheck::interval = 0ns: must be at least 1ms"
+        );
+        assert_eq!(
+            refused(tcp().try_interval(Duration::from_micros(500))),
+            "invalid setting HealthCheck::interval = 500µs: must be at least 1ms"
+        );
+        assert_eq!(
+            tcp().try_timeout(Duration::from_nanos(1)).unwrap().timeout,
+            Duration::from_nanos(1)
+        );
+        assert_eq!(
+            refused(tcp().try_timeout(Duration::ZERO)),
+            "invalid setting HealthCheck::timeout = 0ns: must be longer than zero"
+        );
+        assert_eq!(tcp().try_healthy_threshold(1).unwrap().healthy_threshold, 1);
+        assert_eq!(
+            tcp()
+                .try_unhealthy_threshold(u32::MAX)
+                .unwrap()
+                .unhealthy_threshold,
+            u32::MAX
+        );
+        assert_eq!(
+            refused(tcp().try_healthy_threshold(0)),
+            "invalid setting HealthCheck::healthy_threshold = 0: must be at least 1"
+        );
+        assert_eq!(
+            refused(tcp().try_unhealthy_threshold(0)),
+            "invalid setting HealthCheck::unhealthy_threshold = 0: must be at least 1"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting HealthCheck::healthy_threshold = 0")]
+    fn a_zero_healthy_threshold_panics() {
+        let _ = HealthCheck::tcp().healthy_threshold(0);
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting HealthCheck::unhealthy_threshold = 0")]
+    fn a_zero_unhealthy_threshold_panics() {
+        let _ = HealthCheck::tcp().unhealthy_threshold(0);
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting HealthCheck::interval = 0ns")]
+    fn a_zero_interval_panics() {
+        let _ = HealthCheck::tcp().interval(Duration::ZERO);
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting HealthCheck::timeout = 0ns")]
+    fn a_zero_timeout_panics() {
+        let _ = HealthCheck::tcp().timeout(Duration::ZERO);
     }
 }
