@@ -104,10 +104,23 @@ impl<F> Ring<F> {
 
     /// Bounded load, as [`Maglev::bounded_load`](super::Maglev::bounded_load):
     /// a full endpoint's keys move on round the circle.
+    ///
+    /// # Panics
+    ///
+    /// When `c` is below 1, NaN or infinite;
+    /// [`try_bounded_load`](Ring::try_bounded_load) returns the error
+    /// instead.
     #[must_use]
-    pub fn bounded_load(mut self, c: f64) -> Self {
-        self.load_factor = Some(load_factor(c));
-        self
+    #[track_caller]
+    pub fn bounded_load(self, c: f64) -> Self {
+        valid(self.try_bounded_load(c))
+    }
+
+    /// [`bounded_load`](Ring::bounded_load), refusing values that are not
+    /// finite and at least 1.
+    pub fn try_bounded_load(mut self, c: f64) -> Result<Self, InvalidSetting> {
+        self.load_factor = Some(load_factor("Ring::bounded_load", c)?);
+        Ok(self)
     }
 }
 
@@ -236,8 +249,38 @@ impl<P> Walk for RingPicker<P> {
 }
 
 #[cfg(test)]
-mod setting_tests {
+mod tests {
     use super::*;
+
+    #[test]
+    fn settings_refuse_out_of_range_values() {
+        let ring = Ring::new().try_points_per_weight(1).unwrap();
+        assert_eq!(ring.points_per_weight, 1);
+        let err = Ring::new().try_points_per_weight(0).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid setting Ring::points_per_weight = 0: must be at least 1"
+        );
+        assert_eq!(
+            Ring::new().try_bounded_load(1.0).unwrap().load_factor,
+            Some(1.0)
+        );
+        for bad in [0.0, 0.5, f64::NAN, f64::INFINITY, -2.0] {
+            let err = Ring::new().try_bounded_load(bad).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "invalid setting Ring::bounded_load = {bad:?}: must be a finite number of at least 1"
+                )
+            );
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting Ring::points_per_weight = 0")]
+    fn zero_points_per_weight_panics() {
+        let _ = Ring::new().points_per_weight(0);
+    }
 
     #[test]
     fn points_per_weight_refuses_zero() {
