@@ -272,6 +272,88 @@ pub enum DiscoveryError {
     },
 }
 
+/// A setting was given a value outside the range it accepts: zero where a
+/// count or an interval must be positive, NaN or infinity where a finite
+/// factor is needed, a percentage above 100.
+///
+/// The `try_` builder methods return it; their plain counterparts panic
+/// with its message, as [`Duration::from_secs_f64`] does next to
+/// [`Duration::try_from_secs_f64`].
+///
+/// ```
+/// use tower_lb::retry::{RetryErrors, RetryLayer};
+///
+/// let err = RetryLayer::new(RetryErrors::new()).try_max_attempts(0).unwrap_err();
+/// assert_eq!(err.setting(), "RetryLayer::max_attempts");
+/// assert_eq!(
+///     err.to_string(),
+///     "invalid setting RetryLayer::max_attempts = 0: must be at least 1"
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid setting {setting} = {value}: {reason}")]
+pub struct InvalidSetting {
+    setting: &'static str,
+    value: String,
+    reason: &'static str,
+}
+
+impl InvalidSetting {
+    /// `value` (shown with `Debug`, so `NaN`, `inf` and `500µs` read as
+    /// such) is refused for `setting` because of `reason`.
+    pub(crate) fn new(
+        setting: &'static str,
+        value: impl std::fmt::Debug,
+        reason: &'static str,
+    ) -> Self {
+        InvalidSetting {
+            setting,
+            value: format!("{value:?}"),
+            reason,
+        }
+    }
+
+    /// The setting, as `Type::method`, with the argument in parentheses
+    /// when the method takes several (`RetryBudget::new(ratio)`).
+    pub fn setting(&self) -> &'static str {
+        self.setting
+    }
+
+    /// The refused value, as it was given.
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+
+    /// What the setting accepts.
+    pub fn reason(&self) -> &'static str {
+        self.reason
+    }
+}
+
+/// `Ok(())` when `ok`, else the [`InvalidSetting`] for `value`.
+pub(crate) fn check(
+    ok: bool,
+    setting: &'static str,
+    value: impl std::fmt::Debug,
+    reason: &'static str,
+) -> Result<(), InvalidSetting> {
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidSetting::new(setting, value, reason))
+    }
+}
+
+/// The value of a `try_` setter, for its panicking counterpart: panics
+/// with the error's message, at the caller's line.
+#[track_caller]
+pub(crate) fn valid<T>(setting: Result<T, InvalidSetting>) -> T {
+    match setting {
+        Ok(value) => value,
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// Renders an error and its `source()` chain as one line: `a: b: c`.
 pub(crate) fn render_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut out = error.to_string();
@@ -338,42 +420,4 @@ mod tests {
             "none of the 5 endpoints is eligible (tier 0: 2 down, 1 ejected; tier 1: 2 failing health checks)"
         );
     }
-}
-
-/// A setting given a number outside its range, from a `try_…` setter.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {setting}: {value} ({reason})")]
-#[non_exhaustive]
-pub struct InvalidSetting {
-    /// The setting, as its setter is named.
-    pub setting: &'static str,
-    /// The value given, rendered.
-    pub value: String,
-    /// What the setting accepts.
-    pub reason: &'static str,
-}
-
-impl InvalidSetting {
-    pub(crate) fn new(
-        setting: &'static str,
-        value: impl std::fmt::Display,
-        reason: &'static str,
-    ) -> Self {
-        InvalidSetting {
-            setting,
-            value: value.to_string(),
-            reason,
-        }
-    }
-}
-
-/// `Ok(n)` for `n >= 1`, else the error for `setting`.
-pub(crate) fn at_least_one(
-    setting: &'static str,
-    n: impl Into<u64> + Copy,
-) -> Result<(), InvalidSetting> {
-    if n.into() == 0 {
-        return Err(InvalidSetting::new(setting, 0, "must be at least 1"));
-    }
-    Ok(())
 }

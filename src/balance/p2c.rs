@@ -6,6 +6,7 @@ use super::strategy::Active;
 use super::weighted_random::AliasTable;
 use super::{BuildContext, PickContext, Picker, Strategy};
 use crate::PickRng;
+use crate::error::{InvalidSetting, check, valid};
 use crate::pool::{Member, StatsHandle};
 use crate::util::clock::{LatencyClock, inv_tau_ns};
 
@@ -79,12 +80,29 @@ impl PeakEwma {
         Self::default()
     }
 
-    /// How fast old samples fade (the EWMA time constant). Zero is treated
-    /// as one nanosecond.
+    /// How fast old samples fade (the EWMA time constant, longer than
+    /// zero).
+    ///
+    /// # Panics
+    ///
+    /// When `decay` is zero; [`try_decay`](PeakEwma::try_decay) returns
+    /// the error instead.
     #[must_use]
-    pub fn decay(mut self, decay: Duration) -> Self {
+    #[track_caller]
+    pub fn decay(self, decay: Duration) -> Self {
+        valid(self.try_decay(decay))
+    }
+
+    /// [`decay`](PeakEwma::decay), refusing zero.
+    pub fn try_decay(mut self, decay: Duration) -> Result<Self, InvalidSetting> {
+        check(
+            !decay.is_zero(),
+            "PeakEwma::decay",
+            decay,
+            "must be longer than zero",
+        )?;
         self.decay = decay;
-        self
+        Ok(self)
     }
 }
 
@@ -244,5 +262,27 @@ impl Picker for PeakEwmaPicker {
 
     fn ewma_decay(&self) -> Option<Duration> {
         Some(self.decay)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decay_must_be_longer_than_zero() {
+        let d = Duration::from_nanos(1);
+        assert_eq!(PeakEwma::new().try_decay(d).unwrap().decay, d);
+        let err = PeakEwma::new().try_decay(Duration::ZERO).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid setting PeakEwma::decay = 0ns: must be longer than zero"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting PeakEwma::decay = 0ns")]
+    fn a_zero_decay_panics() {
+        let _ = PeakEwma::new().decay(Duration::ZERO);
     }
 }

@@ -11,7 +11,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::record;
 use super::{Source, Update};
-use crate::error::DiscoveryError;
+use crate::error::{DiscoveryError, InvalidSetting, check, valid};
 
 type Reading = Pin<Box<dyn Future<Output = std::io::Result<Vec<u8>>> + Send>>;
 
@@ -87,11 +87,29 @@ impl FileSource {
         }
     }
 
-    /// How often the file is checked (at least every millisecond).
+    /// How often the file is checked (at least 1 ms).
+    ///
+    /// # Panics
+    ///
+    /// When `interval` is shorter than 1 ms;
+    /// [`try_interval`](FileSource::try_interval) returns the error
+    /// instead.
     #[must_use]
-    pub fn interval(mut self, interval: Duration) -> Self {
-        self.interval = interval.max(Duration::from_millis(1));
-        self
+    #[track_caller]
+    pub fn interval(self, interval: Duration) -> Self {
+        valid(self.try_interval(interval))
+    }
+
+    /// [`interval`](FileSource::interval), refusing less than 1 ms.
+    pub fn try_interval(mut self, interval: Duration) -> Result<Self, InvalidSetting> {
+        check(
+            interval >= Duration::from_millis(1),
+            "FileSource::interval",
+            interval,
+            "must be at least 1ms",
+        )?;
+        self.interval = interval;
+        Ok(self)
     }
 
     /// The watched path.
@@ -164,5 +182,34 @@ impl Source for FileSource {
             let path = self.path.clone();
             self.reading = Some(Box::pin(tokio::fs::read(path)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interval_refuses_less_than_a_millisecond() {
+        let ms = Duration::from_millis;
+        let src = || FileSource::new("/nonexistent/endpoints.json");
+        assert_eq!(src().try_interval(ms(1)).unwrap().interval, ms(1));
+        assert_eq!(src().interval(ms(250)).clone().interval, ms(250));
+        for (bad, shown) in [
+            (Duration::ZERO, "0ns"),
+            (Duration::from_nanos(999_999), "999.999µs"),
+        ] {
+            let err = src().try_interval(bad).err().unwrap();
+            assert_eq!(
+                err.to_string(),
+                format!("invalid setting FileSource::interval = {shown}: must be at least 1ms")
+            );
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting FileSource::interval = 0ns")]
+    fn a_zero_interval_panics() {
+        let _ = FileSource::new("/nonexistent/endpoints.json").interval(Duration::ZERO);
     }
 }

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use super::HealthCheck;
+use crate::error::{InvalidSetting, check, valid};
 
 /// What failover does when too few endpoints are healthy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -86,16 +87,45 @@ impl OutlierDetection {
         self
     }
 
-    /// Ejects an endpoint when at least `percent` % of its requests in one
-    /// interval failed, counting only intervals with at least
-    /// `min_requests` requests. Percentages outside 1–100 turn it off.
+    /// Ejects an endpoint when at least `percent` % (1 to 100) of its
+    /// requests in one interval failed, counting only intervals with at
+    /// least `min_requests` (at least 1) requests.
+    ///
+    /// # Panics
+    ///
+    /// When `percent` is 0 or above 100, or `min_requests` is 0;
+    /// [`try_failure_percentage`](OutlierDetection::try_failure_percentage)
+    /// returns the error instead.
     #[must_use]
-    pub fn failure_percentage(mut self, percent: u8, min_requests: u64) -> Self {
-        self.failure_percentage = (1..=100).contains(&percent).then_some(FailurePercentage {
+    #[track_caller]
+    pub fn failure_percentage(self, percent: u8, min_requests: u64) -> Self {
+        valid(self.try_failure_percentage(percent, min_requests))
+    }
+
+    /// [`failure_percentage`](OutlierDetection::failure_percentage),
+    /// refusing a `percent` outside 1–100 and a `min_requests` of 0.
+    pub fn try_failure_percentage(
+        mut self,
+        percent: u8,
+        min_requests: u64,
+    ) -> Result<Self, InvalidSetting> {
+        check(
+            (1..=100).contains(&percent),
+            "OutlierDetection::failure_percentage(percent)",
+            percent,
+            "must be from 1 to 100",
+        )?;
+        check(
+            min_requests >= 1,
+            "OutlierDetection::failure_percentage(min_requests)",
+            min_requests,
+            "must be at least 1",
+        )?;
+        self.failure_percentage = Some(FailurePercentage {
             threshold: f64::from(percent) / 100.0,
-            min_requests: min_requests.max(1),
+            min_requests,
         });
-        self
+        Ok(self)
     }
 
     /// How long a first ejection lasts; later ones last a multiple of it.
@@ -112,13 +142,32 @@ impl OutlierDetection {
         self
     }
 
-    /// The largest share of a tier ejected at once, in percent (capped at
+    /// The largest share of a tier ejected at once, in percent (0 to
     /// 100); one endpoint may always be ejected.
+    ///
+    /// # Panics
+    ///
+    /// When `percent` is above 100;
+    /// [`try_max_ejection_percent`](OutlierDetection::try_max_ejection_percent)
+    /// returns the error instead.
     #[must_use]
-    pub fn max_ejection_percent(mut self, percent: u8) -> Self {
-        self.max_ejection_percent = percent.min(100);
-        self
+    #[track_caller]
+    pub fn max_ejection_percent(self, percent: u8) -> Self {
+        valid(self.try_max_ejection_percent(percent))
     }
+
+    /// [`max_ejection_percent`](OutlierDetection::max_ejection_percent),
+    /// refusing more than 100.
+    pub fn try_max_ejection_percent(mut self, percent: u8) -> Result<Self, InvalidSetting> {
+        check_percent("OutlierDetection::max_ejection_percent", percent)?;
+        self.max_ejection_percent = percent;
+        Ok(self)
+    }
+}
+
+/// `percent` is at most 100.
+fn check_percent(setting: &'static str, percent: u8) -> Result<(), InvalidSetting> {
+    check(percent <= 100, setting, percent, "must be from 0 to 100")
 }
 
 /// Slow start: a newly added or re-admitted endpoint ramps its effective
@@ -165,6 +214,169 @@ mod tests {
         assert!(Reconnect::try_new(s, 2.0, s, 1.5).is_err());
         assert!(Reconnect::try_new(s, 1.0, s, 0.0).is_ok());
     }
+
+    /// The error's message, for a setting that was refused.
+    fn refused<T: std::fmt::Debug>(setting: Result<T, InvalidSetting>) -> String {
+        setting.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn outlier_settings_refuse_out_of_range_values() {
+        let od = OutlierDetection::new;
+        let fp = od().try_failure_percentage(100, 1).unwrap();
+        let fp = fp.failure_percentage.unwrap();
+        assert_eq!((fp.threshold, fp.min_requests), (1.0, 1));
+        assert_eq!(
+            od().try_failure_percentage(1, 10)
+                .unwrap()
+                .failure_percentage
+                .unwrap()
+                .threshold,
+            0.01
+        );
+        assert_eq!(
+            refused(od().try_failure_percentage(0, 10)),
+            "invalid setting OutlierDetection::failure_percentage(percent) = 0: must be from 1 to 100"
+        );
+        assert_eq!(
+            refused(od().try_failure_percentage(101, 10)),
+            "invalid setting OutlierDetection::failure_percentage(percent) = 101: must be from 1 to 100"
+        );
+        assert_eq!(
+            refused(od().try_failure_percentage(50, 0)),
+            "invalid setting OutlierDetection::failure_percentage(min_requests) = 0: must be at least 1"
+        );
+
+        assert_eq!(
+            od().try_max_ejection_percent(0)
+                .unwrap()
+                .max_ejection_percent,
+            0
+        );
+        assert_eq!(
+            od().try_max_ejection_percent(100)
+                .unwrap()
+                .max_ejection_percent,
+            100
+        );
+        assert_eq!(
+            refused(od().try_max_ejection_percent(101)),
+            "invalid setting OutlierDetection::max_ejection_percent = 101: must be from 0 to 100"
+        );
+        assert!(od().try_max_ejection_percent(u8::MAX).is_err());
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting OutlierDetection::failure_percentage(percent) = 0")]
+    fn failure_percentage_of_zero_panics() {
+        let _ = OutlierDetection::new().failure_percentage(0, 10);
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting OutlierDetection::max_ejection_percent = 200")]
+    fn max_ejection_percent_above_100_panics() {
+        let _ = OutlierDetection::new().max_ejection_percent(200);
+    }
+
+    #[test]
+    fn slow_start_settings_refuse_out_of_range_values() {
+        let ss = || SlowStart::new(Duration::from_secs(10));
+        assert_eq!(ss().try_aggression(0.5).unwrap().aggression, 0.5);
+        assert_eq!(ss().try_aggression(4.0).unwrap().aggression, 4.0);
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert_eq!(
+                refused(ss().try_aggression(bad)),
+                format!(
+                    "invalid setting SlowStart::aggression = {bad:?}: must be a finite number above 0"
+                )
+            );
+        }
+        assert_eq!(
+            ss().try_min_weight_percent(0).unwrap().min_weight_percent,
+            0
+        );
+        assert_eq!(
+            ss().try_min_weight_percent(100).unwrap().min_weight_percent,
+            100
+        );
+        assert_eq!(
+            refused(ss().try_min_weight_percent(101)),
+            "invalid setting SlowStart::min_weight_percent = 101: must be from 0 to 100"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting SlowStart::aggression = NaN")]
+    fn aggression_of_nan_panics() {
+        let _ = SlowStart::new(Duration::from_secs(1)).aggression(f64::NAN);
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting SlowStart::min_weight_percent = 101")]
+    fn min_weight_percent_above_100_panics() {
+        let _ = SlowStart::new(Duration::from_secs(1)).min_weight_percent(101);
+    }
+
+    #[test]
+    fn failover_settings_refuse_out_of_range_values() {
+        let fc = FailoverConfig::new;
+        assert_eq!(
+            fc().try_overprovisioning(1.0).unwrap().overprovisioning,
+            1.0
+        );
+        assert_eq!(
+            fc().try_overprovisioning(1.4).unwrap().overprovisioning,
+            1.4
+        );
+        for bad in [0.0, 0.99, -1.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(
+                refused(fc().try_overprovisioning(bad)),
+                format!(
+                    "invalid setting FailoverConfig::overprovisioning = {bad:?}: must be a finite number of at least 1"
+                )
+            );
+        }
+
+        let ms = Duration::from_millis;
+        assert_eq!(fc().try_interval(ms(1)).unwrap().interval, ms(1));
+        assert_eq!(
+            fc().try_interval(Duration::MAX).unwrap().interval,
+            Duration::MAX
+        );
+        assert_eq!(
+            refused(fc().try_interval(Duration::ZERO)),
+            "invalid setting FailoverConfig::interval = 0ns: must be at least 1ms"
+        );
+        assert_eq!(
+            refused(fc().try_interval(Duration::from_micros(999))),
+            "invalid setting FailoverConfig::interval = 999µs: must be at least 1ms"
+        );
+
+        assert_eq!(fc().try_panic_threshold(0).unwrap().panic_threshold, 0.0);
+        assert_eq!(fc().try_panic_threshold(100).unwrap().panic_threshold, 1.0);
+        assert_eq!(
+            refused(fc().try_panic_threshold(101)),
+            "invalid setting FailoverConfig::panic_threshold = 101: must be from 0 to 100"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting FailoverConfig::overprovisioning = 0.5")]
+    fn overprovisioning_below_1_panics() {
+        let _ = FailoverConfig::new().overprovisioning(0.5);
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting FailoverConfig::interval = 0ns")]
+    fn interval_of_zero_panics() {
+        let _ = FailoverConfig::new().interval(Duration::ZERO);
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting FailoverConfig::panic_threshold = 255")]
+    fn panic_threshold_above_100_panics() {
+        let _ = FailoverConfig::new().panic_threshold(255);
+    }
 }
 
 impl SlowStart {
@@ -177,24 +389,53 @@ impl SlowStart {
         }
     }
 
-    /// The ramp's shape: 1.0 is linear, above 1 ramps up faster at the
-    /// start. Values that are not finite and positive mean 1.0.
+    /// The ramp's shape, a finite number above 0: 1.0 is linear, above 1
+    /// ramps up faster at the start, below 1 slower.
+    ///
+    /// # Panics
+    ///
+    /// When `aggression` is NaN, infinite, zero or negative;
+    /// [`try_aggression`](SlowStart::try_aggression) returns the error
+    /// instead.
     #[must_use]
-    pub fn aggression(mut self, aggression: f64) -> Self {
-        self.aggression = if aggression.is_finite() && aggression > 0.0 {
-            aggression
-        } else {
-            1.0
-        };
-        self
+    #[track_caller]
+    pub fn aggression(self, aggression: f64) -> Self {
+        valid(self.try_aggression(aggression))
     }
 
-    /// The share of its weight an endpoint starts with, in percent (capped
-    /// at 100).
+    /// [`aggression`](SlowStart::aggression), refusing values that are not
+    /// finite and above 0.
+    pub fn try_aggression(mut self, aggression: f64) -> Result<Self, InvalidSetting> {
+        check(
+            aggression.is_finite() && aggression > 0.0,
+            "SlowStart::aggression",
+            aggression,
+            "must be a finite number above 0",
+        )?;
+        self.aggression = aggression;
+        Ok(self)
+    }
+
+    /// The share of its weight an endpoint starts with, in percent (0 to
+    /// 100).
+    ///
+    /// # Panics
+    ///
+    /// When `percent` is above 100;
+    /// [`try_min_weight_percent`](SlowStart::try_min_weight_percent)
+    /// returns the error instead.
     #[must_use]
-    pub fn min_weight_percent(mut self, percent: u8) -> Self {
-        self.min_weight_percent = percent.min(100);
-        self
+    #[track_caller]
+    pub fn min_weight_percent(self, percent: u8) -> Self {
+        valid(self.try_min_weight_percent(percent))
+    }
+
+    /// [`min_weight_percent`](SlowStart::min_weight_percent), refusing
+    /// more than 100.
+    pub fn try_min_weight_percent(mut self, percent: u8) -> Result<Self, InvalidSetting> {
+        check_percent("SlowStart::min_weight_percent", percent)?;
+        self.min_weight_percent = percent;
+        Ok(self)
     }
 
     /// The factor (0..=1) an endpoint's weight is multiplied by, `elapsed`
@@ -355,16 +596,31 @@ impl FailoverConfig {
     /// How much headroom a tier is assumed to have: a tier's health is
     /// `min(100 %, healthy share × factor)`, so with 1.5 a tier keeps all
     /// its traffic until fewer than two thirds of it is healthy (Envoy's
-    /// overprovisioning factor, whose default is 1.4). Values below 1 (or
-    /// not finite) mean 1.
+    /// overprovisioning factor, whose default is 1.4). The factor is a
+    /// finite number of at least 1; 1 assumes no headroom.
+    ///
+    /// # Panics
+    ///
+    /// When `factor` is below 1, NaN or infinite;
+    /// [`try_overprovisioning`](FailoverConfig::try_overprovisioning)
+    /// returns the error instead.
     #[must_use]
-    pub fn overprovisioning(mut self, factor: f64) -> Self {
-        self.overprovisioning = if factor.is_finite() && factor >= 1.0 {
-            factor
-        } else {
-            1.0
-        };
-        self
+    #[track_caller]
+    pub fn overprovisioning(self, factor: f64) -> Self {
+        valid(self.try_overprovisioning(factor))
+    }
+
+    /// [`overprovisioning`](FailoverConfig::overprovisioning), refusing
+    /// values that are not finite and at least 1.
+    pub fn try_overprovisioning(mut self, factor: f64) -> Result<Self, InvalidSetting> {
+        check(
+            factor.is_finite() && factor >= 1.0,
+            "FailoverConfig::overprovisioning",
+            factor,
+            "must be a finite number of at least 1",
+        )?;
+        self.overprovisioning = factor;
+        Ok(self)
     }
 
     /// How long a recovering tier must stay recovered before traffic moves
@@ -379,11 +635,29 @@ impl FailoverConfig {
     /// How often failure rates are evaluated (the failure-percentage
     /// detector, and the decay of `times_ejected`). Failures, ends of
     /// ejections and probes are acted on as they happen, not at this
-    /// interval. Zero means one millisecond.
+    /// interval. At least 1 ms.
+    ///
+    /// # Panics
+    ///
+    /// When `d` is shorter than 1 ms;
+    /// [`try_interval`](FailoverConfig::try_interval) returns the error
+    /// instead.
     #[must_use]
-    pub fn interval(mut self, d: Duration) -> Self {
-        self.interval = d.max(Duration::from_millis(1));
-        self
+    #[track_caller]
+    pub fn interval(self, d: Duration) -> Self {
+        valid(self.try_interval(d))
+    }
+
+    /// [`interval`](FailoverConfig::interval), refusing less than 1 ms.
+    pub fn try_interval(mut self, d: Duration) -> Result<Self, InvalidSetting> {
+        check(
+            d >= Duration::from_millis(1),
+            "FailoverConfig::interval",
+            d,
+            "must be at least 1ms",
+        )?;
+        self.interval = d;
+        Ok(self)
     }
 
     /// Passive outlier detection settings.
@@ -400,12 +674,26 @@ impl FailoverConfig {
         self
     }
 
-    /// Panic when every tier's healthy share is below `percent` % (capped
-    /// at 100; 0 never panics unless nothing at all is healthy).
+    /// Panic when every tier's healthy share is below `percent` % (0 to
+    /// 100; 0 never panics unless nothing at all is healthy).
+    ///
+    /// # Panics
+    ///
+    /// When `percent` is above 100 (this is about the setting, not the
+    /// panic mode); [`try_panic_threshold`](FailoverConfig::try_panic_threshold)
+    /// returns the error instead.
     #[must_use]
-    pub fn panic_threshold(mut self, percent: u8) -> Self {
-        self.panic_threshold = f64::from(percent.min(100)) / 100.0;
-        self
+    #[track_caller]
+    pub fn panic_threshold(self, percent: u8) -> Self {
+        valid(self.try_panic_threshold(percent))
+    }
+
+    /// [`panic_threshold`](FailoverConfig::panic_threshold), refusing
+    /// more than 100.
+    pub fn try_panic_threshold(mut self, percent: u8) -> Result<Self, InvalidSetting> {
+        check_percent("FailoverConfig::panic_threshold", percent)?;
+        self.panic_threshold = f64::from(percent) / 100.0;
+        Ok(self)
     }
 
     /// What to do in panic.

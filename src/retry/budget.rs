@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::tally::Tally;
+use crate::error::{InvalidSetting, check, valid};
 
 /// Samples kept: after pruning, at most one at or before the start of the
 /// window and ten inside it (they are a tenth of a window apart); one
@@ -147,51 +148,43 @@ pub struct BudgetStats {
 }
 
 impl RetryBudget {
-    /// As [`new`](Self::new), but refusing what `new` sanitises: a zero
-    /// `window`, and a `ratio` that is NaN, negative, infinite or above
-    /// 1000.
-    pub fn try_new(
-        window: Duration,
-        ratio: f64,
-        min_per_second: u32,
-    ) -> Result<Self, crate::InvalidSetting> {
-        if window.is_zero() {
-            return Err(crate::InvalidSetting::new(
-                "retry budget window",
-                "0s",
-                "must be longer than zero",
-            ));
-        }
-        if !(0.0..=MAX_RATIO).contains(&ratio) {
-            return Err(crate::InvalidSetting::new(
-                "retry budget ratio",
-                ratio,
-                "must be a number from 0 to 1000",
-            ));
-        }
-        Ok(Self::new(window, ratio, min_per_second))
-    }
-
     /// A budget that allows `ratio × requests + min_per_second × window`
     /// retries over any sliding `window`, less the retries already made in
     /// it.
     ///
-    /// Input is sanitised rather than rejected: a zero `window` becomes
-    /// one second; a `ratio` that is NaN or negative becomes 0 (only the
-    /// floor is left), and one above 1000 (or infinite) becomes 1000.
+    /// `ratio` may be 0 (only the floor is left) and at most 1000;
     /// `min_per_second` may be 0: then a client with no recent traffic
     /// cannot retry at all.
+    ///
+    /// # Panics
+    ///
+    /// When `window` is zero, or `ratio` is NaN, negative or above 1000
+    /// (infinity included); [`try_new`](RetryBudget::try_new) returns the
+    /// error instead.
+    #[track_caller]
     pub fn new(window: Duration, ratio: f64, min_per_second: u32) -> Self {
-        let window = if window.is_zero() {
-            Duration::from_secs(1)
-        } else {
-            window
-        };
-        let ratio = if ratio.is_nan() {
-            0.0
-        } else {
-            ratio.clamp(0.0, MAX_RATIO)
-        };
+        valid(Self::try_new(window, ratio, min_per_second))
+    }
+
+    /// [`new`](RetryBudget::new), refusing a zero `window` and a `ratio`
+    /// that is not a number between 0 and 1000.
+    pub fn try_new(
+        window: Duration,
+        ratio: f64,
+        min_per_second: u32,
+    ) -> Result<Self, InvalidSetting> {
+        check(
+            !window.is_zero(),
+            "RetryBudget::new(window)",
+            window,
+            "must be longer than zero",
+        )?;
+        check(
+            (0.0..=MAX_RATIO).contains(&ratio),
+            "RetryBudget::new(ratio)",
+            ratio,
+            "must be a number from 0 to 1000",
+        )?;
         let tenth = window / 10;
         let spacing = if tenth * 10 < window {
             tenth + Duration::from_nanos(1)
@@ -204,7 +197,7 @@ impl RetryBudget {
             requests: 0,
             retries: 0,
         });
-        RetryBudget {
+        Ok(RetryBudget {
             inner: Arc::new(Inner {
                 requests: Tally::new(),
                 window,
@@ -218,7 +211,7 @@ impl RetryBudget {
                     exhausted: 0,
                 }),
             }),
-        }
+        })
     }
 
     /// Counts one original request (not a retry).
@@ -392,22 +385,6 @@ impl fmt::Debug for RetryBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn try_new_refuses_what_new_sanitises() {
-        let second = Duration::from_secs(1);
-        assert!(RetryBudget::try_new(second, 0.2, 10).is_ok());
-        assert!(RetryBudget::try_new(second, 1000.0, 0).is_ok());
-        for bad in [f64::NAN, -0.1, 1000.5, f64::INFINITY] {
-            let e = RetryBudget::try_new(second, bad, 10).unwrap_err();
-            assert_eq!(e.setting, "retry budget ratio", "{bad}");
-        }
-        let e = RetryBudget::try_new(Duration::ZERO, 0.2, 10).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "invalid retry budget window: 0s (must be longer than zero)"
-        );
-    }
     use tokio::time::advance;
 
     fn drain(budget: &RetryBudget) -> u32 {
@@ -566,22 +543,71 @@ mod tests {
         assert_eq!(clone.stats().requests, 40_010);
     }
 
-    /// (g) Nonsense configuration is sanitised and nothing panics.
+    /// (g) Nonsense configuration is refused, naming the setting.
+    #[test]
+    fn bad_input_is_refused() {
+        let ok = |window, ratio| RetryBudget::try_new(window, ratio, 0).map(|b| b.ratio());
+        let s = Duration::from_secs(1);
+        assert_eq!(ok(s, 0.0), Ok(0.0));
+        assert_eq!(ok(s, 0.2), Ok(0.2));
+        assert_eq!(ok(s, MAX_RATIO), Ok(MAX_RATIO));
+        let refused = |window, ratio| ok(window, ratio).unwrap_err().to_string();
+        assert_eq!(
+            refused(Duration::ZERO, 0.2),
+            "invalid setting RetryBudget::new(window) = 0ns: must be longer than zero"
+        );
+        for ratio in [f64::NAN, -1.0, f64::NEG_INFINITY, f64::INFINITY, 1000.5] {
+            assert_eq!(
+                refused(s, ratio),
+                format!(
+                    "invalid setting RetryBudget::new(ratio) = {ratio:?}: must be a number from 0 to 1000"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn try_new_refuses_what_new_panics_on() {
+        let second = Duration::from_secs(1);
+        assert!(RetryBudget::try_new(second, 0.2, 10).is_ok());
+        assert!(RetryBudget::try_new(second, 1000.0, 0).is_ok());
+        for bad in [f64::NAN, -0.1, 1000.5, f64::INFINITY] {
+            let e = RetryBudget::try_new(second, bad, 10).unwrap_err();
+            assert_eq!(e.setting(), "RetryBudget::new(ratio)", "{bad}");
+            assert_eq!(e.value(), format!("{bad:?}"));
+            assert_eq!(e.reason(), "must be a number from 0 to 1000");
+        }
+        let e = RetryBudget::try_new(Duration::ZERO, 0.2, 10).unwrap_err();
+        assert_eq!(
+            (e.setting(), e.value(), e.reason()),
+            (
+                "RetryBudget::new(window)",
+                "0ns",
+                "must be longer than zero"
+            )
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting RetryBudget::new(ratio) = NaN")]
+    fn new_panics_on_a_nan_ratio() {
+        let _ = RetryBudget::new(Duration::from_secs(1), f64::NAN, 10);
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting RetryBudget::new(window) = 0ns")]
+    fn new_panics_on_a_zero_window() {
+        let _ = RetryBudget::new(Duration::ZERO, 0.2, 10);
+    }
+
+    /// Extreme but valid configuration works and nothing panics.
     #[tokio::test(start_paused = true)]
-    async fn bad_input_is_sanitised() {
-        let b = RetryBudget::new(Duration::ZERO, f64::NAN, 0);
-        assert_eq!(b.window(), Duration::from_secs(1));
-        assert_eq!(b.ratio(), 0.0);
+    async fn extreme_input_is_handled() {
+        let b = RetryBudget::new(Duration::from_secs(1), 0.0, 0);
         deposit(&b, 100);
         assert!(!b.withdraw(), "no ratio and no floor: no retries");
 
-        assert_eq!(RetryBudget::new(Duration::ZERO, -1.0, 1).ratio(), 0.0);
-        assert_eq!(
-            RetryBudget::new(Duration::ZERO, f64::NEG_INFINITY, 1).ratio(),
-            0.0
-        );
-        let b = RetryBudget::new(Duration::from_secs(1), f64::INFINITY, 0);
-        assert_eq!(b.ratio(), MAX_RATIO);
+        let b = RetryBudget::new(Duration::from_secs(1), MAX_RATIO, 0);
         b.deposit();
         assert_eq!(drain(&b), 1000);
 

@@ -1,6 +1,8 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use crate::error::{InvalidSetting, check, valid};
+
 /// When to send a hedged (backup) copy of a request: "The Tail at Scale"
 /// (Dean and Barroso, 2013). A second copy sent to another endpoint once
 /// the first is slower than most cuts the tail latency for a few percent
@@ -21,23 +23,6 @@ pub(crate) enum HedgeDelay {
 }
 
 impl Hedge {
-    /// As [`at_percentile`](Self::at_percentile), but refusing a
-    /// `percentile` outside 0–100 (or NaN) instead of clamping it.
-    pub fn try_at_percentile(
-        percentile: f64,
-        min: Duration,
-        max: Duration,
-    ) -> Result<Self, crate::InvalidSetting> {
-        if !(0.0..=100.0).contains(&percentile) {
-            return Err(crate::InvalidSetting::new(
-                "hedge percentile",
-                percentile,
-                "must be a number from 0 to 100",
-            ));
-        }
-        Ok(Self::at_percentile(percentile, min, max))
-    }
-
     /// Hedges requests that have not answered after `delay`.
     pub fn after(delay: Duration) -> Self {
         Hedge {
@@ -48,20 +33,44 @@ impl Hedge {
     /// Hedges requests slower than the `percentile` (e.g. 95.0) of the
     /// layer's recent latencies, learned from its own requests, but never
     /// sooner than `min` nor later than `max` (used until enough
-    /// latencies are known). Percentiles outside 0–100 are clamped.
+    /// latencies are known).
+    ///
+    /// # Panics
+    ///
+    /// When `percentile` is not a number from 0 to 100, or `max` is
+    /// shorter than `min`; [`try_at_percentile`](Hedge::try_at_percentile)
+    /// returns the error instead.
+    #[track_caller]
     pub fn at_percentile(percentile: f64, min: Duration, max: Duration) -> Self {
-        let p = if percentile.is_finite() {
-            percentile.clamp(0.0, 100.0)
-        } else {
-            95.0
-        };
-        Hedge {
+        valid(Self::try_at_percentile(percentile, min, max))
+    }
+
+    /// [`at_percentile`](Hedge::at_percentile), refusing a `percentile`
+    /// outside 0–100 (NaN included) and a `max` shorter than `min`.
+    pub fn try_at_percentile(
+        percentile: f64,
+        min: Duration,
+        max: Duration,
+    ) -> Result<Self, InvalidSetting> {
+        check(
+            (0.0..=100.0).contains(&percentile),
+            "Hedge::at_percentile(percentile)",
+            percentile,
+            "must be a number from 0 to 100",
+        )?;
+        check(
+            max >= min,
+            "Hedge::at_percentile(max)",
+            max,
+            "must not be shorter than min",
+        )?;
+        Ok(Hedge {
             delay: HedgeDelay::Percentile {
-                quantile: p / 100.0,
+                quantile: percentile / 100.0,
                 min,
-                max: max.max(min),
+                max,
             },
-        }
+        })
     }
 
     pub(crate) fn learns(&self) -> bool {
@@ -142,7 +151,9 @@ mod tests {
         assert!(Hedge::try_at_percentile(95.0, min, max).is_ok());
         for bad in [f64::NAN, -1.0, 100.1, f64::INFINITY] {
             let e = Hedge::try_at_percentile(bad, min, max).unwrap_err();
-            assert_eq!(e.setting, "hedge percentile", "{bad}");
+            assert_eq!(e.setting(), "Hedge::at_percentile(percentile)", "{bad}");
+            assert_eq!(e.value(), format!("{bad:?}"));
+            assert_eq!(e.reason(), "must be a number from 0 to 100");
         }
     }
 
@@ -171,5 +182,38 @@ mod tests {
             Hedge::after(Duration::from_millis(7)).delay(&h),
             Duration::from_millis(7)
         );
+    }
+
+    #[test]
+    fn a_percentile_must_be_from_0_to_100_and_max_at_least_min() {
+        let ms = Duration::from_millis;
+        let p = |percentile, min, max| {
+            Hedge::try_at_percentile(percentile, min, max).map(|h| match h.delay {
+                HedgeDelay::Percentile { quantile, .. } => quantile,
+                HedgeDelay::Fixed(_) => unreachable!("a percentile hedge"),
+            })
+        };
+        assert_eq!(p(95.0, ms(1), ms(10)), Ok(0.95));
+        assert_eq!(p(0.0, ms(1), ms(1)), Ok(0.0));
+        assert_eq!(p(100.0, ms(1), ms(10)), Ok(1.0));
+        for bad in [f64::NAN, -1.0, 100.5, f64::INFINITY, f64::NEG_INFINITY] {
+            let err = p(bad, ms(1), ms(10)).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "invalid setting Hedge::at_percentile(percentile) = {bad:?}: must be a number from 0 to 100"
+                )
+            );
+        }
+        assert_eq!(
+            p(95.0, ms(10), ms(1)).unwrap_err().to_string(),
+            "invalid setting Hedge::at_percentile(max) = 1ms: must not be shorter than min"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting Hedge::at_percentile(percentile) = NaN")]
+    fn at_percentile_panics_on_nan() {
+        let _ = Hedge::at_percentile(f64::NAN, Duration::ZERO, Duration::from_secs(1));
     }
 }

@@ -9,7 +9,7 @@ use super::hedge::{Hedge, LatencyHistogram};
 use super::service::Retry;
 use super::tally::Tally;
 use crate::PickRng;
-use crate::error::{InvalidSetting, at_least_one};
+use crate::error::{InvalidSetting, check, valid};
 
 /// Settings shared by every clone of a retrying client.
 #[derive(Debug)]
@@ -110,21 +110,22 @@ impl<P> RetryLayer<P> {
         self
     }
 
-    /// Attempts per request, the first included (default 3; 1 turns
-    /// retries off).
+    /// Attempts per request, the first included (default 3, at least 1;
+    /// 1 turns retries off).
     ///
     /// # Panics
     ///
-    /// When `n` is 0; [`try_max_attempts`](Self::try_max_attempts) returns
-    /// an error instead.
+    /// When `n` is 0; [`try_max_attempts`](RetryLayer::try_max_attempts)
+    /// returns the error instead.
     #[must_use]
+    #[track_caller]
     pub fn max_attempts(self, n: u32) -> Self {
-        self.try_max_attempts(n).unwrap_or_else(|e| panic!("{e}"))
+        valid(self.try_max_attempts(n))
     }
 
-    /// As [`max_attempts`](Self::max_attempts), refusing 0.
+    /// [`max_attempts`](RetryLayer::max_attempts), refusing 0.
     pub fn try_max_attempts(mut self, n: u32) -> Result<Self, InvalidSetting> {
-        at_least_one("max_attempts", n)?;
+        check(n >= 1, "RetryLayer::max_attempts", n, "must be at least 1")?;
         self.max_attempts = n;
         Ok(self)
     }
@@ -214,21 +215,25 @@ mod tests {
     #[test]
     fn max_attempts_refuses_zero_and_keeps_any_other_count() {
         let layer = RetryLayer::new(RetryErrors::new());
-        let e = layer.clone().try_max_attempts(0).unwrap_err();
+        let err = layer.clone().try_max_attempts(0).unwrap_err();
+        assert_eq!(err.setting(), "RetryLayer::max_attempts");
+        assert_eq!(err.value(), "0");
+        assert_eq!(err.reason(), "must be at least 1");
         assert_eq!(
-            e.to_string(),
-            "invalid max_attempts: 0 (must be at least 1)"
+            err.to_string(),
+            "invalid setting RetryLayer::max_attempts = 0: must be at least 1"
         );
         let one = layer
             .clone()
             .try_max_attempts(1)
             .expect("1 turns retries off");
         assert_eq!(one.max_attempts, 1);
-        assert_eq!(layer.max_attempts(7).max_attempts, 7);
+        assert_eq!(layer.clone().max_attempts(7).max_attempts, 7);
+        assert_eq!(layer.max_attempts(u32::MAX).max_attempts, u32::MAX);
     }
 
     #[test]
-    #[should_panic(expected = "invalid max_attempts: 0")]
+    #[should_panic(expected = "invalid setting RetryLayer::max_attempts = 0")]
     fn max_attempts_of_zero_panics_naming_the_setting() {
         let _ = RetryLayer::new(RetryErrors::new()).max_attempts(0);
     }

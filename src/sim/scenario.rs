@@ -408,7 +408,9 @@ where
         + Sync
         + 'static,
 {
-    let hedge = Hedge::at_percentile(95.0, Duration::from_millis(50), within);
+    let min = Duration::from_millis(50);
+    // A bound under 50 ms hedges at 50 ms.
+    let hedge = Hedge::at_percentile(95.0, min, within.max(min));
     RetryLayer::new(RetryErrors::new().hedging())
         .hedge(hedge)
         .seed(seed)

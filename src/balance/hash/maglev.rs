@@ -4,6 +4,7 @@ use super::order::{CycleWalk, Keyed, Walk, load_factor};
 use super::stable::xxh64;
 use crate::balance::strategy::Active;
 use crate::balance::{BuildContext, PickContext, Picker, Strategy, WeightedRoundRobin};
+use crate::error::{InvalidSetting, check, valid};
 use crate::pool::Member;
 
 /// The default Maglev table size, a prime.
@@ -62,14 +63,33 @@ impl Maglev {
 }
 
 impl<F> Maglev<F> {
-    /// The smallest table to build, rounded up to a prime (at most
-    /// [`MAX_TABLE_SIZE`]). Larger tables spread keys more evenly and cost
-    /// more memory and build time; the table still grows to `100 × N` for
-    /// many endpoints.
+    /// The smallest table to build, from 1 to [`MAX_TABLE_SIZE`] slots,
+    /// rounded up to a prime. Larger tables spread keys more evenly and
+    /// cost more memory and build time; the table still grows to `100 × N`
+    /// for many endpoints.
+    ///
+    /// # Panics
+    ///
+    /// When `slots` is 0 or above [`MAX_TABLE_SIZE`];
+    /// [`try_table_size`](Maglev::try_table_size) returns the error
+    /// instead.
     #[must_use]
-    pub fn table_size(mut self, slots: u64) -> Self {
+    #[track_caller]
+    pub fn table_size(self, slots: u64) -> Self {
+        valid(self.try_table_size(slots))
+    }
+
+    /// [`table_size`](Maglev::table_size), refusing 0 and more than
+    /// [`MAX_TABLE_SIZE`].
+    pub fn try_table_size(mut self, slots: u64) -> Result<Self, InvalidSetting> {
+        check(
+            (1..=MAX_TABLE_SIZE).contains(&slots),
+            "Maglev::table_size",
+            slots,
+            "must be from 1 to MAX_TABLE_SIZE (16 777 216)",
+        )?;
         self.table_size = slots;
-        self
+        Ok(self)
     }
 
     /// The strategy for requests without a key.
@@ -84,11 +104,25 @@ impl<F> Maglev<F> {
     /// Consistent hashing with bounded loads: no endpoint takes more than
     /// `c ×` its weighted share of the requests in flight (rounded up); a
     /// key whose endpoint is full goes to the next in its fallback order.
-    /// Values below 1 count as 1. See [`super::DEFAULT_LOAD_FACTOR`].
+    /// `c` is a finite number of at least 1. See
+    /// [`super::DEFAULT_LOAD_FACTOR`].
+    ///
+    /// # Panics
+    ///
+    /// When `c` is below 1, NaN or infinite;
+    /// [`try_bounded_load`](Maglev::try_bounded_load) returns the error
+    /// instead.
     #[must_use]
-    pub fn bounded_load(mut self, c: f64) -> Self {
-        self.load_factor = Some(load_factor(c));
-        self
+    #[track_caller]
+    pub fn bounded_load(self, c: f64) -> Self {
+        valid(self.try_bounded_load(c))
+    }
+
+    /// [`bounded_load`](Maglev::bounded_load), refusing values that are
+    /// not finite and at least 1.
+    pub fn try_bounded_load(mut self, c: f64) -> Result<Self, InvalidSetting> {
+        self.load_factor = Some(load_factor("Maglev::bounded_load", c)?);
+        Ok(self)
     }
 }
 
@@ -274,6 +308,47 @@ mod tests {
         assert!(table_len(u64::MAX, 5) <= MAX_TABLE_SIZE + 100);
         assert!(is_prime(table_len(u64::MAX, 5)));
         assert!(is_prime(65_537) && !is_prime(65_535) && !is_prime(1) && is_prime(2));
+    }
+
+    #[test]
+    fn settings_refuse_out_of_range_values() {
+        assert_eq!(Maglev::new().try_table_size(1).unwrap().table_size, 1);
+        assert_eq!(
+            Maglev::new()
+                .try_table_size(MAX_TABLE_SIZE)
+                .unwrap()
+                .table_size,
+            MAX_TABLE_SIZE
+        );
+        for bad in [0, MAX_TABLE_SIZE + 1, u64::MAX] {
+            let err = Maglev::new().try_table_size(bad).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "invalid setting Maglev::table_size = {bad}: must be from 1 to MAX_TABLE_SIZE (16 777 216)"
+                )
+            );
+        }
+        let m = Maglev::new().try_bounded_load(1.25).unwrap();
+        assert_eq!(m.load_factor, Some(1.25));
+        for bad in [0.0, 0.99, f64::NAN, f64::INFINITY, -1.0] {
+            let err = Maglev::new().try_bounded_load(bad).unwrap_err();
+            assert_eq!(err.setting(), "Maglev::bounded_load");
+            assert_eq!(err.value(), format!("{bad:?}"));
+            assert_eq!(err.reason(), "must be a finite number of at least 1");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting Maglev::bounded_load = 0.5")]
+    fn a_load_factor_below_1_panics() {
+        let _ = Maglev::new().bounded_load(0.5);
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting Maglev::table_size = 0")]
+    fn a_zero_table_size_panics() {
+        let _ = Maglev::new().table_size(0);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use super::super::strategy::Active;
 use super::super::{PickContext, Picker};
 use super::stable::mix;
+use crate::error::{InvalidSetting, check};
 use crate::pool::Member;
 
 /// How many endpoints of a key's order come from the algorithm itself;
@@ -228,10 +229,17 @@ impl<I: Iterator<Item = u32>> Iterator for Order<'_, I> {
     }
 }
 
-/// The bounded-load factor a user asked for, made safe: below 1 (or NaN)
-/// is 1 (no endpoint above the mean — still always satisfiable).
-pub(super) fn load_factor(c: f64) -> f64 {
-    if c >= 1.0 { c } else { 1.0 }
+/// The bounded-load factor a user asked for, checked: a finite number of
+/// at least 1 (1 is no endpoint above the mean — still always
+/// satisfiable).
+pub(super) fn load_factor(setting: &'static str, c: f64) -> Result<f64, InvalidSetting> {
+    check(
+        c.is_finite() && c >= 1.0,
+        setting,
+        c,
+        "must be a finite number of at least 1",
+    )?;
+    Ok(c)
 }
 
 #[cfg(test)]
@@ -254,10 +262,17 @@ mod tests {
     }
 
     #[test]
-    fn load_factor_is_at_least_one() {
-        assert_eq!(load_factor(f64::NAN), 1.0);
-        assert_eq!(load_factor(0.5), 1.0);
-        assert_eq!(load_factor(1.25), 1.25);
-        assert_eq!(load_factor(f64::INFINITY), f64::INFINITY);
+    fn load_factor_is_finite_and_at_least_one() {
+        assert_eq!(load_factor("Maglev::bounded_load", 1.0), Ok(1.0));
+        assert_eq!(load_factor("Maglev::bounded_load", 1.25), Ok(1.25));
+        for bad in [f64::NAN, 0.0, 0.5, -1.0, f64::INFINITY, f64::NEG_INFINITY] {
+            let err = load_factor("Maglev::bounded_load", bad).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "invalid setting Maglev::bounded_load = {bad:?}: must be a finite number of at least 1"
+                )
+            );
+        }
     }
 }

@@ -4,6 +4,7 @@ use super::order::{Keyed, Walk, load_factor};
 use super::stable::{mix, xxh64};
 use crate::balance::strategy::Active;
 use crate::balance::{BuildContext, PickContext, Picker, Strategy, WeightedRoundRobin};
+use crate::error::{InvalidSetting, valid};
 use crate::pool::Member;
 
 /// Rendezvous (highest random weight) hashing, weighted (Thaler and
@@ -52,10 +53,23 @@ impl<F> Rendezvous<F> {
 
     /// Bounded load, as [`Maglev::bounded_load`](super::Maglev::bounded_load):
     /// a full endpoint's keys move to their next-highest score.
+    ///
+    /// # Panics
+    ///
+    /// When `c` is below 1, NaN or infinite;
+    /// [`try_bounded_load`](Rendezvous::try_bounded_load) returns the
+    /// error instead.
     #[must_use]
-    pub fn bounded_load(mut self, c: f64) -> Self {
-        self.load_factor = Some(load_factor(c));
-        self
+    #[track_caller]
+    pub fn bounded_load(self, c: f64) -> Self {
+        valid(self.try_bounded_load(c))
+    }
+
+    /// [`bounded_load`](Rendezvous::bounded_load), refusing values that
+    /// are not finite and at least 1.
+    pub fn try_bounded_load(mut self, c: f64) -> Result<Self, InvalidSetting> {
+        self.load_factor = Some(load_factor("Rendezvous::bounded_load", c)?);
+        Ok(self)
     }
 }
 
@@ -168,5 +182,31 @@ impl<P> Walk for RendezvousPicker<P> {
             key,
             below: u128::MAX,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_load_refuses_out_of_range_values() {
+        let r = Rendezvous::new().try_bounded_load(2.0).unwrap();
+        assert_eq!(r.load_factor, Some(2.0));
+        for bad in [0.0, 0.5, f64::NAN, f64::INFINITY] {
+            let err = Rendezvous::new().try_bounded_load(bad).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "invalid setting Rendezvous::bounded_load = {bad:?}: must be a finite number of at least 1"
+                )
+            );
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting Rendezvous::bounded_load = NaN")]
+    fn a_nan_load_factor_panics() {
+        let _ = Rendezvous::new().bounded_load(f64::NAN);
     }
 }

@@ -7,7 +7,7 @@ use super::stable::{Crc32, xxh64};
 use crate::Endpoint;
 use crate::balance::strategy::Active;
 use crate::balance::{BuildContext, PickContext, Picker, Strategy, WeightedRoundRobin};
-use crate::error::{InvalidSetting, at_least_one};
+use crate::error::{InvalidSetting, check, valid};
 use crate::pool::Member;
 
 /// Points per unit of weight, as nginx and pingora-ketama place them.
@@ -67,22 +67,28 @@ impl Ring {
 }
 
 impl<F> Ring<F> {
-    /// Points per unit of weight; other values than 160 do not match
-    /// nginx's ring.
+    /// Points per unit of weight (at least 1); other values than 160 do not
+    /// match nginx's ring.
     ///
     /// # Panics
     ///
-    /// When `points` is 0; [`try_points_per_weight`](Self::try_points_per_weight)
-    /// returns an error instead.
+    /// When `points` is 0;
+    /// [`try_points_per_weight`](Ring::try_points_per_weight) returns the
+    /// error instead.
     #[must_use]
+    #[track_caller]
     pub fn points_per_weight(self, points: u32) -> Self {
-        self.try_points_per_weight(points)
-            .unwrap_or_else(|e| panic!("{e}"))
+        valid(self.try_points_per_weight(points))
     }
 
-    /// As [`points_per_weight`](Self::points_per_weight), refusing 0.
+    /// [`points_per_weight`](Ring::points_per_weight), refusing 0.
     pub fn try_points_per_weight(mut self, points: u32) -> Result<Self, InvalidSetting> {
-        at_least_one("points_per_weight", points)?;
+        check(
+            points >= 1,
+            "Ring::points_per_weight",
+            points,
+            "must be at least 1",
+        )?;
         self.points_per_weight = points;
         Ok(self)
     }
@@ -98,10 +104,23 @@ impl<F> Ring<F> {
 
     /// Bounded load, as [`Maglev::bounded_load`](super::Maglev::bounded_load):
     /// a full endpoint's keys move on round the circle.
+    ///
+    /// # Panics
+    ///
+    /// When `c` is below 1, NaN or infinite;
+    /// [`try_bounded_load`](Ring::try_bounded_load) returns the error
+    /// instead.
     #[must_use]
-    pub fn bounded_load(mut self, c: f64) -> Self {
-        self.load_factor = Some(load_factor(c));
-        self
+    #[track_caller]
+    pub fn bounded_load(self, c: f64) -> Self {
+        valid(self.try_bounded_load(c))
+    }
+
+    /// [`bounded_load`](Ring::bounded_load), refusing values that are not
+    /// finite and at least 1.
+    pub fn try_bounded_load(mut self, c: f64) -> Result<Self, InvalidSetting> {
+        self.load_factor = Some(load_factor("Ring::bounded_load", c)?);
+        Ok(self)
     }
 }
 
@@ -230,13 +249,46 @@ impl<P> Walk for RingPicker<P> {
 }
 
 #[cfg(test)]
-mod setting_tests {
+mod tests {
     use super::*;
+
+    #[test]
+    fn settings_refuse_out_of_range_values() {
+        let ring = Ring::new().try_points_per_weight(1).unwrap();
+        assert_eq!(ring.points_per_weight, 1);
+        let err = Ring::new().try_points_per_weight(0).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid setting Ring::points_per_weight = 0: must be at least 1"
+        );
+        assert_eq!(
+            Ring::new().try_bounded_load(1.0).unwrap().load_factor,
+            Some(1.0)
+        );
+        for bad in [0.0, 0.5, f64::NAN, f64::INFINITY, -2.0] {
+            let err = Ring::new().try_bounded_load(bad).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "invalid setting Ring::bounded_load = {bad:?}: must be a finite number of at least 1"
+                )
+            );
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting Ring::points_per_weight = 0")]
+    fn zero_points_per_weight_panics() {
+        let _ = Ring::new().points_per_weight(0);
+    }
 
     #[test]
     fn points_per_weight_refuses_zero() {
         let e = Ring::new().try_points_per_weight(0).unwrap_err();
-        assert_eq!(e.setting, "points_per_weight");
+        assert_eq!(
+            (e.setting(), e.value(), e.reason()),
+            ("Ring::points_per_weight", "0", "must be at least 1")
+        );
         let ring = Ring::new().try_points_per_weight(40).expect("40 points");
         assert_eq!(ring.points_per_weight, 40);
     }

@@ -17,7 +17,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::discover::{Source, Update};
 use crate::endpoint::Endpoint;
-use crate::error::{BoxError, DiscoveryError};
+use crate::error::{BoxError, DiscoveryError, InvalidSetting, check, valid};
 use crate::trace::event;
 
 type Round = Pin<Box<dyn Future<Output = Result<Resolved, BoxError>> + Send>>;
@@ -231,10 +231,27 @@ impl DnsSource {
     /// The shortest time between lookups (default 1 s): a shorter TTL is
     /// raised to it, and failed lookups are retried this often. At least
     /// 1 ms.
+    ///
+    /// # Panics
+    ///
+    /// When `ttl` is shorter than 1 ms;
+    /// [`try_min_ttl`](DnsSource::try_min_ttl) returns the error instead.
     #[must_use]
-    pub fn min_ttl(mut self, ttl: Duration) -> Self {
-        self.min_ttl = ttl.max(Duration::from_millis(1));
-        self
+    #[track_caller]
+    pub fn min_ttl(self, ttl: Duration) -> Self {
+        valid(self.try_min_ttl(ttl))
+    }
+
+    /// [`min_ttl`](DnsSource::min_ttl), refusing less than 1 ms.
+    pub fn try_min_ttl(mut self, ttl: Duration) -> Result<Self, InvalidSetting> {
+        check(
+            ttl >= Duration::from_millis(1),
+            "DnsSource::min_ttl",
+            ttl,
+            "must be at least 1ms",
+        )?;
+        self.min_ttl = ttl;
+        Ok(self)
     }
 
     /// The longest time between lookups (default 5 min): a longer TTL is
@@ -256,10 +273,27 @@ impl DnsSource {
     /// How long one lookup (with an SRV name, the SRV query and its
     /// targets' address queries together) may take before it counts as a
     /// failure (default 2 s).
+    ///
+    /// # Panics
+    ///
+    /// When `timeout` is zero (every lookup would fail);
+    /// [`try_timeout`](DnsSource::try_timeout) returns the error instead.
     #[must_use]
-    pub fn timeout(mut self, timeout: Duration) -> Self {
+    #[track_caller]
+    pub fn timeout(self, timeout: Duration) -> Self {
+        valid(self.try_timeout(timeout))
+    }
+
+    /// [`timeout`](DnsSource::timeout), refusing zero.
+    pub fn try_timeout(mut self, timeout: Duration) -> Result<Self, InvalidSetting> {
+        check(
+            !timeout.is_zero(),
+            "DnsSource::timeout",
+            timeout,
+            "must be longer than zero",
+        )?;
         self.timeout = timeout;
-        self
+        Ok(self)
     }
 
     /// The name being watched.
@@ -507,5 +541,32 @@ mod tests {
             clamp(Some(Duration::from_secs(5)), min, Duration::ZERO),
             min
         );
+    }
+
+    #[test]
+    fn min_ttl_and_timeout_refuse_out_of_range_values() {
+        let ms = Duration::from_millis;
+        let src = || DnsSource::a("svc.example.", 80);
+        assert_eq!(src().try_min_ttl(ms(1)).unwrap().min_ttl, ms(1));
+        assert_eq!(src().try_timeout(ms(1)).unwrap().timeout, ms(1));
+        let refused = |r: Result<DnsSource, InvalidSetting>| r.err().unwrap().to_string();
+        assert_eq!(
+            refused(src().try_min_ttl(Duration::ZERO)),
+            "invalid setting DnsSource::min_ttl = 0ns: must be at least 1ms"
+        );
+        assert_eq!(
+            refused(src().try_min_ttl(Duration::from_micros(10))),
+            "invalid setting DnsSource::min_ttl = 10µs: must be at least 1ms"
+        );
+        assert_eq!(
+            refused(src().try_timeout(Duration::ZERO)),
+            "invalid setting DnsSource::timeout = 0ns: must be longer than zero"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting DnsSource::min_ttl = 0ns")]
+    fn a_zero_min_ttl_panics() {
+        let _ = DnsSource::a("svc.example.", 80).min_ttl(Duration::ZERO);
     }
 }

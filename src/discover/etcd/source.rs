@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::EtcdConfig;
 use super::worker::Worker;
 use crate::discover::{Source, Update};
-use crate::error::DiscoveryError;
+use crate::error::{DiscoveryError, InvalidSetting, check, valid};
 
 /// Updates and errors in flight from the watch task to the pool.
 pub(super) const CHANNEL: usize = 16;
@@ -162,24 +162,67 @@ impl EtcdSource {
         }
     }
 
-    /// The wait before reconnecting: `min` after the first failure,
-    /// doubling up to `max` while failures go on (each wait between half
-    /// and all of that, at random). At least 1 ms.
+    /// The wait before reconnecting: `min` (at least 1 ms) after the
+    /// first failure, doubling up to `max` (at least `min`) while failures
+    /// go on (each wait between half and all of that, at random).
+    ///
+    /// # Panics
+    ///
+    /// When `min` is shorter than 1 ms or `max` is shorter than `min`;
+    /// [`try_backoff`](EtcdSource::try_backoff) returns the error instead.
     #[must_use]
-    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.settings.min_backoff = min.max(Duration::from_millis(1));
-        self.settings.max_backoff = max.max(self.settings.min_backoff);
-        self
+    #[track_caller]
+    pub fn backoff(self, min: Duration, max: Duration) -> Self {
+        valid(self.try_backoff(min, max))
     }
 
-    /// How often the watch asks etcd for a progress answer (default 5 s),
-    /// which refreshes [`EtcdStatus::last_contact`] on a quiet prefix;
-    /// three intervals without a word from etcd break the watch. At least
-    /// 10 ms.
+    /// [`backoff`](EtcdSource::backoff), refusing a `min` under 1 ms and a
+    /// `max` under `min`.
+    pub fn try_backoff(mut self, min: Duration, max: Duration) -> Result<Self, InvalidSetting> {
+        check(
+            min >= Duration::from_millis(1),
+            "EtcdSource::backoff(min)",
+            min,
+            "must be at least 1ms",
+        )?;
+        check(
+            max >= min,
+            "EtcdSource::backoff(max)",
+            max,
+            "must not be shorter than min",
+        )?;
+        self.settings.min_backoff = min;
+        self.settings.max_backoff = max;
+        Ok(self)
+    }
+
+    /// How often the watch asks etcd for a progress answer (default 5 s,
+    /// at least 10 ms), which refreshes [`EtcdStatus::last_contact`] on a
+    /// quiet prefix; three intervals without a word from etcd break the
+    /// watch.
+    ///
+    /// # Panics
+    ///
+    /// When `interval` is shorter than 10 ms;
+    /// [`try_progress_interval`](EtcdSource::try_progress_interval)
+    /// returns the error instead.
     #[must_use]
-    pub fn progress_interval(mut self, interval: Duration) -> Self {
-        self.settings.progress = interval.max(Duration::from_millis(10));
-        self
+    #[track_caller]
+    pub fn progress_interval(self, interval: Duration) -> Self {
+        valid(self.try_progress_interval(interval))
+    }
+
+    /// [`progress_interval`](EtcdSource::progress_interval), refusing less
+    /// than 10 ms.
+    pub fn try_progress_interval(mut self, interval: Duration) -> Result<Self, InvalidSetting> {
+        check(
+            interval >= Duration::from_millis(10),
+            "EtcdSource::progress_interval",
+            interval,
+            "must be at least 10ms",
+        )?;
+        self.settings.progress = interval;
+        Ok(self)
     }
 
     /// The watched prefix.
@@ -335,5 +378,49 @@ impl EtcdStatus {
     /// Counts one broken, established watch.
     pub(super) fn count_reconnect(&self) {
         self.inner.reconnects.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source() -> EtcdSource {
+        EtcdSource::new(EtcdConfig::new(["127.0.0.1:2379"]), "/services/api/")
+    }
+
+    #[test]
+    fn backoff_and_progress_refuse_out_of_range_values() {
+        let ms = Duration::from_millis;
+        let s = source().try_backoff(ms(1), ms(1)).unwrap();
+        assert_eq!(
+            (s.settings.min_backoff, s.settings.max_backoff),
+            (ms(1), ms(1))
+        );
+        let s = source().try_progress_interval(ms(10)).unwrap();
+        assert_eq!(s.settings.progress, ms(10));
+        let refused = |r: Result<EtcdSource, InvalidSetting>| r.err().unwrap().to_string();
+        assert_eq!(
+            refused(source().try_backoff(Duration::ZERO, ms(100))),
+            "invalid setting EtcdSource::backoff(min) = 0ns: must be at least 1ms"
+        );
+        assert_eq!(
+            refused(source().try_backoff(ms(100), ms(50))),
+            "invalid setting EtcdSource::backoff(max) = 50ms: must not be shorter than min"
+        );
+        assert_eq!(
+            refused(source().try_progress_interval(ms(9))),
+            "invalid setting EtcdSource::progress_interval = 9ms: must be at least 10ms"
+        );
+        assert_eq!(
+            refused(source().try_progress_interval(Duration::ZERO)),
+            "invalid setting EtcdSource::progress_interval = 0ns: must be at least 10ms"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting EtcdSource::backoff(max) = 1ms")]
+    fn a_backoff_max_under_min_panics() {
+        let _ = source().backoff(Duration::from_secs(1), Duration::from_millis(1));
     }
 }

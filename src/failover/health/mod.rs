@@ -79,7 +79,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::endpoint::Endpoint;
-use crate::error::{InvalidSetting, at_least_one};
+use crate::error::{InvalidSetting, check, valid};
 
 pub(crate) use probe::passes;
 pub(crate) use scheduler::run;
@@ -160,7 +160,8 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
 const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
-/// Shorter intervals are raised to this, so a zero interval cannot spin.
+/// The shortest interval accepted; the checker also raises shorter ones to
+/// it, so a zero interval cannot spin.
 const MIN_INTERVAL: Duration = Duration::from_millis(1);
 
 impl HealthCheck {
@@ -210,20 +211,55 @@ impl HealthCheck {
         })))
     }
 
-    /// How often each endpoint is probed (default 5 s). The first round
-    /// starts at once; intervals under 1 ms are raised to 1 ms.
+    /// How often each endpoint is probed (default 5 s, at least 1 ms).
+    /// The first round starts at once.
+    ///
+    /// # Panics
+    ///
+    /// When `interval` is shorter than 1 ms;
+    /// [`try_interval`](HealthCheck::try_interval) returns the error
+    /// instead.
     #[must_use]
-    pub fn interval(mut self, interval: Duration) -> Self {
+    #[track_caller]
+    pub fn interval(self, interval: Duration) -> Self {
+        valid(self.try_interval(interval))
+    }
+
+    /// [`interval`](HealthCheck::interval), refusing less than 1 ms.
+    pub fn try_interval(mut self, interval: Duration) -> Result<Self, InvalidSetting> {
+        check(
+            interval >= MIN_INTERVAL,
+            "HealthCheck::interval",
+            interval,
+            "must be at least 1ms",
+        )?;
         self.interval = interval;
-        self
+        Ok(self)
     }
 
     /// How long one probe may take, connect included, before it counts as a
     /// failure (default 1 s).
+    ///
+    /// # Panics
+    ///
+    /// When `timeout` is zero (every probe would fail);
+    /// [`try_timeout`](HealthCheck::try_timeout) returns the error instead.
     #[must_use]
-    pub fn timeout(mut self, timeout: Duration) -> Self {
+    #[track_caller]
+    pub fn timeout(self, timeout: Duration) -> Self {
+        valid(self.try_timeout(timeout))
+    }
+
+    /// [`timeout`](HealthCheck::timeout), refusing zero.
+    pub fn try_timeout(mut self, timeout: Duration) -> Result<Self, InvalidSetting> {
+        check(
+            !timeout.is_zero(),
+            "HealthCheck::timeout",
+            timeout,
+            "must be longer than zero",
+        )?;
         self.timeout = timeout;
-        self
+        Ok(self)
     }
 
     /// The status code an HTTP probe expects (default 200). No effect on
@@ -239,41 +275,54 @@ impl HealthCheck {
     }
 
     /// How many passes in a row bring an unhealthy endpoint back (default
-    /// 2).
+    /// 2, at least 1).
     ///
     /// # Panics
     ///
-    /// When `passes` is 0; [`try_healthy_threshold`](Self::try_healthy_threshold)
-    /// returns an error instead.
+    /// When `passes` is 0;
+    /// [`try_healthy_threshold`](HealthCheck::try_healthy_threshold)
+    /// returns the error instead.
     #[must_use]
+    #[track_caller]
     pub fn healthy_threshold(self, passes: u32) -> Self {
-        self.try_healthy_threshold(passes)
-            .unwrap_or_else(|e| panic!("{e}"))
+        valid(self.try_healthy_threshold(passes))
     }
 
-    /// As [`healthy_threshold`](Self::healthy_threshold), refusing 0.
+    /// [`healthy_threshold`](HealthCheck::healthy_threshold), refusing 0.
     pub fn try_healthy_threshold(mut self, passes: u32) -> Result<Self, InvalidSetting> {
-        at_least_one("healthy_threshold", passes)?;
+        check(
+            passes >= 1,
+            "HealthCheck::healthy_threshold",
+            passes,
+            "must be at least 1",
+        )?;
         self.healthy_threshold = passes;
         Ok(self)
     }
 
     /// How many failures in a row mark a healthy endpoint unhealthy
-    /// (default 3).
+    /// (default 3, at least 1).
     ///
     /// # Panics
     ///
-    /// When `failures` is 0; [`try_unhealthy_threshold`](Self::try_unhealthy_threshold)
-    /// returns an error instead.
+    /// When `failures` is 0;
+    /// [`try_unhealthy_threshold`](HealthCheck::try_unhealthy_threshold)
+    /// returns the error instead.
     #[must_use]
+    #[track_caller]
     pub fn unhealthy_threshold(self, failures: u32) -> Self {
-        self.try_unhealthy_threshold(failures)
-            .unwrap_or_else(|e| panic!("{e}"))
+        valid(self.try_unhealthy_threshold(failures))
     }
 
-    /// As [`unhealthy_threshold`](Self::unhealthy_threshold), refusing 0.
+    /// [`unhealthy_threshold`](HealthCheck::unhealthy_threshold), refusing
+    /// 0.
     pub fn try_unhealthy_threshold(mut self, failures: u32) -> Result<Self, InvalidSetting> {
-        at_least_one("unhealthy_threshold", failures)?;
+        check(
+            failures >= 1,
+            "HealthCheck::unhealthy_threshold",
+            failures,
+            "must be at least 1",
+        )?;
         self.unhealthy_threshold = failures;
         Ok(self)
     }
@@ -284,7 +333,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn builders_set_defaults_overrides_and_clamp_zero_thresholds() {
+    fn builders_set_defaults_overrides_and_refuse_zero_thresholds() {
         let check = HealthCheck::tcp();
         assert!(matches!(check.probe, Probe::Tcp));
         assert_eq!(check.interval, Duration::from_secs(5));
@@ -313,10 +362,17 @@ mod tests {
         let e = HealthCheck::tcp().try_healthy_threshold(0).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "invalid healthy_threshold: 0 (must be at least 1)"
+            "invalid setting HealthCheck::healthy_threshold = 0: must be at least 1"
         );
         let e = HealthCheck::tcp().try_unhealthy_threshold(0).unwrap_err();
-        assert_eq!(e.setting, "unhealthy_threshold");
+        assert_eq!(
+            (e.setting(), e.value(), e.reason()),
+            (
+                "HealthCheck::unhealthy_threshold",
+                "0",
+                "must be at least 1"
+            )
+        );
         assert_eq!(
             HealthCheck::tcp()
                 .try_unhealthy_threshold(4)
@@ -329,5 +385,77 @@ mod tests {
         #[cfg(feature = "http")]
         let check = check.expect_status(204);
         assert_eq!(format!("{:?}", check.probe), "Custom(..)");
+    }
+
+    /// The error's message, for a setting that was refused.
+    fn refused(setting: Result<HealthCheck, InvalidSetting>) -> String {
+        setting.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn timings_and_thresholds_refuse_out_of_range_values() {
+        let ms = Duration::from_millis;
+        let tcp = HealthCheck::tcp;
+        assert_eq!(tcp().try_interval(ms(1)).unwrap().interval, ms(1));
+        assert_eq!(
+            tcp().try_interval(Duration::MAX).unwrap().interval,
+            Duration::MAX
+        );
+        assert_eq!(
+            refused(tcp().try_interval(Duration::ZERO)),
+            "invalid setting HealthCheck::interval = 0ns: must be at least 1ms"
+        );
+        assert_eq!(
+            refused(tcp().try_interval(Duration::from_micros(500))),
+            "invalid setting HealthCheck::interval = 500µs: must be at least 1ms"
+        );
+        assert_eq!(
+            tcp().try_timeout(Duration::from_nanos(1)).unwrap().timeout,
+            Duration::from_nanos(1)
+        );
+        assert_eq!(
+            refused(tcp().try_timeout(Duration::ZERO)),
+            "invalid setting HealthCheck::timeout = 0ns: must be longer than zero"
+        );
+        assert_eq!(tcp().try_healthy_threshold(1).unwrap().healthy_threshold, 1);
+        assert_eq!(
+            tcp()
+                .try_unhealthy_threshold(u32::MAX)
+                .unwrap()
+                .unhealthy_threshold,
+            u32::MAX
+        );
+        assert_eq!(
+            refused(tcp().try_healthy_threshold(0)),
+            "invalid setting HealthCheck::healthy_threshold = 0: must be at least 1"
+        );
+        assert_eq!(
+            refused(tcp().try_unhealthy_threshold(0)),
+            "invalid setting HealthCheck::unhealthy_threshold = 0: must be at least 1"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting HealthCheck::healthy_threshold = 0")]
+    fn a_zero_healthy_threshold_panics() {
+        let _ = HealthCheck::tcp().healthy_threshold(0);
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting HealthCheck::unhealthy_threshold = 0")]
+    fn a_zero_unhealthy_threshold_panics() {
+        let _ = HealthCheck::tcp().unhealthy_threshold(0);
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting HealthCheck::interval = 0ns")]
+    fn a_zero_interval_panics() {
+        let _ = HealthCheck::tcp().interval(Duration::ZERO);
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting HealthCheck::timeout = 0ns")]
+    fn a_zero_timeout_panics() {
+        let _ = HealthCheck::tcp().timeout(Duration::ZERO);
     }
 }

@@ -273,7 +273,7 @@ mod tests {
             let ok = ok2.load(Ordering::SeqCst);
             async move { ok }
         });
-        // As if built in the crate without the builder's clamping.
+        // As if built in the crate without the builder's checks.
         check.interval = Duration::ZERO;
         check.healthy_threshold = 0;
         check.unhealthy_threshold = 0;
