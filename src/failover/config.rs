@@ -187,198 +187,6 @@ pub struct SlowStart {
     pub(crate) min_weight_percent: u8,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reconnect_backoff_follows_grpc_and_refuses_nonsense() {
-        let r = Reconnect::new();
-        let mid = |n| r.wait(n, 0.5).as_secs_f64();
-        assert!((mid(0) - 1.0).abs() < 1e-9);
-        assert!((mid(1) - 1.6).abs() < 1e-9);
-        assert!((mid(2) - 2.56).abs() < 1e-9);
-        assert!((mid(50) - 120.0).abs() < 1e-9, "capped");
-        assert!((r.wait(0, 0.0).as_secs_f64() - 0.8).abs() < 1e-9, "-20 %");
-        assert!(r.wait(0, 0.999_999).as_secs_f64() < 1.2 + 1e-6, "+20 %");
-        let s = Duration::from_secs(1);
-        assert_eq!(
-            Reconnect::try_new(Duration::ZERO, 2.0, s, 0.1),
-            Err(InvalidReconnect::ZeroInitial)
-        );
-        assert_eq!(
-            Reconnect::try_new(s, f64::NAN, s, 0.1).map_err(|e| e.to_string()),
-            Err("the backoff multiplier NaN is not a finite number of at least 1".into())
-        );
-        assert!(Reconnect::try_new(s, 2.0, s / 2, 0.1).is_err());
-        assert!(Reconnect::try_new(s, 2.0, s, 1.5).is_err());
-        assert!(Reconnect::try_new(s, 1.0, s, 0.0).is_ok());
-    }
-
-    /// The error's message, for a setting that was refused.
-    fn refused<T: std::fmt::Debug>(setting: Result<T, InvalidSetting>) -> String {
-        setting.unwrap_err().to_string()
-    }
-
-    #[test]
-    fn outlier_settings_refuse_out_of_range_values() {
-        let od = OutlierDetection::new;
-        let fp = od().try_failure_percentage(100, 1).unwrap();
-        let fp = fp.failure_percentage.unwrap();
-        assert_eq!((fp.threshold, fp.min_requests), (1.0, 1));
-        assert_eq!(
-            od().try_failure_percentage(1, 10)
-                .unwrap()
-                .failure_percentage
-                .unwrap()
-                .threshold,
-            0.01
-        );
-        assert_eq!(
-            refused(od().try_failure_percentage(0, 10)),
-            "invalid setting OutlierDetection::failure_percentage(percent) = 0: must be from 1 to 100"
-        );
-        assert_eq!(
-            refused(od().try_failure_percentage(101, 10)),
-            "invalid setting OutlierDetection::failure_percentage(percent) = 101: must be from 1 to 100"
-        );
-        assert_eq!(
-            refused(od().try_failure_percentage(50, 0)),
-            "invalid setting OutlierDetection::failure_percentage(min_requests) = 0: must be at least 1"
-        );
-
-        assert_eq!(
-            od().try_max_ejection_percent(0)
-                .unwrap()
-                .max_ejection_percent,
-            0
-        );
-        assert_eq!(
-            od().try_max_ejection_percent(100)
-                .unwrap()
-                .max_ejection_percent,
-            100
-        );
-        assert_eq!(
-            refused(od().try_max_ejection_percent(101)),
-            "invalid setting OutlierDetection::max_ejection_percent = 101: must be from 0 to 100"
-        );
-        assert!(od().try_max_ejection_percent(u8::MAX).is_err());
-    }
-
-    #[test]
-    #[should_panic(expected = "invalid setting OutlierDetection::failure_percentage(percent) = 0")]
-    fn failure_percentage_of_zero_panics() {
-        let _ = OutlierDetection::new().failure_percentage(0, 10);
-    }
-
-    #[test]
-    #[should_panic(expected = "invalid setting OutlierDetection::max_ejection_percent = 200")]
-    fn max_ejection_percent_above_100_panics() {
-        let _ = OutlierDetection::new().max_ejection_percent(200);
-    }
-
-    #[test]
-    fn slow_start_settings_refuse_out_of_range_values() {
-        let ss = || SlowStart::new(Duration::from_secs(10));
-        assert_eq!(ss().try_aggression(0.5).unwrap().aggression, 0.5);
-        assert_eq!(ss().try_aggression(4.0).unwrap().aggression, 4.0);
-        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
-            assert_eq!(
-                refused(ss().try_aggression(bad)),
-                format!(
-                    "invalid setting SlowStart::aggression = {bad:?}: must be a finite number above 0"
-                )
-            );
-        }
-        assert_eq!(
-            ss().try_min_weight_percent(0).unwrap().min_weight_percent,
-            0
-        );
-        assert_eq!(
-            ss().try_min_weight_percent(100).unwrap().min_weight_percent,
-            100
-        );
-        assert_eq!(
-            refused(ss().try_min_weight_percent(101)),
-            "invalid setting SlowStart::min_weight_percent = 101: must be from 0 to 100"
-        );
-    }
-
-    #[test]
-    #[should_panic(expected = "invalid setting SlowStart::aggression = NaN")]
-    fn aggression_of_nan_panics() {
-        let _ = SlowStart::new(Duration::from_secs(1)).aggression(f64::NAN);
-    }
-
-    #[test]
-    #[should_panic(expected = "invalid setting SlowStart::min_weight_percent = 101")]
-    fn min_weight_percent_above_100_panics() {
-        let _ = SlowStart::new(Duration::from_secs(1)).min_weight_percent(101);
-    }
-
-    #[test]
-    fn failover_settings_refuse_out_of_range_values() {
-        let fc = FailoverConfig::new;
-        assert_eq!(
-            fc().try_overprovisioning(1.0).unwrap().overprovisioning,
-            1.0
-        );
-        assert_eq!(
-            fc().try_overprovisioning(1.4).unwrap().overprovisioning,
-            1.4
-        );
-        for bad in [0.0, 0.99, -1.0, f64::NAN, f64::INFINITY] {
-            assert_eq!(
-                refused(fc().try_overprovisioning(bad)),
-                format!(
-                    "invalid setting FailoverConfig::overprovisioning = {bad:?}: must be a finite number of at least 1"
-                )
-            );
-        }
-
-        let ms = Duration::from_millis;
-        assert_eq!(fc().try_interval(ms(1)).unwrap().interval, ms(1));
-        assert_eq!(
-            fc().try_interval(Duration::MAX).unwrap().interval,
-            Duration::MAX
-        );
-        assert_eq!(
-            refused(fc().try_interval(Duration::ZERO)),
-            "invalid setting FailoverConfig::interval = 0ns: must be at least 1ms"
-        );
-        assert_eq!(
-            refused(fc().try_interval(Duration::from_micros(999))),
-            "invalid setting FailoverConfig::interval = 999µs: must be at least 1ms"
-        );
-
-        assert_eq!(fc().try_panic_threshold(0).unwrap().panic_threshold, 0.0);
-        assert_eq!(fc().try_panic_threshold(100).unwrap().panic_threshold, 1.0);
-        assert_eq!(
-            refused(fc().try_panic_threshold(101)),
-            "invalid setting FailoverConfig::panic_threshold = 101: must be from 0 to 100"
-        );
-    }
-
-    #[test]
-    #[should_panic(expected = "invalid setting FailoverConfig::overprovisioning = 0.5")]
-    fn overprovisioning_below_1_panics() {
-        let _ = FailoverConfig::new().overprovisioning(0.5);
-    }
-
-    #[test]
-    #[should_panic(expected = "invalid setting FailoverConfig::interval = 0ns")]
-    fn interval_of_zero_panics() {
-        let _ = FailoverConfig::new().interval(Duration::ZERO);
-    }
-
-    #[test]
-    #[should_panic(expected = "invalid setting FailoverConfig::panic_threshold = 255")]
-    fn panic_threshold_above_100_panics() {
-        let _ = FailoverConfig::new().panic_threshold(255);
-    }
-}
-
 impl SlowStart {
     /// A linear ramp over `window`, starting at 10 % of the weight.
     pub fn new(window: Duration) -> Self {
@@ -724,5 +532,197 @@ impl FailoverConfig {
     pub fn reconnect(mut self, reconnect: Reconnect) -> Self {
         self.reconnect = reconnect;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_backoff_follows_grpc_and_refuses_nonsense() {
+        let r = Reconnect::new();
+        let mid = |n| r.wait(n, 0.5).as_secs_f64();
+        assert!((mid(0) - 1.0).abs() < 1e-9);
+        assert!((mid(1) - 1.6).abs() < 1e-9);
+        assert!((mid(2) - 2.56).abs() < 1e-9);
+        assert!((mid(50) - 120.0).abs() < 1e-9, "capped");
+        assert!((r.wait(0, 0.0).as_secs_f64() - 0.8).abs() < 1e-9, "-20 %");
+        assert!(r.wait(0, 0.999_999).as_secs_f64() < 1.2 + 1e-6, "+20 %");
+        let s = Duration::from_secs(1);
+        assert_eq!(
+            Reconnect::try_new(Duration::ZERO, 2.0, s, 0.1),
+            Err(InvalidReconnect::ZeroInitial)
+        );
+        assert_eq!(
+            Reconnect::try_new(s, f64::NAN, s, 0.1).map_err(|e| e.to_string()),
+            Err("the backoff multiplier NaN is not a finite number of at least 1".into())
+        );
+        assert!(Reconnect::try_new(s, 2.0, s / 2, 0.1).is_err());
+        assert!(Reconnect::try_new(s, 2.0, s, 1.5).is_err());
+        assert!(Reconnect::try_new(s, 1.0, s, 0.0).is_ok());
+    }
+
+    /// The error's message, for a setting that was refused.
+    fn refused<T: std::fmt::Debug>(setting: Result<T, InvalidSetting>) -> String {
+        setting.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn outlier_settings_refuse_out_of_range_values() {
+        let od = OutlierDetection::new;
+        let fp = od().try_failure_percentage(100, 1).unwrap();
+        let fp = fp.failure_percentage.unwrap();
+        assert_eq!((fp.threshold, fp.min_requests), (1.0, 1));
+        assert_eq!(
+            od().try_failure_percentage(1, 10)
+                .unwrap()
+                .failure_percentage
+                .unwrap()
+                .threshold,
+            0.01
+        );
+        assert_eq!(
+            refused(od().try_failure_percentage(0, 10)),
+            "invalid setting OutlierDetection::failure_percentage(percent) = 0: must be from 1 to 100"
+        );
+        assert_eq!(
+            refused(od().try_failure_percentage(101, 10)),
+            "invalid setting OutlierDetection::failure_percentage(percent) = 101: must be from 1 to 100"
+        );
+        assert_eq!(
+            refused(od().try_failure_percentage(50, 0)),
+            "invalid setting OutlierDetection::failure_percentage(min_requests) = 0: must be at least 1"
+        );
+
+        assert_eq!(
+            od().try_max_ejection_percent(0)
+                .unwrap()
+                .max_ejection_percent,
+            0
+        );
+        assert_eq!(
+            od().try_max_ejection_percent(100)
+                .unwrap()
+                .max_ejection_percent,
+            100
+        );
+        assert_eq!(
+            refused(od().try_max_ejection_percent(101)),
+            "invalid setting OutlierDetection::max_ejection_percent = 101: must be from 0 to 100"
+        );
+        assert!(od().try_max_ejection_percent(u8::MAX).is_err());
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting OutlierDetection::failure_percentage(percent) = 0")]
+    fn failure_percentage_of_zero_panics() {
+        let _ = OutlierDetection::new().failure_percentage(0, 10);
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting OutlierDetection::max_ejection_percent = 200")]
+    fn max_ejection_percent_above_100_panics() {
+        let _ = OutlierDetection::new().max_ejection_percent(200);
+    }
+
+    #[test]
+    fn slow_start_settings_refuse_out_of_range_values() {
+        let ss = || SlowStart::new(Duration::from_secs(10));
+        assert_eq!(ss().try_aggression(0.5).unwrap().aggression, 0.5);
+        assert_eq!(ss().try_aggression(4.0).unwrap().aggression, 4.0);
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert_eq!(
+                refused(ss().try_aggression(bad)),
+                format!(
+                    "invalid setting SlowStart::aggression = {bad:?}: must be a finite number above 0"
+                )
+            );
+        }
+        assert_eq!(
+            ss().try_min_weight_percent(0).unwrap().min_weight_percent,
+            0
+        );
+        assert_eq!(
+            ss().try_min_weight_percent(100).unwrap().min_weight_percent,
+            100
+        );
+        assert_eq!(
+            refused(ss().try_min_weight_percent(101)),
+            "invalid setting SlowStart::min_weight_percent = 101: must be from 0 to 100"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting SlowStart::aggression = NaN")]
+    fn aggression_of_nan_panics() {
+        let _ = SlowStart::new(Duration::from_secs(1)).aggression(f64::NAN);
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting SlowStart::min_weight_percent = 101")]
+    fn min_weight_percent_above_100_panics() {
+        let _ = SlowStart::new(Duration::from_secs(1)).min_weight_percent(101);
+    }
+
+    #[test]
+    fn failover_settings_refuse_out_of_range_values() {
+        let fc = FailoverConfig::new;
+        assert_eq!(
+            fc().try_overprovisioning(1.0).unwrap().overprovisioning,
+            1.0
+        );
+        assert_eq!(
+            fc().try_overprovisioning(1.4).unwrap().overprovisioning,
+            1.4
+        );
+        for bad in [0.0, 0.99, -1.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(
+                refused(fc().try_overprovisioning(bad)),
+                format!(
+                    "invalid setting FailoverConfig::overprovisioning = {bad:?}: must be a finite number of at least 1"
+                )
+            );
+        }
+
+        let ms = Duration::from_millis;
+        assert_eq!(fc().try_interval(ms(1)).unwrap().interval, ms(1));
+        assert_eq!(
+            fc().try_interval(Duration::MAX).unwrap().interval,
+            Duration::MAX
+        );
+        assert_eq!(
+            refused(fc().try_interval(Duration::ZERO)),
+            "invalid setting FailoverConfig::interval = 0ns: must be at least 1ms"
+        );
+        assert_eq!(
+            refused(fc().try_interval(Duration::from_micros(999))),
+            "invalid setting FailoverConfig::interval = 999µs: must be at least 1ms"
+        );
+
+        assert_eq!(fc().try_panic_threshold(0).unwrap().panic_threshold, 0.0);
+        assert_eq!(fc().try_panic_threshold(100).unwrap().panic_threshold, 1.0);
+        assert_eq!(
+            refused(fc().try_panic_threshold(101)),
+            "invalid setting FailoverConfig::panic_threshold = 101: must be from 0 to 100"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting FailoverConfig::overprovisioning = 0.5")]
+    fn overprovisioning_below_1_panics() {
+        let _ = FailoverConfig::new().overprovisioning(0.5);
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting FailoverConfig::interval = 0ns")]
+    fn interval_of_zero_panics() {
+        let _ = FailoverConfig::new().interval(Duration::ZERO);
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid setting FailoverConfig::panic_threshold = 255")]
+    fn panic_threshold_above_100_panics() {
+        let _ = FailoverConfig::new().panic_threshold(255);
     }
 }
