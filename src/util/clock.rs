@@ -10,6 +10,12 @@
 //! process, and falls back to the OS clock where it cannot), which costs a
 //! fraction of that and reads in nanoseconds all the same.
 //!
+//! Measured in the `roundtrip` bench on a 2-vCPU guest, the same build
+//! with and without the feature: `peak_ewma` 139.8 against 160.5 ns per
+//! request at N = 10 and 149.9 against 168.9 ns at N = 1 000, or 0.279
+//! against 0.319 and 0.294 against 0.335 of tower's p2c over `PeakEwma`
+//! in the same run; more than the run-to-run spread of those ratios.
+//!
 //! Tokio's clock can be paused (tests, the `sim` module); the
 //! CPU's counter cannot. So the clock is chosen once per balancer, when it
 //! is made: tokio's if tokio's clock is paused then, the CPU's otherwise.
