@@ -197,8 +197,10 @@ impl EndpointBuilder {
         self
     }
 
-    /// A floating-point weight, as some registries carry; see
-    /// [`weight_from_f64`] for the mapping.
+    /// A floating-point weight, as some registries carry: rounded to the
+    /// nearest integer, never below 1 unless it is 0; NaN, infinite,
+    /// negative and too-large values make [`build`](Self::build) fail. See
+    /// [`weight_from_f64`] for the rule.
     pub fn weight_f64(mut self, weight: f64) -> Self {
         self.weight = weight_from_f64(weight);
         self
@@ -274,10 +276,29 @@ fn validate_key(key: &str) -> Result<(), InvalidEndpoint> {
 
 /// Maps a floating-point weight from a registry to a `u32` weight.
 ///
-/// NaN, infinities and negative numbers are rejected, as is anything above
-/// `u32::MAX`. Other values round to the nearest integer, except that a
-/// positive weight never rounds down to 0: 0.2 becomes 1, so a small weight
-/// does not silently drain an endpoint. Exactly 0 (or -0) stays 0 (drain).
+/// The rule:
+///
+/// - 0 is 0: the endpoint is drained. `-0.0` (which some serializers
+///   write for zero) is the same zero, so it drains too.
+/// - Any other value rounds to the nearest integer, halves away from zero
+///   (as [`f64::round`] does): 1.4 becomes 1, 1.5 becomes 2, 2.5 becomes 3.
+/// - A positive value never rounds down to 0: anything in (0, 0.5) becomes
+///   1, so a small weight does not silently drain an endpoint.
+/// - NaN, infinities and negative values, however small, are refused with
+///   [`InvalidEndpoint::WeightNotFinite`]; a value that rounds above
+///   `u32::MAX` is refused with [`InvalidEndpoint::WeightTooLarge`].
+///
+/// ```
+/// use tower_lb::endpoint::weight_from_f64;
+/// use tower_lb::InvalidEndpoint;
+///
+/// assert_eq!(weight_from_f64(0.4), Ok(1));
+/// assert_eq!(weight_from_f64(1.4), Ok(1));
+/// assert_eq!(weight_from_f64(2.5), Ok(3));
+/// assert_eq!(weight_from_f64(-0.0), Ok(0));
+/// assert!(matches!(weight_from_f64(-0.1), Err(InvalidEndpoint::WeightNotFinite { .. })));
+/// assert!(matches!(weight_from_f64(1e10), Err(InvalidEndpoint::WeightTooLarge { .. })));
+/// ```
 pub fn weight_from_f64(weight: f64) -> Result<u32, InvalidEndpoint> {
     if !weight.is_finite() || weight.is_sign_negative() && weight != 0.0 {
         return Err(InvalidEndpoint::WeightNotFinite { weight });
@@ -298,28 +319,69 @@ mod tests {
     use super::*;
 
     #[test]
-    fn float_weights_map_or_fail_typed() {
-        assert_eq!(weight_from_f64(2.4), Ok(2));
-        assert_eq!(weight_from_f64(2.5), Ok(3));
-        assert_eq!(weight_from_f64(0.2), Ok(1));
+    fn float_weights_round_to_nearest_with_a_floor_of_one() {
+        for (given, want) in [
+            (0.4, 1),
+            (0.5, 1),
+            (0.6, 1),
+            (1.0, 1),
+            (1.4, 1),
+            (1.5, 2),
+            (2.4, 2),
+            (2.5, 3),
+            (3.5, 4),
+            (f64::MIN_POSITIVE, 1),
+            (5e-324, 1),
+            (4_294_967_294.5, u32::MAX),
+            (4_294_967_295.0, u32::MAX),
+            (4_294_967_295.4, u32::MAX),
+        ] {
+            assert_eq!(weight_from_f64(given), Ok(want), "{given}");
+        }
+    }
+
+    #[test]
+    fn zero_and_negative_zero_drain() {
         assert_eq!(weight_from_f64(0.0), Ok(0));
         assert_eq!(weight_from_f64(-0.0), Ok(0));
-        assert_eq!(weight_from_f64(4294967295.0), Ok(u32::MAX));
-        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -1.0, -1e-9] {
+        let e = Endpoint::builder("a").weight_f64(-0.0).build().unwrap();
+        assert_eq!(e.weight(), 0);
+    }
+
+    #[test]
+    fn nan_infinite_negative_and_huge_weights_are_typed_errors() {
+        for bad in [
+            f64::NAN,
+            -f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -1.0,
+            -0.4,
+            -1e-9,
+            -5e-324,
+            f64::MIN,
+        ] {
+            let err = weight_from_f64(bad).unwrap_err();
+            assert!(
+                matches!(err, InvalidEndpoint::WeightNotFinite { .. }),
+                "{bad}: {err:?}"
+            );
+            let built = Endpoint::builder("a").weight_f64(bad).build();
+            assert!(matches!(built, Err(InvalidEndpoint::WeightNotFinite { .. })));
+        }
+        for big in [4_294_967_295.5, 4_294_967_296.0, 1e12, 1e300, f64::MAX] {
             assert!(
                 matches!(
-                    weight_from_f64(bad),
-                    Err(InvalidEndpoint::WeightNotFinite { .. })
+                    weight_from_f64(big),
+                    Err(InvalidEndpoint::WeightTooLarge { weight }) if weight == big
                 ),
-                "{bad}"
+                "{big}"
             );
         }
-        for big in [4294967296.0, 1e300, f64::MAX] {
-            assert!(matches!(
-                weight_from_f64(big),
-                Err(InvalidEndpoint::WeightTooLarge { .. })
-            ));
-        }
+        assert_eq!(
+            weight_from_f64(-2.0).unwrap_err().to_string(),
+            "weight -2 is not a finite, non-negative number"
+        );
     }
 
     #[test]
