@@ -367,7 +367,10 @@ mod tests {
                 "{bad}: {err:?}"
             );
             let built = Endpoint::builder("a").weight_f64(bad).build();
-            assert!(matches!(built, Err(InvalidEndpoint::WeightNotFinite { .. })));
+            assert!(matches!(
+                built,
+                Err(InvalidEndpoint::WeightNotFinite { .. })
+            ));
         }
         for big in [4_294_967_295.5, 4_294_967_296.0, 1e12, 1e300, f64::MAX] {
             assert!(

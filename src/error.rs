@@ -232,7 +232,8 @@ pub enum InvalidEndpoint {
     /// An address that does not parse as `ip:port`.
     #[error("address {address:?} is not an ip:port socket address")]
     BadAddress {
-        /// The rejected text.
+        /// The rejected text (cut to its first 256 bytes, so a huge value
+        /// does not make a huge error).
         address: String,
     },
     /// The zone is present but empty.
@@ -241,6 +242,15 @@ pub enum InvalidEndpoint {
     /// A tag has an empty name.
     #[error("tag name is empty")]
     EmptyTagName,
+    /// A record that is not an endpoint record at all: not JSON, not an
+    /// object, a field of the wrong type (a weight written as a string, a
+    /// number too large for a float), or a field the record does not have.
+    #[error("not a valid endpoint record: {reason}")]
+    Malformed {
+        /// What the JSON parser said, without its line and column (cut to
+        /// 256 bytes).
+        reason: String,
+    },
 }
 
 /// A failure reported by a discovery [`Source`](crate::discover::Source).
@@ -258,7 +268,8 @@ pub enum DiscoveryError {
         #[source]
         source: InvalidEndpoint,
     },
-    /// The registry or transport failed.
+    /// The registry or transport failed, or a document could not be read
+    /// at all (a file that is not JSON).
     #[error("discovery source failed")]
     Source(#[source] BoxError),
     /// A heartbeat TTL of zero.

@@ -10,7 +10,7 @@ use crate::endpoint::Endpoint;
 #[cfg(feature = "file")]
 pub fn decode_file(text: &[u8]) -> Vec<Endpoint> {
     record::parse(text, "bench")
-        .map(|(good, _bad)| good)
+        .map(|parsed| parsed.good)
         .unwrap_or_default()
 }
 

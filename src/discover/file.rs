@@ -144,11 +144,18 @@ impl FileSource {
         }
         self.last = Some(key);
         match record::parse(&text, &origin) {
-            Ok((endpoints, bad)) => {
-                self.pending.extend(bad.into_iter().map(Err));
+            Ok(parsed) => {
+                let reported = parsed.bad.len();
+                self.pending.extend(parsed.bad.into_iter().map(Err));
+                if parsed.invalid > reported {
+                    let more = parsed.invalid - reported;
+                    self.pending.push_back(Err(DiscoveryError::Source(
+                        format!("{origin}: {more} more invalid record(s) left out").into(),
+                    )));
+                }
                 self.revision += 1;
                 self.pending
-                    .push_back(Ok(Update::snapshot(self.revision, endpoints)));
+                    .push_back(Ok(Update::snapshot(self.revision, parsed.good)));
             }
             Err(e) => self.pending.push_back(Err(e)),
         }

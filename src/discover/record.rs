@@ -59,6 +59,49 @@ struct Wrapped<'a> {
     endpoints: Vec<&'a RawValue>,
 }
 
+/// The longest piece of a source's input an error quotes, in bytes; longer
+/// text is cut and ends in `…`.
+const MAX_SHOWN: usize = 256;
+
+/// At most this many invalid records of one document are reported one by
+/// one; the rest are counted (see [`Parsed::invalid`]).
+pub(crate) const MAX_REPORTED: usize = 16;
+
+/// `text`, cut to at most [`MAX_SHOWN`] bytes (on a character boundary)
+/// and marked with `…` when it was cut.
+fn clip(text: &str) -> String {
+    if text.len() <= MAX_SHOWN {
+        return text.to_owned();
+    }
+    let mut end = MAX_SHOWN;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// A JSON error about one record as an [`InvalidEndpoint`]: the parser's
+/// message without its position (which would count from the record, not
+/// the document), cut to [`MAX_SHOWN`] bytes.
+fn malformed(e: &serde_json::Error) -> InvalidEndpoint {
+    let text = e.to_string();
+    let reason = match text.rfind(" at line ") {
+        Some(at) if e.line() > 0 => &text[..at],
+        _ => &text,
+    };
+    InvalidEndpoint::Malformed {
+        reason: clip(reason),
+    }
+}
+
+/// `source` as the error for the record `name`.
+fn invalid(name: String, source: InvalidEndpoint) -> DiscoveryError {
+    DiscoveryError::InvalidRecord {
+        record: name,
+        source,
+    }
+}
+
 impl Record {
     /// Validates a record into an endpoint; `name` says where it came from
     /// in errors (built only for an error).
@@ -66,14 +109,11 @@ impl Record {
         self,
         name: &dyn Fn() -> String,
     ) -> Result<Endpoint, DiscoveryError> {
-        let bad = |source: InvalidEndpoint| DiscoveryError::InvalidRecord {
-            record: name(),
-            source,
-        };
+        let bad = |source: InvalidEndpoint| invalid(name(), source);
         let address = match &self.address {
             Some(a) => Some(
                 a.parse::<SocketAddr>()
-                    .map_err(|_| bad(InvalidEndpoint::BadAddress { address: a.clone() }))?,
+                    .map_err(|_| bad(InvalidEndpoint::BadAddress { address: clip(a) }))?,
             ),
             None => None,
         };
@@ -99,12 +139,13 @@ impl Record {
 }
 
 /// Decodes one record stored on its own (a registry's value under one
-/// key); `name` (the key) is named in every error, whether the value is
-/// not JSON, not a record, or a record that does not validate.
+/// key). Every failure, whether the value is not JSON, not a record, or a
+/// record that does not validate, is a
+/// [`DiscoveryError::InvalidRecord`] naming `name` (the key).
 #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
 pub(crate) fn decode(value: &[u8], name: &str) -> Result<Endpoint, DiscoveryError> {
-    let record: Record = serde_json::from_slice(value)
-        .map_err(|e| DiscoveryError::Source(format!("record `{name}`: {e}").into()))?;
+    let record: Record =
+        serde_json::from_slice(value).map_err(|e| invalid(name.to_owned(), malformed(&e)))?;
     record.into_endpoint(&|| name.to_owned())
 }
 
@@ -130,14 +171,25 @@ pub(crate) fn encode(endpoint: &Endpoint) -> Vec<u8> {
     serde_json::to_vec(&out).unwrap_or_default()
 }
 
-/// Parses a document. A syntax error fails the whole document; a record
-/// that does not validate is returned as an error beside the good ones,
-/// so one bad record never empties the set.
+/// What [`parse`] made of a document.
+#[derive(Debug)]
 #[cfg_attr(not(feature = "file"), allow(dead_code))]
-pub(crate) fn parse(
-    text: &[u8],
-    origin: &str,
-) -> Result<(Vec<Endpoint>, Vec<DiscoveryError>), DiscoveryError> {
+pub(crate) struct Parsed {
+    /// The records that validated, in document order.
+    pub(crate) good: Vec<Endpoint>,
+    /// Why records were left out, for the first [`MAX_REPORTED`] of them:
+    /// each a [`DiscoveryError::InvalidRecord`] naming `origin[index]`.
+    pub(crate) bad: Vec<DiscoveryError>,
+    /// How many records were left out in all.
+    pub(crate) invalid: usize,
+}
+
+/// Parses a document. A syntax error (or a document that is not a list of
+/// records) fails the whole document; a record that does not validate,
+/// whatever the reason, is counted and reported beside the good ones, so
+/// one bad record never empties the set.
+#[cfg_attr(not(feature = "file"), allow(dead_code))]
+pub(crate) fn parse(text: &[u8], origin: &str) -> Result<Parsed, DiscoveryError> {
     let whole = |e: serde_json::Error| DiscoveryError::Source(format!("{origin}: {e}").into());
     // `[...]` is a bare list of records; anything else must be the wrapper.
     let values: Vec<&RawValue> = match text.iter().find(|b| !b.is_ascii_whitespace()) {
@@ -148,25 +200,42 @@ pub(crate) fn parse(
                 .endpoints
         }
     };
-    let mut good = Vec::with_capacity(values.len());
-    let mut bad = Vec::new();
+    let mut parsed = Parsed {
+        good: Vec::with_capacity(values.len()),
+        bad: Vec::new(),
+        invalid: 0,
+    };
     for (i, value) in values.into_iter().enumerate() {
         // Named only when something is wrong with it.
         let name = || format!("{origin}[{i}]");
-        match serde_json::from_str::<Record>(value.get()) {
-            Ok(r) => match r.into_endpoint(&name) {
-                Ok(e) => good.push(e),
-                Err(e) => bad.push(e),
-            },
-            Err(e) => bad.push(DiscoveryError::Source(format!("{}: {e}", name()).into())),
+        let endpoint = serde_json::from_str::<Record>(value.get())
+            .map_err(|e| invalid(name(), malformed(&e)))
+            .and_then(|r| r.into_endpoint(&name));
+        match endpoint {
+            Ok(e) => parsed.good.push(e),
+            Err(e) => {
+                parsed.invalid += 1;
+                if parsed.bad.len() < MAX_REPORTED {
+                    parsed.bad.push(e);
+                }
+            }
         }
     }
-    Ok((good, bad))
+    Ok(parsed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `InvalidEndpoint` behind an `InvalidRecord`, and the record's
+    /// name.
+    fn cause(e: &DiscoveryError) -> (&str, &InvalidEndpoint) {
+        match e {
+            DiscoveryError::InvalidRecord { record, source } => (record, source),
+            other => panic!("not an InvalidRecord: {other:?}"),
+        }
+    }
 
     #[test]
     fn records_parse_and_bad_ones_are_set_aside() {
@@ -177,9 +246,13 @@ mod tests {
             {"address": "127.0.0.1:2", "weight": -1},
             {"address": "127.0.0.1:3", "priority": 300},
             {"address": "127.0.0.1:4", "surprise": true},
-            {}
+            {},
+            "a string",
+            {"address": "127.0.0.1:5", "weight": "NaN"},
+            {"address": "127.0.0.1:6", "weight": 1e999}
         ]}"#;
-        let (good, bad) = parse(text, "test").unwrap();
+        let parsed = parse(text, "test").unwrap();
+        let good = &parsed.good;
         assert_eq!(good.len(), 2);
         assert_eq!(
             (
@@ -195,19 +268,101 @@ mod tests {
             (good[1].key(), good[1].weight(), good[1].address()),
             ("named", 0, None)
         );
-        assert_eq!(bad.len(), 5);
-        for e in &bad {
-            let text = crate::error::render_chain(e);
-            assert!(text.contains("test["), "{text}");
+        assert_eq!((parsed.bad.len(), parsed.invalid), (8, 8));
+        let names: Vec<&str> = parsed.bad.iter().map(|e| cause(e).0).collect();
+        assert_eq!(
+            names,
+            [
+                "test[2]", "test[3]", "test[4]", "test[5]", "test[6]", "test[7]", "test[8]",
+                "test[9]"
+            ]
+        );
+        let causes: Vec<&InvalidEndpoint> = parsed.bad.iter().map(|e| cause(e).1).collect();
+        assert!(matches!(causes[0], InvalidEndpoint::BadAddress { .. }));
+        assert!(matches!(causes[1], InvalidEndpoint::WeightNotFinite { .. }));
+        assert!(matches!(
+            causes[2],
+            InvalidEndpoint::PriorityTooLarge { priority: 300 }
+        ));
+        assert_eq!(causes[4], &InvalidEndpoint::EmptyKey);
+        for (i, part) in [
+            (3, "unknown field `surprise`"),
+            (5, "string"),
+            (6, "NaN"),
+            (7, "out of range"),
+        ] {
+            let InvalidEndpoint::Malformed { reason } = causes[i] else {
+                panic!("record {i}: {:?}", causes[i]);
+            };
+            assert!(reason.contains(part), "{reason}");
+            assert!(!reason.contains(" at line "), "no position: {reason}");
         }
-        let (good, bad) = parse(br#"[{"address": "[::1]:80"}]"#, "bare").unwrap();
-        assert_eq!((good.len(), bad.len()), (1, 0));
-        assert!(parse(b"{not json", "broken").is_err());
-        assert!(parse(br#"{"endpoints": 3}"#, "wrong").is_err());
+
+        let parsed = parse(br#"[{"address": "[::1]:80"}]"#, "bare").unwrap();
+        assert_eq!((parsed.good.len(), parsed.invalid), (1, 0));
+        let parsed = parse(b" [] ", "empty").unwrap();
+        assert_eq!((parsed.good.len(), parsed.invalid), (0, 0));
+        assert!(matches!(
+            parse(b"{not json", "broken"),
+            Err(DiscoveryError::Source(_))
+        ));
+        assert!(matches!(
+            parse(br#"{"endpoints": 3}"#, "wrong"),
+            Err(DiscoveryError::Source(_))
+        ));
     }
 
     #[test]
-    fn a_single_record_decodes_and_errors_name_its_key() {
+    fn deep_nesting_is_an_invalid_record_not_a_crash() {
+        let depth = 100_000;
+        let text = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let parsed = parse(text.as_bytes(), "deep").unwrap();
+        assert_eq!((parsed.good.len(), parsed.invalid), (0, 1));
+        assert!(matches!(
+            cause(&parsed.bad[0]),
+            ("deep[0]", InvalidEndpoint::Malformed { .. })
+        ));
+        // Unbalanced: a syntax error for the whole document.
+        assert!(parse("[".repeat(depth).as_bytes(), "open").is_err());
+        let err = decode(text.as_bytes(), "/svc/deep").unwrap_err();
+        assert!(matches!(
+            cause(&err),
+            ("/svc/deep", InvalidEndpoint::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn only_the_first_invalid_records_are_reported_one_by_one() {
+        let n = MAX_REPORTED * 4;
+        let mut text = String::from("[{\"address\": \"127.0.0.1:1\"}");
+        for _ in 0..n {
+            text.push_str(", {\"address\": \"nope\"}");
+        }
+        text.push(']');
+        let parsed = parse(text.as_bytes(), "many").unwrap();
+        assert_eq!(parsed.good.len(), 1);
+        assert_eq!((parsed.bad.len(), parsed.invalid), (MAX_REPORTED, n));
+    }
+
+    #[test]
+    fn huge_values_make_short_errors() {
+        let long = "x".repeat(1 << 20);
+        let text =
+            format!(r#"[{{"address": "{long}"}}, {{"address": "127.0.0.1:1", "{long}": 1}}]"#);
+        let parsed = parse(text.as_bytes(), "huge").unwrap();
+        assert_eq!(parsed.invalid, 2);
+        for e in &parsed.bad {
+            let shown = crate::error::render_chain(e);
+            assert!(shown.len() < 2 * MAX_SHOWN, "{} bytes", shown.len());
+            assert!(shown.contains('…'), "{shown}");
+        }
+        // Cut on a character boundary: 85 three-byte characters.
+        assert_eq!(clip(&"€".repeat(200)), format!("{}…", "€".repeat(85)));
+        assert_eq!(clip("short"), "short");
+    }
+
+    #[test]
+    fn a_single_record_decodes_and_every_error_is_an_invalid_record_naming_its_key() {
         let e = decode(
             br#"{"address": "127.0.0.1:1", "weight": 2, "zone": "a"}"#,
             "/svc/a",
@@ -218,17 +373,29 @@ mod tests {
             ("127.0.0.1:1", 2, Some("a"))
         );
 
-        for bad in [
-            &b"{not json"[..],
-            br#"{"address": "nowhere"}"#,
-            br#"{"address": "127.0.0.1:1", "weight": "heavy"}"#,
-            br#"{"address": "127.0.0.1:1", "extra": 1}"#,
-            br#"[]"#,
-            b"",
+        for (bad, malformed) in [
+            (&b"{not json"[..], true),
+            (br#"{"address": "nowhere"}"#, false),
+            (br#"{"address": "127.0.0.1:1", "weight": "heavy"}"#, true),
+            (br#"{"address": "127.0.0.1:1", "extra": 1}"#, true),
+            (br#"{"address": "127.0.0.1:1", "weight": -3}"#, false),
+            (br#"[]"#, true),
+            (b"", true),
+            (b"\xff\xfe garbage", true),
         ] {
             let err = decode(bad, "/svc/broken-7").unwrap_err();
+            let (name, why) = cause(&err);
+            assert_eq!(name, "/svc/broken-7");
+            assert_eq!(
+                matches!(why, InvalidEndpoint::Malformed { .. }),
+                malformed,
+                "{why:?}"
+            );
             let text = crate::error::render_chain(&err);
-            assert!(text.contains("/svc/broken-7"), "{text}");
+            assert!(
+                text.starts_with("record `/svc/broken-7` is invalid: "),
+                "{text}"
+            );
         }
     }
 

@@ -49,8 +49,10 @@ pub(super) const CHANNEL: usize = 16;
 ///
 /// # Failures
 ///
-/// - A value that is not a valid record is skipped and reported as a
-///   [`DiscoveryError`] naming the etcd key, with a `warn` event; the
+/// - A value that is not a valid record (not JSON, not an object, an
+///   unknown field, a bad field) is skipped and reported as a
+///   [`DiscoveryError::InvalidRecord`] naming the etcd key, with a `warn`
+///   event; the
 ///   others apply. A key that held a good record and is overwritten with
 ///   a bad one keeps its last good endpoint until it is deleted or fixed
 ///   (a re-listing keeps it too).
