@@ -272,6 +272,20 @@ pub enum DiscoveryError {
     /// at all (a file that is not JSON).
     #[error("discovery source failed")]
     Source(#[source] BoxError),
+    /// The source listed records but none of them is valid (each is
+    /// reported on its own too, as [`InvalidRecord`](Self::InvalidRecord)
+    /// from a file or etcd).
+    /// Such a list counts as broken, not as "no instances": the source
+    /// sends no update, so the pool keeps its last good set. Only a list
+    /// with no records at all is an empty set.
+    #[error("none of the {invalid} record(s) from `{origin}` is valid; the last good set is kept")]
+    NoValidRecords {
+        /// Where the records came from: a file's path, an etcd prefix, a
+        /// DNS name.
+        origin: String,
+        /// How many records were invalid.
+        invalid: usize,
+    },
     /// A heartbeat TTL of zero.
     #[error("a heartbeat TTL must be longer than zero")]
     ZeroTtl,

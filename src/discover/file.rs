@@ -12,6 +12,7 @@ use tokio::time::{Instant, Sleep};
 use super::record;
 use super::{Source, Update};
 use crate::error::{DiscoveryError, InvalidSetting, check, valid};
+use crate::trace::event;
 
 type Reading = Pin<Box<dyn Future<Output = std::io::Result<Vec<u8>>> + Send>>;
 
@@ -32,10 +33,27 @@ type Reading = Pin<Box<dyn Future<Output = std::io::Result<Vec<u8>>> + Send>>;
 /// then every [`interval`](FileSource::interval), and a new snapshot is
 /// sent only when its contents changed — editors that replace the file
 /// and editors that rewrite it in place both work, and no file-system
-/// watcher is needed. A file that is missing or not valid JSON is
-/// reported as a discovery error and the pool keeps its last good set; a
-/// record that does not validate is reported and left out, the others
-/// apply.
+/// watcher is needed.
+///
+/// # Bad input
+///
+/// - A file that cannot be read (missing, deleted, unreadable) or that is
+///   not a list of records (not JSON, cut short by a rewrite in progress,
+///   nested too deep) is reported once, as a
+///   [`DiscoveryError::Source`], and the pool keeps its last good set.
+/// - A record that does not validate (not an object, an unknown field, a
+///   bad address, a NaN, negative or too-large weight…) is left out and
+///   reported as a [`DiscoveryError::InvalidRecord`] naming
+///   `path[index]`; the others apply. The first 16 bad records of a read
+///   are reported one by one, the rest in one count.
+/// - A file whose records are all invalid is a broken file: it sends no
+///   update (the pool keeps its last good set) and is reported with
+///   [`DiscoveryError::NoValidRecords`] after its records' errors. Only a
+///   valid empty list, `[]` or `{"endpoints": []}`, means no instances.
+/// - Records with the same key resolve to the last one in the file.
+///
+/// Each distinct content is decoded once, so a broken file is reported
+/// once however long it stays broken.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -144,21 +162,35 @@ impl FileSource {
         }
         self.last = Some(key);
         match record::parse(&text, &origin) {
-            Ok(parsed) => {
-                let reported = parsed.bad.len();
-                self.pending.extend(parsed.bad.into_iter().map(Err));
-                if parsed.invalid > reported {
-                    let more = parsed.invalid - reported;
-                    self.pending.push_back(Err(DiscoveryError::Source(
-                        format!("{origin}: {more} more invalid record(s) left out").into(),
-                    )));
-                }
-                self.revision += 1;
-                self.pending
-                    .push_back(Ok(Update::snapshot(self.revision, parsed.good)));
+            Ok(parsed) => self.apply(parsed, origin),
+            Err(e) => {
+                event!(warn, path = %origin, "file: not a list of records; keeping the last good set");
+                self.pending.push_back(Err(e));
             }
-            Err(e) => self.pending.push_back(Err(e)),
         }
+    }
+
+    /// Queues a parsed document's errors and, unless it has records and
+    /// none of them is valid, its snapshot.
+    fn apply(&mut self, parsed: record::Parsed, origin: String) {
+        let record::Parsed { good, bad, invalid } = parsed;
+        let reported = bad.len();
+        self.pending.extend(bad.into_iter().map(Err));
+        if good.is_empty() && invalid > 0 {
+            event!(warn, path = %origin, invalid, "file: no valid record; keeping the last good set");
+            self.pending
+                .push_back(Err(DiscoveryError::NoValidRecords { origin, invalid }));
+            return;
+        }
+        if invalid > reported {
+            let more = invalid - reported;
+            self.pending.push_back(Err(DiscoveryError::Source(
+                format!("{origin}: {more} more invalid record(s) left out").into(),
+            )));
+        }
+        self.revision += 1;
+        self.pending
+            .push_back(Ok(Update::snapshot(self.revision, good)));
     }
 }
 
