@@ -18,11 +18,15 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tower::{Layer, ServiceExt, service_fn};
-use tower_lb::Endpoint;
 use tower_lb::balance::{Balance, BalanceLayer, WeightedRoundRobin};
-use tower_lb::discover::etcd_client::{Client, CompactionOptions, PutOptions};
-use tower_lb::discover::{EtcdConfig, EtcdError, EtcdRegistrar, EtcdSource, EtcdStatus};
+use tower_lb::discover::etcd_client::{
+    Client, CompactionOptions, DeleteOptions, PutOptions, Txn, TxnOp,
+};
+use tower_lb::discover::{
+    EtcdConfig, EtcdError, EtcdRegistrar, EtcdSource, EtcdStatus, Source, Update,
+};
 use tower_lb::pool::{DiscoverLayer, Pool};
+use tower_lb::{DiscoveryError, Endpoint, InvalidEndpoint};
 
 /// How long any wait in these tests may take.
 const LIMIT: Duration = Duration::from_secs(15);
@@ -856,6 +860,238 @@ async fn malformed_records_are_skipped_and_named() {
     converge(&pool, &set(&[("127.0.0.1:7501", 7), ("127.0.0.1:7503", 1)])).await;
     direct.delete("/svc/m/good", None).await.unwrap();
     converge(&pool, &set(&[("127.0.0.1:7503", 1)])).await;
+}
+
+/// Waits until the pool has seen `n` discovery errors, then checks that no
+/// more come within three progress intervals (each bad value is reported
+/// once).
+async fn errors_settle_at(pool: &Pool<KeyService>, n: u64) {
+    let reached = tokio::time::timeout(LIMIT, async {
+        while pool.discovery().errors < n {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        reached.is_ok(),
+        "expected {n} errors: {:?}",
+        pool.discovery()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(pool.discovery().errors, n, "{:?}", pool.discovery());
+}
+
+/// The next item the source yields, within [`LIMIT`].
+async fn next_item(source: &mut EtcdSource) -> Result<Update, DiscoveryError> {
+    tokio::time::timeout(LIMIT, source.next_update())
+        .await
+        .expect("an item in time")
+        .expect("the etcd source never ends")
+}
+
+#[tokio::test]
+#[ignore = "needs etcd; run by .ci/run"]
+async fn every_kind_of_bad_value_is_an_invalid_record_named_by_its_key() {
+    let etcd = Etcd::start().await;
+    let mut direct = etcd.client().await;
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    // etcd refuses values over 1.5 MiB by default; 1 MiB is as big as it
+    // gets.
+    let big = format!(r#"{{"address": "{}"}}"#, "x".repeat(1 << 20));
+    let values: Vec<(&str, Vec<u8>)> = vec![
+        ("a-good", record("127.0.0.1:7601", 2).into_bytes()),
+        ("b-garbage", b"\xff\xfe\x00garbage".to_vec()),
+        (
+            "c-unknown-field",
+            br#"{"address": "127.0.0.1:7603", "surprise": 1}"#.to_vec(),
+        ),
+        (
+            "d-nan",
+            br#"{"address": "127.0.0.1:7604", "weight": "NaN"}"#.to_vec(),
+        ),
+        (
+            "e-infinite",
+            br#"{"address": "127.0.0.1:7605", "weight": 1e999}"#.to_vec(),
+        ),
+        (
+            "f-negative",
+            br#"{"address": "127.0.0.1:7606", "weight": -1}"#.to_vec(),
+        ),
+        (
+            "g-huge",
+            br#"{"address": "127.0.0.1:7607", "weight": 1e12}"#.to_vec(),
+        ),
+        ("h-deep", deep.into_bytes()),
+        ("i-big", big.into_bytes()),
+        ("j-zero", record("127.0.0.1:7610", 0).into_bytes()),
+        // The same endpoint as a-good: the greater etcd key wins.
+        ("k-duplicate", record("127.0.0.1:7601", 5).into_bytes()),
+    ];
+    for (key, value) in &values {
+        direct
+            .put(format!("/svc/bad/{key}"), value.clone(), None)
+            .await
+            .expect("put");
+    }
+
+    let mut source = source(etcd.config(), "/svc/bad/");
+    let mut causes = Vec::new();
+    let update = loop {
+        match next_item(&mut source).await {
+            Ok(update) => break update,
+            Err(DiscoveryError::InvalidRecord { record, source }) => causes.push((record, source)),
+            Err(other) => panic!("expected an InvalidRecord, got {other:?}"),
+        }
+    };
+    let names: Vec<&str> = causes.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "/svc/bad/b-garbage",
+            "/svc/bad/c-unknown-field",
+            "/svc/bad/d-nan",
+            "/svc/bad/e-infinite",
+            "/svc/bad/f-negative",
+            "/svc/bad/g-huge",
+            "/svc/bad/h-deep",
+            "/svc/bad/i-big",
+        ]
+    );
+    let malformed = |i: usize| matches!(causes[i].1, InvalidEndpoint::Malformed { .. });
+    assert!((0..4).all(malformed) && malformed(6), "{causes:?}");
+    let InvalidEndpoint::Malformed { reason } = &causes[1].1 else {
+        unreachable!()
+    };
+    assert!(reason.contains("unknown field `surprise`"), "{reason}");
+    assert!(matches!(
+        causes[4].1,
+        InvalidEndpoint::WeightNotFinite { .. }
+    ));
+    assert!(matches!(
+        causes[5].1,
+        InvalidEndpoint::WeightTooLarge { .. }
+    ));
+    let InvalidEndpoint::BadAddress { address } = &causes[7].1 else {
+        panic!("{:?}", causes[7]);
+    };
+    assert!(
+        address.len() < 300,
+        "a short error: {} bytes",
+        address.len()
+    );
+    let got: Vec<(&str, u32)> = update.endpoints().map(|e| (e.key(), e.weight())).collect();
+    assert_eq!(got, [("127.0.0.1:7601", 5), ("127.0.0.1:7610", 0)]);
+    drop(source);
+
+    // Through a pool: each reported once, and only the weighted endpoint
+    // picked.
+    let pool = pool(source_for(&etcd, "/svc/bad/"));
+    converge(&pool, &set(&[("127.0.0.1:7601", 5), ("127.0.0.1:7610", 0)])).await;
+    errors_settle_at(&pool, 8).await;
+    let hits = picks(&pool, 20).await;
+    assert_eq!(
+        hits.into_iter().collect::<Vec<_>>(),
+        [("127.0.0.1:7601".to_owned(), 20)]
+    );
+}
+
+fn source_for(etcd: &Etcd, prefix: &str) -> EtcdSource {
+    source(etcd.config(), prefix)
+}
+
+#[tokio::test]
+#[ignore = "needs etcd; run by .ci/run"]
+async fn a_prefix_whose_every_value_turns_invalid_keeps_the_last_good_set() {
+    let etcd = Etcd::start().await;
+    let mut direct = etcd.client().await;
+    put(&mut direct, "/svc/i/a", &record("127.0.0.1:7701", 1)).await;
+    let listed = put(&mut direct, "/svc/i/b", &record("127.0.0.1:7702", 1)).await;
+    let pool = pool(source_for(&etcd, "/svc/i/"));
+    let good = set(&[("127.0.0.1:7701", 1), ("127.0.0.1:7702", 1)]);
+    converge(&pool, &good).await;
+
+    // One write leaves only invalid values under the prefix.
+    let txn = Txn::new().and_then([
+        TxnOp::delete("/svc/i/a", None),
+        TxnOp::delete("/svc/i/b", None),
+        TxnOp::put("/svc/i/c", "garbage", None),
+        TxnOp::put("/svc/i/d", r#"{"address": "nope"}"#, None),
+    ]);
+    direct.txn(txn).await.expect("txn");
+    // Both values, then the prefix as a whole.
+    errors_settle_at(&pool, 3).await;
+    assert_eq!(members(&pool), good, "the last good set is kept");
+    assert_eq!(pool.discovery().applied_revision, Some(listed));
+    let last = pool.discovery().last_error.unwrap_or_default();
+    assert!(
+        last.contains("none of the 2 record(s) from `/svc/i/`"),
+        "{last}"
+    );
+    assert_eq!(picks(&pool, 10).await.len(), 2, "still served");
+
+    // Another bad value while held: reported, still nothing applied.
+    put(&mut direct, "/svc/i/e", r#"{"weight": 1}"#).await;
+    errors_settle_at(&pool, 4).await;
+    assert_eq!(members(&pool), good);
+
+    // A good value: the whole current set, not a delta on the old one.
+    put(&mut direct, "/svc/i/f", &record("127.0.0.1:7706", 2)).await;
+    converge(&pool, &set(&[("127.0.0.1:7706", 2)])).await;
+
+    // No keys at all is an empty set.
+    let delete = Txn::new().and_then([TxnOp::delete(
+        "/svc/i/",
+        Some(DeleteOptions::new().with_prefix()),
+    )]);
+    direct.txn(delete).await.expect("txn");
+    converge(&pool, &set(&[])).await;
+    assert!(pool.snapshot().discovered());
+    assert_eq!(pool.discovery().errors, 4);
+}
+
+#[tokio::test]
+#[ignore = "needs etcd; run by .ci/run"]
+async fn a_listing_whose_every_value_is_invalid_keeps_the_last_good_set() {
+    let etcd = Etcd::start().await;
+    let proxy = Proxy::start(etcd.addr()).await;
+    let mut direct = etcd.client().await;
+    put(&mut direct, "/svc/l/x", "garbage").await;
+    let source = source(config_for(&proxy.addr.to_string()), "/svc/l/");
+    let status = source.status();
+    let pool = pool(source);
+    // The first listing: one bad value, so no set at all yet.
+    errors_settle_at(&pool, 2).await;
+    assert!(!pool.snapshot().discovered(), "{:?}", pool.discovery());
+
+    put(&mut direct, "/svc/l/a", &record("127.0.0.1:7801", 1)).await;
+    converge(&pool, &set(&[("127.0.0.1:7801", 1)])).await;
+    status_until(&status, "connected", EtcdStatus::is_connected).await;
+
+    proxy.cut();
+    status_until(&status, "disconnected", |s| !s.is_connected()).await;
+    // While it is away: the good key goes, a bad one comes, and history is
+    // compacted past both.
+    direct.delete("/svc/l/a", None).await.unwrap();
+    let last = put(&mut direct, "/svc/l/y", r#"{"address": "nope"}"#).await;
+    direct
+        .compact(
+            i64::try_from(last).unwrap(),
+            Some(CompactionOptions::new().with_physical()),
+        )
+        .await
+        .unwrap();
+    proxy.restore();
+
+    status_until(&status, "listed again", |s| s.lists() == 2).await;
+    // The broken watch, the new bad value and the prefix as a whole; the
+    // old bad value is not reported again.
+    errors_settle_at(&pool, 5).await;
+    assert_eq!(members(&pool), set(&[("127.0.0.1:7801", 1)]));
+    let last = pool.discovery().last_error.unwrap_or_default();
+    assert!(last.contains("none of the 2 record(s)"), "{last}");
+
+    put(&mut direct, "/svc/l/b", &record("127.0.0.1:7802", 1)).await;
+    converge(&pool, &set(&[("127.0.0.1:7802", 1)])).await;
 }
 
 #[tokio::test]

@@ -52,10 +52,16 @@ pub(super) const CHANNEL: usize = 16;
 /// - A value that is not a valid record (not JSON, not an object, an
 ///   unknown field, a bad field) is skipped and reported as a
 ///   [`DiscoveryError::InvalidRecord`] naming the etcd key, with a `warn`
-///   event; the
-///   others apply. A key that held a good record and is overwritten with
-///   a bad one keeps its last good endpoint until it is deleted or fixed
-///   (a re-listing keeps it too).
+///   event; the others apply. A key that held a good record and is
+///   overwritten with a bad one keeps its last good endpoint until it is
+///   deleted or fixed (a re-listing keeps it too). Each bad value is
+///   reported once, however often the prefix is listed again.
+/// - When every key under the prefix holds a bad value (after a listing or
+///   a watch event), the set counts as broken, not empty: nothing is sent,
+///   the pool keeps its last good set, and
+///   [`DiscoveryError::NoValidRecords`] is reported once. The first good
+///   value after that sends the whole current set. A prefix with no keys
+///   at all is an empty set.
 /// - When the connection breaks or etcd cannot be reached, the failure is
 ///   reported once per streak (the pool keeps its last good set), and
 ///   the source reconnects with exponential backoff (with jitter, from

@@ -6,7 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchResponse, WatchStream};
+use etcd_client::{
+    Client, EventType, GetOptions, KeyValue, WatchOptions, WatchResponse, WatchStream,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -49,8 +51,16 @@ pub(super) struct Worker {
     settings: Settings,
     status: EtcdStatus,
     tx: mpsc::Sender<Result<Update, DiscoveryError>>,
-    /// Every good record, by etcd key.
+    /// Every good record, by etcd key (a key overwritten with a bad value
+    /// keeps its last good record).
     members: BTreeMap<String, Endpoint>,
+    /// Every key whose value is invalid, with that value's mod revision,
+    /// so a value is reported once however often it is listed.
+    invalid: BTreeMap<String, i64>,
+    /// Whether the pool's set is behind `members`: every key under the
+    /// prefix was invalid, so nothing was sent (the pool kept its last
+    /// good set). The next good state is sent as a full snapshot.
+    holding: bool,
     /// The etcd revision applied; 0 means list first.
     applied: i64,
     /// The revision of the last update sent.
@@ -71,6 +81,8 @@ impl Worker {
             status,
             tx,
             members: BTreeMap::new(),
+            invalid: BTreeMap::new(),
+            holding: false,
             applied: 0,
             sent: 0,
             failing: false,
@@ -168,39 +180,26 @@ impl Worker {
         self.follow(&mut stream).await
     }
 
-    /// Lists the prefix and sends the snapshot; `Ok(false)` when the
-    /// source is gone.
+    /// Lists the prefix and sends the snapshot (unless every value under
+    /// it is invalid); `Ok(false)` when the source is gone.
     async fn list(&mut self, c: &mut Client) -> Result<bool, EtcdError> {
         let prefix = self.settings.prefix.clone();
         let get = c.get(prefix.as_str(), Some(GetOptions::new().with_prefix()));
         let response = self.settings.config.request("list", get).await?;
         self.status.contact();
         let revision = response.header().map_or(0, |h| h.revision());
-        let mut members = BTreeMap::new();
-        let mut bad = Vec::new();
-        for kv in response.kvs() {
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            match record::decode(kv.value(), &key) {
-                Ok(e) => {
-                    members.insert(key, e);
-                }
-                Err(e) => {
-                    // A relisted key keeps its last good record.
-                    if let Some(old) = self.members.get(&key) {
-                        members.insert(key, old.clone());
-                    }
-                    bad.push(e);
-                }
-            }
-        }
+        let bad = self.decode_listing(response.kvs());
         for e in bad {
             if !self.report_bad(e).await {
                 return Ok(false);
             }
         }
-        self.members = members;
         self.applied = revision.max(1);
         self.status.count_list();
+        if self.all_invalid() {
+            return Ok(self.hold().await);
+        }
+        self.holding = false;
         let endpoints = self.endpoints();
         event!(
             debug,
@@ -211,6 +210,59 @@ impl Worker {
         );
         let update = Update::snapshot(self.next_revision(revision), endpoints);
         Ok(self.send(update).await)
+    }
+
+    /// Replaces the members with a listing's records; returns the errors of
+    /// the invalid values not reported before. A listed key whose value is
+    /// invalid keeps its last good record.
+    fn decode_listing(&mut self, kvs: &[KeyValue]) -> Vec<DiscoveryError> {
+        let mut members = BTreeMap::new();
+        let mut invalid = BTreeMap::new();
+        let mut bad = Vec::new();
+        for kv in kvs {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            match record::decode(kv.value(), &key) {
+                Ok(e) => {
+                    members.insert(key, e);
+                }
+                Err(e) => {
+                    if let Some(old) = self.members.get(&key) {
+                        members.insert(key.clone(), old.clone());
+                    }
+                    if self.invalid.get(&key) != Some(&kv.mod_revision()) {
+                        bad.push(e);
+                    }
+                    invalid.insert(key, kv.mod_revision());
+                }
+            }
+        }
+        self.members = members;
+        self.invalid = invalid;
+        bad
+    }
+
+    /// Whether the prefix holds keys but not one usable record: a broken
+    /// set, which keeps the pool's last good one rather than emptying it.
+    /// (A prefix with no keys at all is an empty set.)
+    fn all_invalid(&self) -> bool {
+        self.members.is_empty() && !self.invalid.is_empty()
+    }
+
+    /// Sends nothing while every value is invalid, reporting it once when
+    /// that starts; `false` when the source is gone.
+    async fn hold(&mut self) -> bool {
+        if self.holding {
+            return true;
+        }
+        self.holding = true;
+        let error = DiscoveryError::NoValidRecords {
+            origin: self.settings.prefix.clone(),
+            invalid: self.invalid.len(),
+        };
+        let text = crate::error::render_chain(&error);
+        event!(warn, prefix = %self.settings.prefix, error = %text, "etcd: no valid record; keeping the last good set");
+        self.status.set_error(text);
+        self.tx.send(Err(error)).await.is_ok()
     }
 
     /// Applies watch responses until the stream breaks.
@@ -289,8 +341,8 @@ impl Worker {
         None
     }
 
-    /// Turns one watch response's events into a delta; `false` when the
-    /// source is gone.
+    /// Turns one watch response's events into a delta (a snapshot when
+    /// the pool's set was held back); `false` when the source is gone.
     async fn apply(&mut self, response: &WatchResponse) -> bool {
         let Events { touched, last, bad } = self.apply_events(response);
         for e in bad {
@@ -302,7 +354,13 @@ impl Worker {
             return true;
         }
         self.applied = last;
-        self.status.set_revision(last);
+        if self.all_invalid() {
+            return self.hold().await;
+        }
+        if std::mem::take(&mut self.holding) {
+            let update = Update::snapshot(self.next_revision(last), self.endpoints());
+            return self.send(update).await;
+        }
         let (upserts, removals) = self.changes(touched);
         event!(
             debug,
@@ -331,13 +389,18 @@ impl Worker {
             match event.event_type() {
                 EventType::Delete => {
                     self.members.remove(&key);
+                    self.invalid.remove(&key);
                 }
                 EventType::Put => match record::decode(kv.value(), &key) {
                     Ok(e) => {
                         touched.insert(e.key().to_owned());
-                        self.members.insert(key, e);
+                        self.members.insert(key.clone(), e);
+                        self.invalid.remove(&key);
                     }
-                    Err(e) => bad.push(e),
+                    Err(e) => {
+                        self.invalid.insert(key, kv.mod_revision());
+                        bad.push(e);
+                    }
                 },
             }
         }
