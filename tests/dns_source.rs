@@ -392,6 +392,78 @@ async fn a_lone_root_target_is_an_empty_set() {
     assert_eq!(snapshot_len(&update), 0);
 }
 
+/// `_api._tcp.test.lb` with records but not one usable: a port-0 record
+/// and a target with no address.
+const UNUSABLE: &[&str] = &[
+    "--srv-host=_api._tcp.test.lb,a.test.lb,0,10,3",
+    "--srv-host=_api._tcp.test.lb,nowhere.test.lb,8080,10,1",
+    "--host-record=a.test.lb,127.0.0.2",
+];
+
+#[tokio::test]
+#[ignore = "needs dnsmasq; run by .ci/run"]
+async fn srv_records_none_of_them_usable_keep_the_last_good_set() {
+    let mut dns = Dnsmasq::start(&[
+        "--srv-host=_api._tcp.test.lb,a.test.lb,8080,10,1",
+        "--host-record=a.test.lb,127.0.0.2",
+    ]);
+    let pool = pool(srv(&dns, "_api._tcp.test.lb"));
+    applied(&pool, 1).await;
+
+    dns.restart(UNUSABLE);
+    let reported = tokio::time::timeout(LIMIT, async {
+        while !pool
+            .discovery()
+            .last_error
+            .is_some_and(|e| e.contains("none of the 2 record(s) from `_api._tcp.test.lb`"))
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(reported.is_ok(), "{:?}", pool.discovery());
+    // Several rounds of the same answer: reported once, nothing applied.
+    let errors = pool.discovery().errors;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = pool.discovery();
+    assert_eq!(status.errors, errors, "{status:?}");
+    assert_eq!(status.applied_revision, Some(1));
+    assert_eq!(keys(&pool), ["127.0.0.2:8080"], "last good set kept");
+
+    // A definite "not available" does empty the set.
+    dns.restart(&["--srv-host=_api._tcp.test.lb"]);
+    applied(&pool, 2).await;
+    assert!(pool.snapshot().is_empty());
+}
+
+#[tokio::test]
+#[ignore = "needs dnsmasq; run by .ci/run"]
+async fn unusable_srv_records_are_reported_then_no_valid_records_once() {
+    let dns = Dnsmasq::start(UNUSABLE);
+    let mut source = srv(&dns, "_api._tcp.test.lb");
+    let mut texts = Vec::new();
+    for _ in 0..2 {
+        match first(&mut source).await {
+            Err(DiscoveryError::Source(cause)) => texts.push(cause.to_string()),
+            other => panic!("expected a record problem, got {other:?}"),
+        }
+    }
+    assert!(texts.iter().any(|t| t.contains("port 0")), "{texts:?}");
+    assert!(
+        texts.iter().any(|t| t.contains("nowhere.test.lb")),
+        "{texts:?}"
+    );
+    match first(&mut source).await {
+        Err(DiscoveryError::NoValidRecords { origin, invalid }) => {
+            assert_eq!((origin.as_str(), invalid), ("_api._tcp.test.lb", 2));
+        }
+        other => panic!("expected NoValidRecords, got {other:?}"),
+    }
+    // No snapshot, and no repeat, over several refreshes.
+    let more = tokio::time::timeout(Duration::from_millis(500), source.next_update()).await;
+    assert!(more.is_err(), "nothing more expected, got {more:?}");
+}
+
 #[tokio::test]
 #[ignore = "needs dnsmasq; run by .ci/run"]
 async fn a_silent_server_fails_the_lookup_within_the_timeout() {

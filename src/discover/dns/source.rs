@@ -68,7 +68,10 @@ impl Query {
 ///   out and reported.
 /// - A record with port 0, and a target with no address, are left out and
 ///   reported (as a [`DiscoveryError::Source`]) each time the set of such
-///   problems changes.
+///   problems changes. When they leave no usable record at all, the answer
+///   counts as broken, not empty: no snapshot is sent (the pool keeps its
+///   last good set) and [`DiscoveryError::NoValidRecords`] follows the
+///   problems.
 /// - Two records that lead to the same `ip:port` make one endpoint, the one
 ///   with the lower tier.
 ///
@@ -362,12 +365,29 @@ impl DnsSource {
         self.failing = false;
         self.last_success = Some(Instant::now());
         let name = self.query.name();
+        let ttl = clamp(resolved.ttl, self.min_ttl, self.max_ttl);
+        // Records, but not one usable: a broken answer, not "no instances".
+        let unusable = resolved.endpoints.is_empty() && !resolved.problems.is_empty();
         if resolved.problems != self.problems {
             for p in &resolved.problems {
                 self.pending
                     .push_back(Err(DiscoveryError::Source(format!("{name}: {p}").into())));
             }
+            if unusable {
+                event!(
+                    warn,
+                    name,
+                    "dns: no usable record; keeping the last good set"
+                );
+                self.pending.push_back(Err(DiscoveryError::NoValidRecords {
+                    origin: name.to_owned(),
+                    invalid: resolved.problems.len(),
+                }));
+            }
             self.problems = resolved.problems;
+        }
+        if unusable {
+            return ttl;
         }
         let endpoints = resolved.endpoints;
         if self.last.as_ref() != Some(&endpoints) {
@@ -383,7 +403,7 @@ impl DnsSource {
                 .push_back(Ok(Update::snapshot(self.revision, endpoints.clone())));
             self.last = Some(endpoints);
         }
-        clamp(resolved.ttl, self.min_ttl, self.max_ttl)
+        ttl
     }
 
     /// Records a failed round; returns how long to wait for the retry.
