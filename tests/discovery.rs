@@ -341,6 +341,54 @@ async fn delta_removals_of_unknown_keys_are_ignored() {
     assert_eq!(pool.discovery().errors, 0);
 }
 
+#[tokio::test]
+async fn registry_input_is_typed_so_only_weights_and_duplicates_can_be_odd() {
+    // The registry takes built endpoints: a NaN, negative or huge float
+    // weight fails at the builder and never reaches it.
+    assert!(
+        Endpoint::builder(key(9))
+            .weight_f64(f64::NAN)
+            .build()
+            .is_err()
+    );
+    let registry = Registry::new();
+    let _drained = registry.register("api", ep(1).with_weight(0)).unwrap();
+    let _heavy = registry
+        .register("api", ep(2).with_weight(u32::MAX))
+        .unwrap();
+    let _light = registry.register("api", ep(3)).unwrap();
+    // The same key again replaces it: one instance, the newer weight.
+    let _again = registry.register("api", ep(2).with_weight(3)).unwrap();
+    assert_eq!(registry.instances("api").len(), 3);
+    let (pool, _backends) = registry_pool(&registry, "api").await;
+    let weights: Vec<u32> = pool
+        .snapshot()
+        .members()
+        .iter()
+        .map(|m| m.endpoint().weight())
+        .collect();
+    assert_eq!(weights, [0, 3, 1]);
+    let mut lb = BalanceLayer::new(WeightedRoundRobin)
+        .when_empty(WhenEmpty::FailFast)
+        .layer(pool.clone());
+    let hits = tally(&mut lb, 40).await;
+    assert_eq!(
+        hits.get(&key(1)),
+        None,
+        "a drained endpoint is never picked"
+    );
+    assert_eq!((hits[&key(2)], hits[&key(3)]), (30, 10));
+
+    // Every instance gone: a registry has no invalid records, so an empty
+    // service is an empty set.
+    for port in 1..=3 {
+        assert!(registry.deregister("api", &key(port)));
+    }
+    assert!(pool.applied(registry.revision_of("api")).await);
+    assert!(pool.snapshot().is_empty());
+    assert_eq!(pool.discovery().errors, 0);
+}
+
 // ---------------------------------------------------------------------------
 // Stats across a re-announce
 

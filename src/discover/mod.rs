@@ -27,6 +27,21 @@
 //! Any source also plugs into tower's own balancers through
 //! [`TowerDiscover`], which implements `tower::discover::Discover`.
 //!
+//! # Bad input
+//!
+//! A source that reads records (a file, etcd, DNS SRV) leaves out a record
+//! it cannot use and reports why — a file's or etcd's as
+//! [`DiscoveryError::InvalidRecord`](crate::DiscoveryError::InvalidRecord)
+//! naming `path[index]` or the key — and the others apply. When it has
+//! records but not one it can use, the answer is broken, not empty: it
+//! sends no update, the pool keeps its last good set, and
+//! [`DiscoveryError::NoValidRecords`](crate::DiscoveryError::NoValidRecords)
+//! is reported once. Only an answer with no records at all (`[]`, a prefix
+//! with no keys, NXDOMAIN, a lone `.` SRV target) means "no instances".
+//! The registry, static lists and channels take built
+//! [`Endpoint`](crate::Endpoint)s, valid by construction, so for them an
+//! empty set is always an empty set.
+//!
 //! ```
 //! use tower_lb::discover::{Registry, Source};
 //! use tower_lb::Endpoint;
