@@ -8,9 +8,12 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+use self::index::{Instance, Instances};
 use super::{Source, Update};
 use crate::endpoint::Endpoint;
 use crate::error::DiscoveryError;
+
+mod index;
 
 /// The longest service name a registry accepts, in bytes.
 const MAX_SERVICE_NAME: usize = 253;
@@ -27,6 +30,11 @@ const MAX_SERVICE_NAME: usize = 253;
 /// One registry holds any number of services; it is cheap to clone and all
 /// clones share the same state. Every change gets a revision from one
 /// counter, so revisions are monotonic across the registry.
+///
+/// Instances are indexed by key and TTL deadlines are kept in a min-heap,
+/// so registering, deregistering and heartbeating cost the same with a
+/// hundred thousand instances as with ten, and expiry looks only at the
+/// deadlines that have passed.
 ///
 /// ```
 /// use std::time::Duration;
@@ -57,17 +65,10 @@ struct State {
 
 #[derive(Default)]
 struct ServiceState {
-    instances: Vec<Instance>,
+    instances: Instances,
     revision: u64,
     /// Wakers of watch sources waiting for a change, by watch id.
     watchers: Vec<(u64, Waker)>,
-}
-
-struct Instance {
-    endpoint: Endpoint,
-    id: u64,
-    ttl: Option<Duration>,
-    expires: Option<Instant>,
 }
 
 impl fmt::Debug for Registry {
@@ -127,20 +128,12 @@ impl Registry {
         st.next_id += 1;
         let id = st.next_id;
         let (name, svc) = st.service_mut(service);
-        let instance = Instance {
+        svc.instances.insert(Instance {
             endpoint,
             id,
             ttl,
             expires: ttl.and_then(|t| Instant::now().checked_add(t)),
-        };
-        match svc
-            .instances
-            .iter_mut()
-            .find(|i| *i.endpoint.key_arc() == key)
-        {
-            Some(slot) => *slot = instance,
-            None => svc.instances.push(instance),
-        }
+        });
         st.bump(&name);
         Ok(Registration {
             registry: self.clone(),
@@ -156,28 +149,26 @@ impl Registry {
         self.remove_if(service, key, |_| true)
     }
 
-    fn remove_if(&self, service: &str, key: &str, pred: impl Fn(&Instance) -> bool) -> bool {
+    fn remove_if(&self, service: &str, key: &str, pred: impl FnOnce(&Instance) -> bool) -> bool {
         let mut st = self.lock();
         let Some(svc) = st.services.get_mut(service) else {
             return false;
         };
-        let before = svc.instances.len();
-        svc.instances
-            .retain(|i| !(i.endpoint.key() == key && pred(i)));
-        let removed = svc.instances.len() != before;
-        if removed {
-            st.bump(service);
+        if svc.instances.remove_if(key, pred).is_none() {
+            return false;
         }
-        removed
+        st.bump(service);
+        true
     }
 
-    /// The live instances of `service`, in registration order.
+    /// The live instances of `service`, in registration order (a key
+    /// registered again keeps its place).
     pub fn instances(&self, service: &str) -> Vec<Endpoint> {
         let mut st = self.lock();
         st.expire(service, Instant::now());
         st.services
             .get(service)
-            .map(|s| s.instances.iter().map(|i| i.endpoint.clone()).collect())
+            .map(|s| s.instances.endpoints().cloned().collect())
             .unwrap_or_default()
     }
 
@@ -253,13 +244,12 @@ impl State {
         let Some(svc) = self.services.get_mut(service) else {
             return;
         };
-        let before = svc.instances.len();
-        svc.instances.retain(|i| i.expires.is_none_or(|e| e > now));
-        if svc.instances.len() != before {
+        let expired = svc.instances.expire(now);
+        if !expired.is_empty() {
             crate::trace::event!(
                 info,
                 service,
-                expired = before - svc.instances.len(),
+                expired = expired.len(),
                 "registry instances missed their heartbeat"
             );
             self.bump(service);
@@ -309,11 +299,7 @@ impl Registration {
         let now = Instant::now();
         st.expire(&self.service, now);
         let svc = st.service_mut(&self.service).1;
-        if let Some(i) = svc.instances.iter_mut().find(|i| i.id == self.id) {
-            i.expires = i.ttl.and_then(|t| now.checked_add(t));
-            return true;
-        }
-        false
+        svc.instances.renew(&self.key, self.id, now)
     }
 
     /// Re-announces the instance with a new weight (a weight of 0 drains
@@ -331,7 +317,7 @@ impl Registration {
     fn modify(&self, f: impl FnOnce(Endpoint) -> Endpoint) -> bool {
         let mut st = self.registry.lock();
         let svc = st.service_mut(&self.service).1;
-        let Some(i) = svc.instances.iter_mut().find(|i| i.id == self.id) else {
+        let Some(i) = svc.instances.get_mut(&self.key, self.id) else {
             return false;
         };
         i.endpoint = f(i.endpoint.clone());
@@ -416,14 +402,14 @@ impl Source for RegistrySource {
                 let svc = st.service_mut(&self.service).1;
                 if self.seen != Some(svc.revision) {
                     self.seen = Some(svc.revision);
-                    let endpoints = svc.instances.iter().map(|i| i.endpoint.clone()).collect();
+                    let endpoints = svc.instances.endpoints().cloned().collect();
                     return Poll::Ready(Some(Ok(Update::snapshot(svc.revision, endpoints))));
                 }
                 match svc.watchers.iter_mut().find(|(id, _)| *id == self.id) {
                     Some((_, w)) => w.clone_from(cx.waker()),
                     None => svc.watchers.push((self.id, cx.waker().clone())),
                 }
-                svc.instances.iter().filter_map(|i| i.expires).min()
+                svc.instances.next_deadline()
             };
             let Some(at) = next_expiry else {
                 return Poll::Pending;

@@ -1,0 +1,334 @@
+//! The registry's index of one service: its instances by key in
+//! registration order and their TTL deadlines in a min-heap.
+//!
+//! Every operation is constant time amortised (a deadline costs a heap
+//! push or pop): removed slots and stale deadlines are dropped in one
+//! linear pass once they outnumber the live instances.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::endpoint::Endpoint;
+
+/// How many removed slots or stale deadlines the index tolerates before it
+/// compacts, on top of one per live instance.
+const SLACK: usize = 64;
+
+/// One registration of an endpoint.
+pub(super) struct Instance {
+    pub(super) endpoint: Endpoint,
+    /// Tells this registration from an earlier or later one of the key.
+    pub(super) id: u64,
+    pub(super) ttl: Option<Duration>,
+    /// When it expires unless renewed; `None` without a TTL.
+    pub(super) expires: Option<Instant>,
+}
+
+/// A service's live instances, indexed by key, with their TTL deadlines.
+#[derive(Default)]
+pub(super) struct Instances {
+    /// In registration order; `None` where one was removed, until the
+    /// next compaction.
+    slots: Vec<Option<Instance>>,
+    /// The slot of each live instance.
+    by_key: HashMap<Arc<str>, usize>,
+    /// One entry per live instance with a deadline, earliest first, plus
+    /// stale ones (of removed or replaced registrations), skipped when
+    /// popped. A heartbeat only moves the instance's `expires`; its entry
+    /// is pushed again at the new deadline when the old one comes up.
+    deadlines: BinaryHeap<Reverse<(Instant, u64, Arc<str>)>>,
+}
+
+impl Instances {
+    /// How many instances are live.
+    pub(super) fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// The live instances, in registration order.
+    pub(super) fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        self.slots.iter().flatten().map(|i| &i.endpoint)
+    }
+
+    /// The live instance with `key`.
+    pub(super) fn get(&self, key: &str) -> Option<&Instance> {
+        let &slot = self.by_key.get(key)?;
+        self.slots.get(slot)?.as_ref()
+    }
+
+    /// The live instance with `key`, if it is registration `id`.
+    pub(super) fn get_mut(&mut self, key: &str, id: u64) -> Option<&mut Instance> {
+        let &slot = self.by_key.get(key)?;
+        self.slots.get_mut(slot)?.as_mut().filter(|i| i.id == id)
+    }
+
+    /// Adds `instance`, or replaces the one with its key in place.
+    pub(super) fn insert(&mut self, instance: Instance) {
+        let key = instance.endpoint.key_arc().clone();
+        if let Some(at) = instance.expires {
+            self.deadlines.push(Reverse((at, instance.id, key.clone())));
+        }
+        match self.by_key.get(&key).and_then(|&s| self.slots.get_mut(s)) {
+            Some(slot) => *slot = Some(instance),
+            None => {
+                self.by_key.insert(key, self.slots.len());
+                self.slots.push(Some(instance));
+            }
+        }
+        self.compact();
+    }
+
+    /// Removes the instance with `key` if `pred` accepts it.
+    pub(super) fn remove_if(
+        &mut self,
+        key: &str,
+        pred: impl FnOnce(&Instance) -> bool,
+    ) -> Option<Instance> {
+        self.get(key).filter(|i| pred(i))?;
+        let removed = self.take(key);
+        self.compact();
+        removed
+    }
+
+    /// Removes the instance with `key`, leaving its slot empty.
+    fn take(&mut self, key: &str) -> Option<Instance> {
+        let slot = self.by_key.remove(key)?;
+        self.slots.get_mut(slot)?.take()
+    }
+
+    /// Moves the deadline of registration `id` of `key` to a TTL after
+    /// `now`. Returns `false` when that registration is not live.
+    pub(super) fn renew(&mut self, key: &Arc<str>, id: u64, now: Instant) -> bool {
+        let Some(instance) = self.get_mut(key, id) else {
+            return false;
+        };
+        let before = instance.expires;
+        instance.expires = instance.ttl.and_then(|t| now.checked_add(t));
+        if let (None, Some(at)) = (before, instance.expires) {
+            self.deadlines.push(Reverse((at, id, key.clone())));
+        }
+        true
+    }
+
+    /// The earliest deadline on record; it may be stale (renewed since),
+    /// in which case expiring at it removes nothing.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.peek().map(|Reverse((at, ..))| *at)
+    }
+
+    /// Removes the instances whose deadline has passed by `now` and
+    /// returns their keys, in deadline order. Looks only at deadlines up
+    /// to `now`.
+    pub(super) fn expire(&mut self, now: Instant) -> Vec<Arc<str>> {
+        let mut expired = Vec::new();
+        while self
+            .deadlines
+            .peek()
+            .is_some_and(|Reverse((at, ..))| *at <= now)
+        {
+            let Some(Reverse((_, id, key))) = self.deadlines.pop() else {
+                break;
+            };
+            let Some(instance) = self.get_mut(&key, id) else {
+                continue; // removed or replaced since
+            };
+            match instance.expires {
+                Some(at) if at <= now => {
+                    self.take(&key);
+                    expired.push(key);
+                }
+                Some(at) => self.deadlines.push(Reverse((at, id, key))),
+                None => {}
+            }
+        }
+        if !expired.is_empty() {
+            self.compact();
+        }
+        expired
+    }
+
+    /// Drops empty slots once they outnumber the live ones, and stale
+    /// deadlines once they do: linear work after as many changes, so
+    /// constant per change.
+    fn compact(&mut self) {
+        let live = self.len();
+        if self.slots.len() > 2 * live + SLACK {
+            self.slots.retain(Option::is_some);
+            for (slot, i) in self.slots.iter().enumerate() {
+                if let Some(s) = i
+                    .as_ref()
+                    .and_then(|i| self.by_key.get_mut(i.endpoint.key()))
+                {
+                    *s = slot;
+                }
+            }
+        }
+        if self.deadlines.len() > 2 * live + SLACK {
+            self.deadlines = (self.slots.iter().flatten())
+                .filter_map(|i| Some(Reverse((i.expires?, i.id, i.endpoint.key_arc().clone()))))
+                .collect();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    fn ep(i: u16) -> Endpoint {
+        Endpoint::new(SocketAddr::from(([127, 0, 0, 1], i)))
+    }
+
+    fn key(i: u16) -> Arc<str> {
+        ep(i).key_arc().clone()
+    }
+
+    /// Registration `id` of endpoint `i`, expiring `ttl` seconds after `t0`.
+    fn instance(i: u16, id: u64, ttl: Option<u64>, t0: Instant) -> Instance {
+        let ttl = ttl.map(Duration::from_secs);
+        Instance {
+            endpoint: ep(i),
+            id,
+            ttl,
+            expires: ttl.map(|t| t0 + t),
+        }
+    }
+
+    fn ports(index: &Instances) -> Vec<u16> {
+        index
+            .endpoints()
+            .map(|e| e.address().unwrap().port())
+            .collect()
+    }
+
+    fn at(t0: Instant, secs: u64) -> Instant {
+        t0 + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn registering_a_key_again_replaces_it_in_place() {
+        let t0 = Instant::now();
+        let mut index = Instances::default();
+        for (id, i) in [(1, 1), (2, 2), (3, 3)] {
+            index.insert(instance(i, id, None, t0));
+        }
+        index.insert(Instance {
+            endpoint: ep(2).with_weight(7),
+            ..instance(2, 4, None, t0)
+        });
+        assert_eq!(ports(&index), [1, 2, 3]);
+        assert_eq!(index.len(), 3);
+        assert_eq!(
+            index.get(&key(2)).map(|i| (i.id, i.endpoint.weight())),
+            Some((4, 7))
+        );
+        assert!(
+            index.get_mut(&key(2), 2).is_none(),
+            "the older registration is gone"
+        );
+    }
+
+    #[test]
+    fn only_the_current_registration_of_a_key_removes_it() {
+        let t0 = Instant::now();
+        let mut index = Instances::default();
+        index.insert(instance(1, 1, None, t0));
+        index.insert(instance(1, 2, None, t0));
+        assert!(index.remove_if(&key(1), |i| i.id == 1).is_none());
+        assert_eq!(ports(&index), [1]);
+        assert_eq!(
+            index.remove_if(&key(1), |i| i.id == 2).map(|i| i.id),
+            Some(2)
+        );
+        assert_eq!(index.len(), 0);
+        assert!(index.remove_if(&key(1), |_| true).is_none());
+    }
+
+    #[test]
+    fn a_renewal_moves_the_deadline() {
+        let t0 = Instant::now();
+        let mut index = Instances::default();
+        index.insert(instance(1, 1, Some(10), t0));
+        assert!(index.renew(&key(1), 1, at(t0, 5)));
+        assert!(
+            index.expire(at(t0, 10)).is_empty(),
+            "renewed at 5 s: lives to 15 s"
+        );
+        assert_eq!(index.next_deadline(), Some(at(t0, 15)));
+        assert!(
+            index
+                .expire(at(t0, 15) - Duration::from_millis(1))
+                .is_empty()
+        );
+        assert_eq!(index.expire(at(t0, 15)), [key(1)]);
+        assert!(
+            !index.renew(&key(1), 1, at(t0, 15)),
+            "no renewal once expired"
+        );
+        assert_eq!(index.next_deadline(), None);
+    }
+
+    #[test]
+    fn instances_expire_in_deadline_order_and_only_when_due() {
+        let t0 = Instant::now();
+        let mut index = Instances::default();
+        for (id, (i, ttl)) in [(3, Some(30)), (1, Some(10)), (4, None), (2, Some(20))]
+            .into_iter()
+            .enumerate()
+        {
+            index.insert(instance(i, id as u64, ttl, t0));
+        }
+        assert!(index.expire(at(t0, 9)).is_empty());
+        assert_eq!(index.expire(at(t0, 10)), [key(1)]);
+        assert_eq!(ports(&index), [3, 4, 2]);
+        assert_eq!(index.expire(at(t0, 40)), [key(2), key(3)]);
+        assert_eq!(ports(&index), [4], "no TTL, no expiry");
+        assert_eq!(index.next_deadline(), None);
+    }
+
+    #[test]
+    fn the_deadline_of_a_replaced_registration_does_not_expire_the_new_one() {
+        let t0 = Instant::now();
+        let mut index = Instances::default();
+        index.insert(instance(1, 1, Some(10), t0));
+        index.insert(instance(1, 2, Some(100), t0));
+        assert!(index.expire(at(t0, 50)).is_empty());
+        assert!(
+            !index.renew(&key(1), 1, at(t0, 50)),
+            "the old guard renews nothing"
+        );
+        assert_eq!(index.expire(at(t0, 100)), [key(1)]);
+    }
+
+    #[test]
+    fn compaction_keeps_order_and_lookups() {
+        let t0 = Instant::now();
+        let mut index = Instances::default();
+        for i in 0..1000u16 {
+            index.insert(instance(i, u64::from(i), Some(u64::from(i) + 1), t0));
+        }
+        for i in (0..1000u16).filter(|i| i % 10 != 0) {
+            assert!(index.remove_if(&key(i), |_| true).is_some());
+        }
+        assert_eq!(index.len(), 100);
+        assert!(
+            index.slots.len() <= 2 * 100 + SLACK,
+            "{} slots",
+            index.slots.len()
+        );
+        assert!(index.deadlines.len() <= 2 * 100 + SLACK);
+        let kept: Vec<u16> = (0..1000).step_by(10).collect();
+        assert_eq!(ports(&index), kept);
+        for &i in &kept {
+            assert_eq!(index.get(&key(i)).map(|e| e.id), Some(u64::from(i)));
+        }
+        let expired = index.expire(at(t0, 1000));
+        assert_eq!(expired, kept.iter().map(|&i| key(i)).collect::<Vec<_>>());
+    }
+}
