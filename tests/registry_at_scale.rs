@@ -1,6 +1,6 @@
 //! The in-process registry with a hundred thousand instances: TTL expiry
 //! in waves, heartbeats, deregistration of every guard, and a pool that
-//! follows it all.
+//! follows it all; and the deltas a watch gets once it has the set.
 //!
 //! The clock is tokio's, paused; only the bound on the whole run reads the
 //! OS clock.
@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep_until};
 use tower::Layer;
 use tower_lb::Endpoint;
-use tower_lb::discover::{Registration, Registry};
+use tower_lb::discover::{Change, Registration, Registry, Source};
 use tower_lb::pool::{DiscoverLayer, Pool};
 
 use mock::{Backend, Backends, settle};
@@ -128,4 +128,43 @@ async fn a_hundred_thousand_instances_expire_in_waves_and_deregister() {
         elapsed < Duration::from_secs(20),
         "took {elapsed:?}: registry work is no longer linear"
     );
+}
+
+#[tokio::test]
+async fn a_watch_gets_the_set_once_then_deltas_of_what_changed() {
+    let registry = Registry::new();
+    let mut guards: Vec<_> = (0..10)
+        .map(|i| registry.register("api", endpoint(i)).unwrap())
+        .collect();
+    let mut watch = registry.watch("api").unwrap();
+    let first = watch.next_update().await.unwrap().unwrap();
+    let all: Vec<Endpoint> = (0..10).map(endpoint).collect();
+    assert_eq!(first.change(), &Change::Snapshot(all));
+
+    // A register, a deregister and a weight change (twice) since: one
+    // delta with each changed key once, at the service's revision.
+    let _new = registry.register("api", endpoint(10)).unwrap();
+    drop(guards.remove(3));
+    assert!(guards[0].set_weight(2));
+    assert!(guards[0].set_weight(3));
+    let next = watch.next_update().await.unwrap().unwrap();
+    assert_eq!(next.revision(), registry.revision_of("api"));
+    assert_eq!(
+        next.change(),
+        &Change::Delta {
+            upserts: vec![endpoint(10), endpoint(0).with_weight(3)],
+            removals: vec![endpoint(3).key().to_owned()],
+        }
+    );
+
+    // More changes than instances: the whole set again.
+    for w in 0..20 {
+        assert!(guards[1].set_weight(1 + w));
+    }
+    let next = watch.next_update().await.unwrap().unwrap();
+    let Change::Snapshot(set) = next.change() else {
+        panic!("expected a snapshot, got {next:?}");
+    };
+    assert_eq!(set.len(), 10);
+    assert_eq!(set[1], endpoint(1).with_weight(20));
 }

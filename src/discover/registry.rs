@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-use self::index::{Instance, Instances};
+use self::index::{ChangeLog, Instance, Instances};
 use super::{Source, Update};
 use crate::endpoint::Endpoint;
 use crate::error::DiscoveryError;
@@ -34,7 +34,8 @@ const MAX_SERVICE_NAME: usize = 253;
 /// Instances are indexed by key and TTL deadlines are kept in a min-heap,
 /// so registering, deregistering and heartbeating cost the same with a
 /// hundred thousand instances as with ten, and expiry looks only at the
-/// deadlines that have passed.
+/// deadlines that have passed. A watch gets the whole set once, then
+/// deltas of the keys that changed since it last looked.
 ///
 /// ```
 /// use std::time::Duration;
@@ -69,6 +70,9 @@ struct ServiceState {
     revision: u64,
     /// Wakers of watch sources waiting for a change, by watch id.
     watchers: Vec<(u64, Waker)>,
+    /// How many watch sources of the service exist, waiting or not.
+    watches: usize,
+    changes: ChangeLog,
 }
 
 impl fmt::Debug for Registry {
@@ -134,7 +138,7 @@ impl Registry {
             ttl,
             expires: ttl.and_then(|t| Instant::now().checked_add(t)),
         });
-        st.bump(&name);
+        st.commit(&name, [key.clone()]);
         Ok(Registration {
             registry: self.clone(),
             service: name,
@@ -154,10 +158,10 @@ impl Registry {
         let Some(svc) = st.services.get_mut(service) else {
             return false;
         };
-        if svc.instances.remove_if(key, pred).is_none() {
+        let Some(removed) = svc.instances.remove_if(key, pred) else {
             return false;
-        }
-        st.bump(service);
+        };
+        st.commit(service, [removed.endpoint.key_arc().clone()]);
         true
     }
 
@@ -195,9 +199,11 @@ impl Registry {
     }
 
     /// A [`Source`] following `service`: a snapshot at once (possibly
-    /// empty), then one after every change. The source also drives TTL
-    /// expiry for the service, so a silent instance disappears on time even
-    /// if nothing else touches the registry.
+    /// empty), then, after every change, a delta of the keys that changed
+    /// since the watch last looked (a snapshot again when more changed than
+    /// the service has instances). The source also drives TTL expiry for
+    /// the service, so a silent instance disappears on time even if
+    /// nothing else touches the registry.
     pub fn watch(&self, service: &str) -> Result<RegistrySource, DiscoveryError> {
         validate_service(service)?;
         let name = self.lock().service_mut(service).0;
@@ -227,12 +233,15 @@ impl State {
         (name, svc)
     }
 
-    /// Gives `service` a new revision and wakes its watchers.
-    fn bump(&mut self, service: &str) {
+    /// Gives `service` a new revision for a change to `keys`, logs them
+    /// for its watches and wakes those waiting.
+    fn commit(&mut self, service: &str, keys: impl IntoIterator<Item = Arc<str>>) {
         self.revision += 1;
         let revision = self.revision;
         if let Some(svc) = self.services.get_mut(service) {
             svc.revision = revision;
+            let (watched, live) = (svc.watches > 0, svc.instances.len());
+            svc.changes.record(revision, keys, watched, live);
             for (_, w) in svc.watchers.drain(..) {
                 w.wake();
             }
@@ -252,8 +261,33 @@ impl State {
                 expired = expired.len(),
                 "registry instances missed their heartbeat"
             );
-            self.bump(service);
+            self.commit(service, expired);
         }
+    }
+}
+
+impl ServiceState {
+    /// What a watch that has seen revision `seen` needs to catch up: a
+    /// delta of the keys changed since, or the whole set when it has seen
+    /// nothing, the log no longer reaches back that far, or more changed
+    /// than the set holds.
+    fn update_since(&self, seen: Option<u64>) -> Update {
+        let changed = seen
+            .and_then(|s| self.changes.since(s))
+            .filter(|c| c.len() <= self.instances.len());
+        let Some(changed) = changed else {
+            let endpoints = self.instances.endpoints().cloned().collect();
+            return Update::snapshot(self.revision, endpoints);
+        };
+        let mut done = HashSet::with_capacity(changed.len());
+        let (mut upserts, mut removals) = (Vec::new(), Vec::new());
+        for key in changed.filter(|k| done.insert(&***k)) {
+            match self.instances.get(key) {
+                Some(i) => upserts.push(i.endpoint.clone()),
+                None => removals.push(key.to_string()),
+            }
+        }
+        Update::delta(self.revision, upserts, removals)
     }
 }
 
@@ -321,7 +355,7 @@ impl Registration {
             return false;
         };
         i.endpoint = f(i.endpoint.clone());
-        st.bump(&self.service);
+        st.commit(&self.service, [self.key.clone()]);
         true
     }
 
@@ -353,6 +387,7 @@ impl RegistrySource {
         let id = {
             let mut st = registry.lock();
             st.next_id += 1;
+            st.service_mut(&service).1.watches += 1;
             st.next_id
         };
         RegistrySource {
@@ -370,6 +405,10 @@ impl Drop for RegistrySource {
         let mut st = self.registry.lock();
         if let Some(svc) = st.services.get_mut(&*self.service) {
             svc.watchers.retain(|(id, _)| *id != self.id);
+            svc.watches = svc.watches.saturating_sub(1);
+            if svc.watches == 0 {
+                svc.changes.clear(svc.revision);
+            }
         }
     }
 }
@@ -401,9 +440,9 @@ impl Source for RegistrySource {
                 st.expire(&self.service, Instant::now());
                 let svc = st.service_mut(&self.service).1;
                 if self.seen != Some(svc.revision) {
+                    let update = svc.update_since(self.seen);
                     self.seen = Some(svc.revision);
-                    let endpoints = svc.instances.endpoints().cloned().collect();
-                    return Poll::Ready(Some(Ok(Update::snapshot(svc.revision, endpoints))));
+                    return Poll::Ready(Some(Ok(update)));
                 }
                 match svc.watchers.iter_mut().find(|(id, _)| *id == self.id) {
                     Some((_, w)) => w.clone_from(cx.waker()),

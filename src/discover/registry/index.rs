@@ -1,18 +1,23 @@
 //! The registry's index of one service: its instances by key in
-//! registration order and their TTL deadlines in a min-heap.
+//! registration order, their TTL deadlines in a min-heap, and the log of
+//! changed keys that lets a watch catch up with a delta.
 //!
 //! Every operation is constant time amortised (a deadline costs a heap
 //! push or pop): removed slots and stale deadlines are dropped in one
 //! linear pass once they outnumber the live instances.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::endpoint::Endpoint;
+
+/// The fewest changes a watched service keeps for its watches, however
+/// few instances it has (beyond that, as many as it has instances).
+const MIN_LOG: usize = 1024;
 
 /// How many removed slots or stale deadlines the index tolerates before it
 /// compacts, on top of one per live instance.
@@ -41,6 +46,16 @@ pub(super) struct Instances {
     /// popped. A heartbeat only moves the instance's `expires`; its entry
     /// is pushed again at the new deadline when the old one comes up.
     deadlines: BinaryHeap<Reverse<(Instant, u64, Arc<str>)>>,
+}
+
+/// The keys changed in each revision of a watched service, so a watch that
+/// has caught up once gets a delta of what changed since.
+#[derive(Default)]
+pub(super) struct ChangeLog {
+    /// `(revision, key)`, oldest first.
+    entries: VecDeque<(u64, Arc<str>)>,
+    /// Every change after this revision is in `entries`.
+    floor: u64,
 }
 
 impl Instances {
@@ -172,6 +187,46 @@ impl Instances {
                 .filter_map(|i| Some(Reverse((i.expires?, i.id, i.endpoint.key_arc().clone()))))
                 .collect();
         }
+    }
+}
+
+impl ChangeLog {
+    /// Logs that `keys` changed at `revision`, if the service is
+    /// `watched`; keeps no more entries than the larger of `live` and
+    /// [`MIN_LOG`] (a watch further behind gets a snapshot).
+    pub(super) fn record(
+        &mut self,
+        revision: u64,
+        keys: impl IntoIterator<Item = Arc<str>>,
+        watched: bool,
+        live: usize,
+    ) {
+        if !watched {
+            self.clear(revision);
+            return;
+        }
+        self.entries.extend(keys.into_iter().map(|k| (revision, k)));
+        while self.entries.len() > live.max(MIN_LOG) {
+            if let Some((r, _)) = self.entries.pop_front() {
+                self.floor = r;
+            }
+        }
+    }
+
+    /// Forgets every change up to `revision`.
+    pub(super) fn clear(&mut self, revision: u64) {
+        self.entries.clear();
+        self.floor = revision;
+    }
+
+    /// The keys changed after revision `seen`, oldest first, or `None`
+    /// when the log no longer reaches back that far.
+    pub(super) fn since(&self, seen: u64) -> Option<impl ExactSizeIterator<Item = &Arc<str>>> {
+        if seen < self.floor {
+            return None;
+        }
+        let start = self.entries.partition_point(|(r, _)| *r <= seen);
+        Some(self.entries.range(start..).map(|(_, k)| k))
     }
 }
 
@@ -330,5 +385,26 @@ mod tests {
         }
         let expired = index.expire(at(t0, 1000));
         assert_eq!(expired, kept.iter().map(|&i| key(i)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_change_log_serves_what_changed_since_a_revision() {
+        let mut log = ChangeLog::default();
+        log.record(1, [key(1)], false, 1);
+        assert!(log.since(0).is_none(), "unwatched changes are not kept");
+        log.record(2, [key(2)], true, 2);
+        log.record(3, [key(3), key(1)], true, 2);
+        let since = |log: &ChangeLog, seen| log.since(seen).map(|k| k.cloned().collect::<Vec<_>>());
+        assert_eq!(since(&log, 1), Some(vec![key(2), key(3), key(1)]));
+        assert_eq!(since(&log, 2), Some(vec![key(3), key(1)]));
+        assert_eq!(since(&log, 3), Some(vec![]));
+        for r in 4..4 + MIN_LOG as u64 {
+            log.record(r, [key(4)], true, 2);
+        }
+        assert!(log.since(2).is_none(), "trimmed to MIN_LOG entries");
+        assert_eq!(
+            since(&log, 3 + MIN_LOG as u64 - 1).map(|k| k.len()),
+            Some(1)
+        );
     }
 }
