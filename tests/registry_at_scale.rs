@@ -158,13 +158,23 @@ async fn a_watch_gets_the_set_once_then_deltas_of_what_changed() {
     );
 
     // More changes than instances: the whole set again.
-    for w in 0..20 {
-        assert!(guards[1].set_weight(1 + w));
-    }
+    let mut more: Vec<_> = (11..31)
+        .map(|i| registry.register("api", endpoint(i)).unwrap())
+        .collect();
+    more.truncate(5);
     let next = watch.next_update().await.unwrap().unwrap();
     let Change::Snapshot(set) = next.change() else {
         panic!("expected a snapshot, got {next:?}");
     };
-    assert_eq!(set.len(), 10);
-    assert_eq!(set[1], endpoint(1).with_weight(20));
+    assert_eq!(set.len(), 15);
+
+    // Only a weight changed, no key came or went: the whole set, in the
+    // order the watch has it.
+    assert!(guards[1].set_weight(5));
+    let next = watch.next_update().await.unwrap().unwrap();
+    let Change::Snapshot(set) = next.change() else {
+        panic!("expected a snapshot, got {next:?}");
+    };
+    assert_eq!(set[1], endpoint(1).with_weight(5));
+    assert_eq!(set.len(), 15);
 }

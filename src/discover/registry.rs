@@ -73,6 +73,8 @@ struct ServiceState {
     /// How many watch sources of the service exist, waiting or not.
     watches: usize,
     changes: ChangeLog,
+    /// The revision of the last change that added or removed a key.
+    reshaped: u64,
 }
 
 impl fmt::Debug for Registry {
@@ -132,13 +134,13 @@ impl Registry {
         st.next_id += 1;
         let id = st.next_id;
         let (name, svc) = st.service_mut(service);
-        svc.instances.insert(Instance {
+        let added = svc.instances.insert(Instance {
             endpoint,
             id,
             ttl,
             expires: ttl.and_then(|t| Instant::now().checked_add(t)),
         });
-        st.commit(&name, [key.clone()]);
+        st.commit(&name, [key.clone()], added);
         Ok(Registration {
             registry: self.clone(),
             service: name,
@@ -161,7 +163,7 @@ impl Registry {
         let Some(removed) = svc.instances.remove_if(key, pred) else {
             return false;
         };
-        st.commit(service, [removed.endpoint.key_arc().clone()]);
+        st.commit(service, [removed.endpoint.key_arc().clone()], true);
         true
     }
 
@@ -200,8 +202,9 @@ impl Registry {
 
     /// A [`Source`] following `service`: a snapshot at once (possibly
     /// empty), then, after every change, a delta of the keys that changed
-    /// since the watch last looked (a snapshot again when more changed than
-    /// the service has instances). The source also drives TTL expiry for
+    /// since the watch last looked. It is a snapshot again when more
+    /// changed than the service has instances, or when no key came or went
+    /// (only weights or priorities changed), which a pool applies faster. The source also drives TTL expiry for
     /// the service, so a silent instance disappears on time even if
     /// nothing else touches the registry.
     pub fn watch(&self, service: &str) -> Result<RegistrySource, DiscoveryError> {
@@ -233,13 +236,17 @@ impl State {
         (name, svc)
     }
 
-    /// Gives `service` a new revision for a change to `keys`, logs them
-    /// for its watches and wakes those waiting.
-    fn commit(&mut self, service: &str, keys: impl IntoIterator<Item = Arc<str>>) {
+    /// Gives `service` a new revision for a change to `keys` (which
+    /// `reshapes` the set when it adds or removes one), logs them for its
+    /// watches and wakes those waiting.
+    fn commit(&mut self, service: &str, keys: impl IntoIterator<Item = Arc<str>>, reshapes: bool) {
         self.revision += 1;
         let revision = self.revision;
         if let Some(svc) = self.services.get_mut(service) {
             svc.revision = revision;
+            if reshapes {
+                svc.reshaped = revision;
+            }
             let (watched, live) = (svc.watches > 0, svc.instances.len());
             svc.changes.record(revision, keys, watched, live);
             for (_, w) in svc.watchers.drain(..) {
@@ -261,7 +268,7 @@ impl State {
                 expired = expired.len(),
                 "registry instances missed their heartbeat"
             );
-            self.commit(service, expired);
+            self.commit(service, expired, true);
         }
     }
 }
@@ -270,9 +277,13 @@ impl ServiceState {
     /// What a watch that has seen revision `seen` needs to catch up: a
     /// delta of the keys changed since, or the whole set when it has seen
     /// nothing, the log no longer reaches back that far, or more changed
-    /// than the set holds.
+    /// than the set holds. When no key was added or removed since (new
+    /// weights or priorities only), it is the whole set too: with its keys
+    /// where they were, a pool takes it in without a lookup per key, which
+    /// costs less than applying a delta.
     fn update_since(&self, seen: Option<u64>) -> Update {
         let changed = seen
+            .filter(|&s| s < self.reshaped)
             .and_then(|s| self.changes.since(s))
             .filter(|c| c.len() <= self.instances.len());
         let Some(changed) = changed else {
@@ -355,7 +366,7 @@ impl Registration {
             return false;
         };
         i.endpoint = f(i.endpoint.clone());
-        st.commit(&self.service, [self.key.clone()]);
+        st.commit(&self.service, [self.key.clone()], false);
         true
     }
 

@@ -82,19 +82,25 @@ impl Instances {
     }
 
     /// Adds `instance`, or replaces the one with its key in place.
-    pub(super) fn insert(&mut self, instance: Instance) {
+    /// Returns whether the key is new.
+    pub(super) fn insert(&mut self, instance: Instance) -> bool {
         let key = instance.endpoint.key_arc().clone();
         if let Some(at) = instance.expires {
             self.deadlines.push(Reverse((at, instance.id, key.clone())));
         }
-        match self.by_key.get(&key).and_then(|&s| self.slots.get_mut(s)) {
-            Some(slot) => *slot = Some(instance),
+        let added = match self.by_key.get(&key).and_then(|&s| self.slots.get_mut(s)) {
+            Some(slot) => {
+                *slot = Some(instance);
+                false
+            }
             None => {
                 self.by_key.insert(key, self.slots.len());
                 self.slots.push(Some(instance));
+                true
             }
-        }
+        };
         self.compact();
+        added
     }
 
     /// Removes the instance with `key` if `pred` accepts it.
