@@ -88,19 +88,15 @@ impl Instances {
         if let Some(at) = instance.expires {
             self.deadlines.push(Reverse((at, instance.id, key.clone())));
         }
-        let added = match self.by_key.get(&key).and_then(|&s| self.slots.get_mut(s)) {
-            Some(slot) => {
-                *slot = Some(instance);
-                false
-            }
-            None => {
-                self.by_key.insert(key, self.slots.len());
-                self.slots.push(Some(instance));
-                true
-            }
-        };
+        // One lookup: a new key gets the next slot, an old one keeps its.
+        let next = self.slots.len();
+        let slot = *self.by_key.entry(key).or_insert(next);
+        match self.slots.get_mut(slot) {
+            Some(s) => *s = Some(instance),
+            None => self.slots.push(Some(instance)),
+        }
         self.compact();
-        added
+        slot == next
     }
 
     /// Removes the instance with `key` if `pred` accepts it.
@@ -109,10 +105,19 @@ impl Instances {
         key: &str,
         pred: impl FnOnce(&Instance) -> bool,
     ) -> Option<Instance> {
-        self.get(key).filter(|i| pred(i))?;
-        let removed = self.take(key);
-        self.compact();
-        removed
+        // One lookup when `pred` accepts (the common case), two otherwise.
+        let (key, slot) = self.by_key.remove_entry(key)?;
+        match self.slots.get_mut(slot) {
+            Some(s) if s.as_ref().is_some_and(pred) => {
+                let removed = s.take();
+                self.compact();
+                removed
+            }
+            _ => {
+                self.by_key.insert(key, slot);
+                None
+            }
+        }
     }
 
     /// Removes the instance with `key`, leaving its slot empty.
@@ -178,14 +183,19 @@ impl Instances {
     fn compact(&mut self) {
         let live = self.len();
         if self.slots.len() > 2 * live + SLACK {
+            // Each old slot's new place is the number of live ones before
+            // it: the map's values are renumbered without hashing a key.
+            let mut live_before = 0;
+            let remap: Vec<usize> = (self.slots.iter())
+                .map(|s| {
+                    let at = live_before;
+                    live_before += usize::from(s.is_some());
+                    at
+                })
+                .collect();
             self.slots.retain(Option::is_some);
-            for (slot, i) in self.slots.iter().enumerate() {
-                if let Some(s) = i
-                    .as_ref()
-                    .and_then(|i| self.by_key.get_mut(i.endpoint.key()))
-                {
-                    *s = slot;
-                }
+            for slot in self.by_key.values_mut() {
+                *slot = remap.get(*slot).copied().unwrap_or(*slot);
             }
         }
         if self.deadlines.len() > 2 * live + SLACK {
@@ -198,8 +208,10 @@ impl Instances {
 
 impl ChangeLog {
     /// Logs that `keys` changed at `revision`, if the service is
-    /// `watched`; keeps no more entries than the larger of `live` and
-    /// [`MIN_LOG`] (a watch further behind gets a snapshot).
+    /// `watched`. A watch needs no more entries than the larger of `live`
+    /// and [`MIN_LOG`] (further behind, it gets a snapshot); the log is cut
+    /// back to that once it holds twice as many, in one go (a loop of
+    /// independent frees, cheaper than one or two per change).
     pub(super) fn record(
         &mut self,
         revision: u64,
@@ -212,10 +224,13 @@ impl ChangeLog {
             return;
         }
         self.entries.extend(keys.into_iter().map(|k| (revision, k)));
-        while self.entries.len() > live.max(MIN_LOG) {
-            if let Some((r, _)) = self.entries.pop_front() {
-                self.floor = r;
+        let keep = live.max(MIN_LOG);
+        if self.entries.len() > 2 * keep {
+            let cut = self.entries.len() - keep;
+            if let Some((r, _)) = self.entries.get(cut - 1) {
+                self.floor = *r;
             }
+            self.entries.drain(..cut);
         }
     }
 
@@ -404,13 +419,14 @@ mod tests {
         assert_eq!(since(&log, 1), Some(vec![key(2), key(3), key(1)]));
         assert_eq!(since(&log, 2), Some(vec![key(3), key(1)]));
         assert_eq!(since(&log, 3), Some(vec![]));
-        for r in 4..4 + MIN_LOG as u64 {
+        // Cut back to MIN_LOG entries once it holds twice as many.
+        let last = 2 + 2 * MIN_LOG as u64;
+        for r in 4..=last {
             log.record(r, [key(4)], true, 2);
+            assert!(log.entries.len() <= 2 * MIN_LOG);
         }
-        assert!(log.since(2).is_none(), "trimmed to MIN_LOG entries");
-        assert_eq!(
-            since(&log, 3 + MIN_LOG as u64 - 1).map(|k| k.len()),
-            Some(1)
-        );
+        assert!(log.entries.len() >= MIN_LOG);
+        assert!(log.since(2).is_none(), "no longer reaches back to 2");
+        assert_eq!(since(&log, last - 1).map(|k| k.len()), Some(1));
     }
 }
