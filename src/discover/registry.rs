@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -8,9 +8,12 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+use self::index::{ChangeLog, Instance, Instances};
 use super::{Source, Update};
 use crate::endpoint::Endpoint;
 use crate::error::DiscoveryError;
+
+mod index;
 
 /// The longest service name a registry accepts, in bytes.
 const MAX_SERVICE_NAME: usize = 253;
@@ -27,6 +30,12 @@ const MAX_SERVICE_NAME: usize = 253;
 /// One registry holds any number of services; it is cheap to clone and all
 /// clones share the same state. Every change gets a revision from one
 /// counter, so revisions are monotonic across the registry.
+///
+/// Instances are indexed by key and TTL deadlines are kept in a min-heap,
+/// so registering, deregistering and heartbeating cost the same with a
+/// hundred thousand instances as with ten, and expiry looks only at the
+/// deadlines that have passed. A watch gets the whole set once, then
+/// deltas of the keys that changed since it last looked.
 ///
 /// ```
 /// use std::time::Duration;
@@ -57,17 +66,15 @@ struct State {
 
 #[derive(Default)]
 struct ServiceState {
-    instances: Vec<Instance>,
+    instances: Instances,
     revision: u64,
     /// Wakers of watch sources waiting for a change, by watch id.
     watchers: Vec<(u64, Waker)>,
-}
-
-struct Instance {
-    endpoint: Endpoint,
-    id: u64,
-    ttl: Option<Duration>,
-    expires: Option<Instant>,
+    /// How many watch sources of the service exist, waiting or not.
+    watches: usize,
+    changes: ChangeLog,
+    /// The revision of the last change that added or removed a key.
+    reshaped: u64,
 }
 
 impl fmt::Debug for Registry {
@@ -127,21 +134,13 @@ impl Registry {
         st.next_id += 1;
         let id = st.next_id;
         let (name, svc) = st.service_mut(service);
-        let instance = Instance {
+        let added = svc.instances.insert(Instance {
             endpoint,
             id,
             ttl,
             expires: ttl.and_then(|t| Instant::now().checked_add(t)),
-        };
-        match svc
-            .instances
-            .iter_mut()
-            .find(|i| *i.endpoint.key_arc() == key)
-        {
-            Some(slot) => *slot = instance,
-            None => svc.instances.push(instance),
-        }
-        st.bump(&name);
+        });
+        st.commit(&name, [key.clone()], added);
         Ok(Registration {
             registry: self.clone(),
             service: name,
@@ -156,28 +155,26 @@ impl Registry {
         self.remove_if(service, key, |_| true)
     }
 
-    fn remove_if(&self, service: &str, key: &str, pred: impl Fn(&Instance) -> bool) -> bool {
+    fn remove_if(&self, service: &str, key: &str, pred: impl FnOnce(&Instance) -> bool) -> bool {
         let mut st = self.lock();
         let Some(svc) = st.services.get_mut(service) else {
             return false;
         };
-        let before = svc.instances.len();
-        svc.instances
-            .retain(|i| !(i.endpoint.key() == key && pred(i)));
-        let removed = svc.instances.len() != before;
-        if removed {
-            st.bump(service);
-        }
-        removed
+        let Some(removed) = svc.instances.remove_if(key, pred) else {
+            return false;
+        };
+        st.commit(service, [removed.endpoint.key_arc().clone()], true);
+        true
     }
 
-    /// The live instances of `service`, in registration order.
+    /// The live instances of `service`, in registration order (a key
+    /// registered again keeps its place).
     pub fn instances(&self, service: &str) -> Vec<Endpoint> {
         let mut st = self.lock();
         st.expire(service, Instant::now());
         st.services
             .get(service)
-            .map(|s| s.instances.iter().map(|i| i.endpoint.clone()).collect())
+            .map(|s| s.instances.endpoints().cloned().collect())
             .unwrap_or_default()
     }
 
@@ -204,9 +201,12 @@ impl Registry {
     }
 
     /// A [`Source`] following `service`: a snapshot at once (possibly
-    /// empty), then one after every change. The source also drives TTL
-    /// expiry for the service, so a silent instance disappears on time even
-    /// if nothing else touches the registry.
+    /// empty), then, after every change, a delta of the keys that changed
+    /// since the watch last looked. It is a snapshot again when more
+    /// changed than the service has instances, or when no key came or went
+    /// (only weights or priorities changed), which a pool applies faster. The source also drives TTL expiry for
+    /// the service, so a silent instance disappears on time even if
+    /// nothing else touches the registry.
     pub fn watch(&self, service: &str) -> Result<RegistrySource, DiscoveryError> {
         validate_service(service)?;
         let name = self.lock().service_mut(service).0;
@@ -236,12 +236,19 @@ impl State {
         (name, svc)
     }
 
-    /// Gives `service` a new revision and wakes its watchers.
-    fn bump(&mut self, service: &str) {
+    /// Gives `service` a new revision for a change to `keys` (which
+    /// `reshapes` the set when it adds or removes one), logs them for its
+    /// watches and wakes those waiting.
+    fn commit(&mut self, service: &str, keys: impl IntoIterator<Item = Arc<str>>, reshapes: bool) {
         self.revision += 1;
         let revision = self.revision;
         if let Some(svc) = self.services.get_mut(service) {
             svc.revision = revision;
+            if reshapes {
+                svc.reshaped = revision;
+            }
+            let (watched, live) = (svc.watches > 0, svc.instances.len());
+            svc.changes.record(revision, keys, watched, live);
             for (_, w) in svc.watchers.drain(..) {
                 w.wake();
             }
@@ -253,17 +260,45 @@ impl State {
         let Some(svc) = self.services.get_mut(service) else {
             return;
         };
-        let before = svc.instances.len();
-        svc.instances.retain(|i| i.expires.is_none_or(|e| e > now));
-        if svc.instances.len() != before {
+        let expired = svc.instances.expire(now);
+        if !expired.is_empty() {
             crate::trace::event!(
                 info,
                 service,
-                expired = before - svc.instances.len(),
+                expired = expired.len(),
                 "registry instances missed their heartbeat"
             );
-            self.bump(service);
+            self.commit(service, expired, true);
         }
+    }
+}
+
+impl ServiceState {
+    /// What a watch that has seen revision `seen` needs to catch up: a
+    /// delta of the keys changed since, or the whole set when it has seen
+    /// nothing, the log no longer reaches back that far, or more changed
+    /// than the set holds. When no key was added or removed since (new
+    /// weights or priorities only), it is the whole set too: with its keys
+    /// where they were, a pool takes it in without a lookup per key, which
+    /// costs less than applying a delta.
+    fn update_since(&self, seen: Option<u64>) -> Update {
+        let changed = seen
+            .filter(|&s| s < self.reshaped)
+            .and_then(|s| self.changes.since(s))
+            .filter(|c| c.len() <= self.instances.len());
+        let Some(changed) = changed else {
+            let endpoints = self.instances.endpoints().cloned().collect();
+            return Update::snapshot(self.revision, endpoints);
+        };
+        let mut done = HashSet::with_capacity(changed.len());
+        let (mut upserts, mut removals) = (Vec::new(), Vec::new());
+        for key in changed.filter(|k| done.insert(&***k)) {
+            match self.instances.get(key) {
+                Some(i) => upserts.push(i.endpoint.clone()),
+                None => removals.push(key.to_string()),
+            }
+        }
+        Update::delta(self.revision, upserts, removals)
     }
 }
 
@@ -309,11 +344,7 @@ impl Registration {
         let now = Instant::now();
         st.expire(&self.service, now);
         let svc = st.service_mut(&self.service).1;
-        if let Some(i) = svc.instances.iter_mut().find(|i| i.id == self.id) {
-            i.expires = i.ttl.and_then(|t| now.checked_add(t));
-            return true;
-        }
-        false
+        svc.instances.renew(&self.key, self.id, now)
     }
 
     /// Re-announces the instance with a new weight (a weight of 0 drains
@@ -331,11 +362,11 @@ impl Registration {
     fn modify(&self, f: impl FnOnce(Endpoint) -> Endpoint) -> bool {
         let mut st = self.registry.lock();
         let svc = st.service_mut(&self.service).1;
-        let Some(i) = svc.instances.iter_mut().find(|i| i.id == self.id) else {
+        let Some(i) = svc.instances.get_mut(&self.key, self.id) else {
             return false;
         };
         i.endpoint = f(i.endpoint.clone());
-        st.bump(&self.service);
+        st.commit(&self.service, [self.key.clone()], false);
         true
     }
 
@@ -367,6 +398,7 @@ impl RegistrySource {
         let id = {
             let mut st = registry.lock();
             st.next_id += 1;
+            st.service_mut(&service).1.watches += 1;
             st.next_id
         };
         RegistrySource {
@@ -384,6 +416,10 @@ impl Drop for RegistrySource {
         let mut st = self.registry.lock();
         if let Some(svc) = st.services.get_mut(&*self.service) {
             svc.watchers.retain(|(id, _)| *id != self.id);
+            svc.watches = svc.watches.saturating_sub(1);
+            if svc.watches == 0 {
+                svc.changes.clear(svc.revision);
+            }
         }
     }
 }
@@ -415,15 +451,15 @@ impl Source for RegistrySource {
                 st.expire(&self.service, Instant::now());
                 let svc = st.service_mut(&self.service).1;
                 if self.seen != Some(svc.revision) {
+                    let update = svc.update_since(self.seen);
                     self.seen = Some(svc.revision);
-                    let endpoints = svc.instances.iter().map(|i| i.endpoint.clone()).collect();
-                    return Poll::Ready(Some(Ok(Update::snapshot(svc.revision, endpoints))));
+                    return Poll::Ready(Some(Ok(update)));
                 }
                 match svc.watchers.iter_mut().find(|(id, _)| *id == self.id) {
                     Some((_, w)) => w.clone_from(cx.waker()),
                     None => svc.watchers.push((self.id, cx.waker().clone())),
                 }
-                svc.instances.iter().filter_map(|i| i.expires).min()
+                svc.instances.next_deadline()
             };
             let Some(at) = next_expiry else {
                 return Poll::Pending;
