@@ -126,6 +126,9 @@ impl<St: Strategy> Strategy for Capture<St> {
         *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(spare);
         self.inner.build(members, ctx)
     }
+    fn rebuild_delay(&self) -> std::time::Duration {
+        self.inner.rebuild_delay()
+    }
 }
 
 /// A picker and the snapshot it was built for, published together through

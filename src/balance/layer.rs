@@ -1,8 +1,11 @@
+use std::time::Duration;
+
 use tower_layer::Layer;
 
-use super::Upstream;
-use super::{Balance, ErrorsAreFailures, NoKey, Strategy, WhenEmpty};
+use super::service::Options;
+use super::{Balance, ErrorsAreFailures, MAX_REBUILD_DELAY, NoKey, Strategy, Upstream, WhenEmpty};
 use crate::PickRng;
+use crate::error::{InvalidSetting, check, valid};
 use crate::failover::Failover;
 use crate::pool::Pool;
 
@@ -21,6 +24,7 @@ pub struct BalanceLayer<St, C = ErrorsAreFailures, K = NoKey> {
     when_empty: WhenEmpty,
     classify: C,
     key: K,
+    rebuild_delay: Option<Duration>,
 }
 
 impl<St> BalanceLayer<St> {
@@ -33,6 +37,7 @@ impl<St> BalanceLayer<St> {
             when_empty: WhenEmpty::default(),
             classify: ErrorsAreFailures,
             key: NoKey,
+            rebuild_delay: None,
         }
     }
 }
@@ -53,6 +58,37 @@ impl<St, C, K> BalanceLayer<St, C, K> {
         self
     }
 
+    /// How long after a change to what it picks from the balancer may wait
+    /// before rebuilding its pickers, gathering the changes that arrive
+    /// meanwhile into one rebuild. By default the strategy's
+    /// [`rebuild_delay`](Strategy::rebuild_delay):
+    /// [`REBUILD_DELAY`](super::REBUILD_DELAY) (10 ms) for the table
+    /// strategies, zero for the others. Zero rebuilds on every change.
+    ///
+    /// # Panics
+    ///
+    /// Beyond [`MAX_REBUILD_DELAY`](super::MAX_REBUILD_DELAY) (1 s);
+    /// [`try_rebuild_delay`](BalanceLayer::try_rebuild_delay) returns the
+    /// error instead.
+    #[must_use]
+    #[track_caller]
+    pub fn rebuild_delay(self, delay: Duration) -> Self {
+        valid(self.try_rebuild_delay(delay))
+    }
+
+    /// [`rebuild_delay`](BalanceLayer::rebuild_delay), refusing more than
+    /// [`MAX_REBUILD_DELAY`](super::MAX_REBUILD_DELAY).
+    pub fn try_rebuild_delay(mut self, delay: Duration) -> Result<Self, InvalidSetting> {
+        check(
+            delay <= MAX_REBUILD_DELAY,
+            "BalanceLayer::rebuild_delay",
+            delay,
+            "must be at most MAX_REBUILD_DELAY (1 s)",
+        )?;
+        self.rebuild_delay = Some(delay);
+        Ok(self)
+    }
+
     /// Decides which outcomes count as the endpoint's failures (see
     /// [`Classify`](super::Classify)); for HTTP,
     /// [`ServerErrorsAreFailures`](crate::http::ServerErrorsAreFailures)
@@ -64,6 +100,7 @@ impl<St, C, K> BalanceLayer<St, C, K> {
             when_empty: self.when_empty,
             classify,
             key: self.key,
+            rebuild_delay: self.rebuild_delay,
         }
     }
 
@@ -87,6 +124,7 @@ impl<St, C, K> BalanceLayer<St, C, K> {
             when_empty: self.when_empty,
             classify: self.classify,
             key,
+            rebuild_delay: self.rebuild_delay,
         }
     }
 }
@@ -107,10 +145,13 @@ where
         Balance::with_options(
             upstream,
             self.strategy.clone(),
-            rng,
-            self.when_empty,
-            self.classify.clone(),
-            self.key.clone(),
+            Options {
+                rng,
+                when_empty: self.when_empty,
+                classify: self.classify.clone(),
+                key: self.key.clone(),
+                rebuild_delay: self.rebuild_delay,
+            },
         )
     }
 }

@@ -77,7 +77,7 @@ pub use p2c::{LeastInFlight, PeakEwma};
 pub use random::Random;
 pub use round_robin::RoundRobin;
 pub use service::{Balance, WhenEmpty};
-pub use strategy::{BuildContext, PickContext, Picker, Strategy};
+pub use strategy::{BuildContext, MAX_REBUILD_DELAY, PickContext, Picker, REBUILD_DELAY, Strategy};
 pub use upstream::Upstream;
 pub use weighted_random::WeightedRandom;
 pub use weighted_round_robin::WeightedRoundRobin;

@@ -1,6 +1,6 @@
 use std::fmt;
 use std::ops::Range;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use crate::error::{BoxError, Error};
 use crate::failover::{HealthReport, OnTrial};
 use crate::pool::{Member, Pool, Snapshot};
 use crate::util::clock::{LatencyClock, inv_tau_ns};
+use crate::util::publish::lock;
 
 /// What a balancer does when its pool has no endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,10 +264,13 @@ where
         Self::with_options(
             upstream.into(),
             strategy,
-            PickRng::from_entropy(),
-            WhenEmpty::default(),
-            ErrorsAreFailures,
-            NoKey,
+            Options {
+                rng: PickRng::from_entropy(),
+                when_empty: WhenEmpty::default(),
+                classify: ErrorsAreFailures,
+                key: NoKey,
+                rebuild_delay: None,
+            },
         )
     }
 }
@@ -279,12 +283,9 @@ where
     pub(super) fn with_options(
         upstream: Upstream<S>,
         strategy: St,
-        rng: PickRng,
-        when_empty: WhenEmpty,
-        classify: C,
-        key: K,
+        options: Options<C, K>,
     ) -> Self {
-        let rng = Arc::new(rng);
+        let rng = Arc::new(options.rng);
         // Chosen once, here, rather than each time pickers are rebuilt
         // under the pool's subscriber lock.
         let clock = LatencyClock::detect();
@@ -294,28 +295,110 @@ where
             &rng,
             clock,
         )));
-        let weak: Weak<ArcSwap<Routing<S, St::Picker>>> = Arc::downgrade(&routing);
-        let build_rng = rng.clone();
-        upstream.subscribe(move |eligible| match weak.upgrade() {
-            Some(routing) => {
-                if !Arc::ptr_eq(routing.load().eligible.snapshot(), eligible.snapshot()) {
-                    let next = Routing::build(eligible, &strategy, &build_rng, clock);
-                    routing.store(Arc::new(next));
-                }
-                true
-            }
-            None => false,
+        let delay = options
+            .rebuild_delay
+            .unwrap_or_else(|| strategy.rebuild_delay());
+        let rebuild = Arc::new(Rebuild {
+            routing: Arc::downgrade(&routing),
+            strategy,
+            rng: rng.clone(),
+            clock,
+            delay,
+            pending: Mutex::new(None),
         });
+        upstream.subscribe(move |eligible| rebuild.offer(eligible));
         Balance {
             upstream,
             shared: Arc::new(Shared {
                 routing,
                 rng,
-                when_empty,
+                when_empty: options.when_empty,
             }),
-            classify,
-            key,
+            classify: options.classify,
+            key: options.key,
         }
+    }
+}
+
+/// How a [`Balance`] is made, besides its upstream and strategy.
+pub(super) struct Options<C, K> {
+    pub(super) rng: PickRng,
+    pub(super) when_empty: WhenEmpty,
+    pub(super) classify: C,
+    pub(super) key: K,
+    /// `None`: the strategy's [`Strategy::rebuild_delay`].
+    pub(super) rebuild_delay: Option<Duration>,
+}
+
+/// Rebuilds a balancer's pickers when what it picks from changes: at once,
+/// or, for a strategy with a [rebuild delay](Strategy::rebuild_delay),
+/// once that delay after the first change of a burst, from the newest set.
+struct Rebuild<S, St: Strategy> {
+    routing: Weak<ArcSwap<Routing<S, St::Picker>>>,
+    strategy: St,
+    rng: Arc<PickRng>,
+    clock: LatencyClock,
+    delay: Duration,
+    /// The newest set not built yet, while a rebuild is scheduled. Held
+    /// while building, so two builds never race to publish.
+    pending: Mutex<Option<Eligible<S>>>,
+}
+
+impl<S, St> Rebuild<S, St>
+where
+    S: Clone + Send + Sync + 'static,
+    St: Strategy,
+{
+    /// Takes a new set from the upstream; `false` once the balancer is
+    /// gone (which unsubscribes).
+    fn offer(self: &Arc<Self>, eligible: Eligible<S>) -> bool {
+        let Some(routing) = self.routing.upgrade() else {
+            return false;
+        };
+        let current = routing.load();
+        if Arc::ptr_eq(current.eligible.snapshot(), eligible.snapshot()) {
+            return true;
+        }
+        let mut pending = lock(&self.pending);
+        // A set that was or becomes empty is built at once: requests may be
+        // waiting for the first endpoints, and an empty table is cheap.
+        let runtime = tokio::runtime::Handle::try_current();
+        let defer = !self.delay.is_zero()
+            && !current.eligible.snapshot().is_empty()
+            && !eligible.snapshot().is_empty();
+        match runtime {
+            Ok(runtime) if defer => {
+                if pending.replace(eligible).is_none() {
+                    let this = Arc::clone(self);
+                    runtime.spawn(async move {
+                        tokio::time::sleep(this.delay).await;
+                        this.flush();
+                    });
+                }
+            }
+            _ => {
+                *pending = None;
+                self.rebuild(&routing, eligible);
+            }
+        }
+        true
+    }
+
+    /// Builds the newest pending set, if a build since has not taken it.
+    fn flush(&self) {
+        let Some(routing) = self.routing.upgrade() else {
+            return;
+        };
+        let mut pending = lock(&self.pending);
+        if let Some(eligible) = pending.take() {
+            self.rebuild(&routing, eligible);
+        }
+    }
+
+    /// Builds pickers for `eligible` and publishes them.
+    fn rebuild(&self, routing: &ArcSwap<Routing<S, St::Picker>>, eligible: Eligible<S>) {
+        let next = Routing::build(eligible, &self.strategy, &self.rng, self.clock);
+        routing.store(Arc::new(next));
     }
 }
 

@@ -21,7 +21,38 @@ pub trait Strategy: Send + Sync + 'static {
 
     /// Builds the picker for `members`.
     fn build<S>(&self, members: &[Member<S>], ctx: &BuildContext<'_>) -> Self::Picker;
+
+    /// How long a balancer may wait, once the set it picks from has
+    /// changed, before it rebuilds this strategy's picker, so that the
+    /// changes arriving meanwhile are built in the same rebuild: a rollout
+    /// of 1 000 changes then costs one table, not 1 000. Picks keep using
+    /// the previous picker, and the previous set, until the rebuild is
+    /// published.
+    ///
+    /// [`REBUILD_DELAY`] for the strategies whose picker is a table built
+    /// in O(N) or more ([`Maglev`](super::Maglev), [`Ring`](super::Ring),
+    /// [`WeightedRandom`](super::WeightedRandom)'s alias table); zero
+    /// (rebuild on every change) by default. A set that was or becomes
+    /// empty is always built at once. Override it for one balancer with
+    /// [`BalanceLayer::rebuild_delay`](super::BalanceLayer::rebuild_delay).
+    fn rebuild_delay(&self) -> Duration {
+        Duration::ZERO
+    }
 }
+
+/// The [`Strategy::rebuild_delay`] of the table strategies: 10 ms.
+///
+/// Envoy merges host updates over a window too (`update_merge_window`,
+/// 1 s by default, and only for health and weight changes). Ten
+/// milliseconds gathers a burst, since a rollout's changes arrive
+/// milliseconds apart. It is also short: a removed or ejected endpoint
+/// stays in the table no longer than one failed attempt and its retry
+/// take. So it applies to every kind of change.
+pub const REBUILD_DELAY: Duration = Duration::from_millis(10);
+
+/// The longest [`BalanceLayer::rebuild_delay`](super::BalanceLayer::rebuild_delay)
+/// accepted: one second, Envoy's default merge window.
+pub const MAX_REBUILD_DELAY: Duration = Duration::from_secs(1);
 
 /// What a strategy may use to build a picker, besides the members.
 #[derive(Debug)]

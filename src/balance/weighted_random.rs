@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use super::strategy::Active;
 use super::{BuildContext, PickContext, Picker, Strategy};
 use crate::PickRng;
@@ -22,6 +24,12 @@ pub struct WeightedRandomPicker {
 
 impl Strategy for WeightedRandom {
     type Picker = WeightedRandomPicker;
+
+    /// [`REBUILD_DELAY`](crate::balance::REBUILD_DELAY): the table is
+    /// rebuilt once per burst of changes.
+    fn rebuild_delay(&self) -> Duration {
+        crate::balance::REBUILD_DELAY
+    }
 
     fn build<S>(&self, members: &[Member<S>], _ctx: &BuildContext<'_>) -> WeightedRandomPicker {
         let active = Active::of(members);

@@ -144,6 +144,12 @@ impl<P> MaglevPicker<P> {
 impl<F: Strategy> Strategy for Maglev<F> {
     type Picker = MaglevPicker<F::Picker>;
 
+    /// [`REBUILD_DELAY`](crate::balance::REBUILD_DELAY): the table is
+    /// rebuilt once per burst of changes.
+    fn rebuild_delay(&self) -> Duration {
+        crate::balance::REBUILD_DELAY
+    }
+
     fn build<S>(&self, members: &[Member<S>], ctx: &BuildContext<'_>) -> Self::Picker {
         let fallback = self.fallback.build(members, ctx);
         let active = Active::of(members);

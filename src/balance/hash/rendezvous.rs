@@ -88,6 +88,11 @@ pub struct RendezvousPicker<P> {
 impl<F: Strategy> Strategy for Rendezvous<F> {
     type Picker = RendezvousPicker<F::Picker>;
 
+    /// The fallback's: a rendezvous picker holds no table of its own.
+    fn rebuild_delay(&self) -> Duration {
+        self.fallback.rebuild_delay()
+    }
+
     fn build<S>(&self, members: &[Member<S>], ctx: &BuildContext<'_>) -> Self::Picker {
         let fallback = self.fallback.build(members, ctx);
         let active = Active::of(members);
