@@ -16,6 +16,8 @@
 mod support;
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -24,14 +26,17 @@ use support::{ChannelPublish, Echo};
 use tokio::runtime::Runtime;
 use tokio::time::Instant;
 use tower::balance::p2c;
-use tower::discover::ServiceList;
+use tower::discover::{Change as TowerChange, ServiceList};
 use tower::load::{CompleteOnResponse, PendingRequestsDiscover};
 use tower::{Layer, Service};
 use tower_lb::Endpoint;
-use tower_lb::balance::{BalanceLayer, LeastInFlight};
+use tower_lb::balance::{
+    Balance, BalanceLayer, BuildContext, LeastInFlight, Maglev, REBUILD_DELAY, Strategy,
+    WeightedRandom, WeightedRoundRobin,
+};
 use tower_lb::discover::bench::decode_file;
-use tower_lb::discover::{Registration, Registry, RegistrySource, Source};
-use tower_lb::pool::DiscoverLayer;
+use tower_lb::discover::{ManualSource, Registration, Registry, RegistrySource, Source};
+use tower_lb::pool::{DiscoverLayer, Member, Pool};
 
 const SIZES: [usize; 3] = [100, 1000, 10_000];
 
@@ -271,11 +276,224 @@ fn registry_group(c: &mut Criterion) {
     g.finish();
 }
 
+/// How many endpoints the `delta` and `burst` groups' pools hold.
+const LARGE: usize = 10_000;
+
+/// A `Discover` fed from a channel, for tower's balancer.
+struct Changes(tokio::sync::mpsc::UnboundedReceiver<TowerChange<usize, Echo>>);
+
+impl futures_core::Stream for Changes {
+    type Item = Result<TowerChange<usize, Echo>, std::convert::Infallible>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|c| c.map(Ok))
+    }
+}
+
+/// tower: a p2c balancer of N services taking in one more, or letting the
+/// one it took go, on each iteration.
+fn bench_tower_delta(g: &mut Group<'_>, n: usize) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    for k in 0..n {
+        tx.send(TowerChange::Insert(k, Echo)).expect("open");
+    }
+    let mut lb = p2c::Balance::new(PendingRequestsDiscover::new(
+        Changes(rx),
+        CompleteOnResponse::default(),
+    ));
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut ready = |lb: &mut p2c::Balance<_, u64>| {
+        assert!(matches!(
+            Service::<u64>::poll_ready(lb, &mut cx),
+            Poll::Ready(Ok(()))
+        ));
+    };
+    ready(&mut lb);
+    let mut flip = 0usize;
+    g.bench_with_input(BenchmarkId::new("tower_p2c_one_change", n), &n, |b, _| {
+        b.iter(|| {
+            flip += 1;
+            let change = match flip % 2 {
+                1 => TowerChange::Insert(n, Echo),
+                _ => TowerChange::Remove(n),
+            };
+            tx.send(change).expect("open");
+            ready(&mut lb);
+        })
+    });
+    assert_eq!(lb.len(), n + flip % 2);
+}
+
+/// `St`, counting the pickers it builds.
+#[derive(Clone)]
+struct Counting<St> {
+    inner: St,
+    builds: Arc<AtomicUsize>,
+}
+
+impl<St: Strategy> Strategy for Counting<St> {
+    type Picker = St::Picker;
+
+    fn build<S>(&self, members: &[Member<S>], ctx: &BuildContext<'_>) -> St::Picker {
+        self.builds.fetch_add(1, Relaxed);
+        self.inner.build(members, ctx)
+    }
+
+    fn rebuild_delay(&self) -> Duration {
+        self.inner.rebuild_delay()
+    }
+}
+
+/// A pool of N endpoints fed by a manual source, with a balancer of
+/// strategy `St` over it whose builds are counted.
+struct Fed<St: Strategy> {
+    source: ManualSource,
+    pool: Pool<Echo>,
+    _lb: Balance<Echo, Counting<St>>,
+    builds: Arc<AtomicUsize>,
+}
+
+impl<St: Strategy + Clone> Fed<St> {
+    fn new(rt: &Runtime, n: usize, strategy: St, delay: Option<Duration>) -> Self {
+        let _guard = rt.enter();
+        let (source, rx) = ManualSource::new();
+        let pool: Pool<Echo> = Pool::spawn(rx, support::connector(), Default::default());
+        let builds = Arc::new(AtomicUsize::new(0));
+        let layer = BalanceLayer::new(Counting {
+            inner: strategy,
+            builds: builds.clone(),
+        });
+        let layer = match delay {
+            Some(d) => layer.rebuild_delay(d),
+            None => layer,
+        };
+        let lb = layer.layer(pool.clone());
+        let fed = Fed {
+            source,
+            pool,
+            _lb: lb,
+            builds,
+        };
+        fed.wait(rt, fed.source.set(support::generation(n, 0)));
+        assert_eq!(fed.pool.snapshot().len(), n);
+        fed
+    }
+
+    fn wait(&self, rt: &Runtime, revision: u64) {
+        assert!(rt.block_on(self.pool.applied(revision)));
+    }
+
+    /// Endpoint `i` added when `add`, else removed.
+    fn change(&self, i: usize, add: bool) -> u64 {
+        let endpoint = Endpoint::new(support::address(i));
+        match add {
+            true => self.source.add([endpoint]),
+            false => self.source.remove([endpoint.key().to_owned()]),
+        }
+    }
+
+    fn builds(&self) -> usize {
+        self.builds.load(Relaxed)
+    }
+}
+
+/// tower-lb: one endpoint added to (or removed from) a pool of N, from the
+/// update arriving to the pool's snapshot and the balancer's picker
+/// published (rebuilt at once: no rebuild delay), beside a new set of N
+/// endpoints with every weight changed (a full rebuild).
+fn bench_delta<St: Strategy + Clone>(g: &mut Group<'_>, rt: &Runtime, name: &str, strategy: St) {
+    let fed = Fed::new(rt, LARGE, strategy, Some(Duration::ZERO));
+    let mut flip = 0usize;
+    g.bench_with_input(
+        BenchmarkId::new(format!("lb_one_change_{name}"), LARGE),
+        &LARGE,
+        |b, _| {
+            b.iter(|| {
+                flip += 1;
+                fed.wait(rt, fed.change(LARGE, flip % 2 == 1));
+            })
+        },
+    );
+    let sets = [support::generation(LARGE, 1), support::generation(LARGE, 2)];
+    g.bench_with_input(
+        BenchmarkId::new(format!("lb_full_rebuild_{name}"), LARGE),
+        &LARGE,
+        |b, _| {
+            b.iter(|| {
+                flip += 1;
+                fed.wait(rt, fed.source.set(sets[flip % 2].clone()));
+            })
+        },
+    );
+}
+
+/// One change in a pool of 10 000: what it costs tower-lb, per strategy,
+/// against tower's p2c, and against a full rebuild of the same pool.
+fn delta_group(c: &mut Criterion) {
+    let rt = support::runtime();
+    let mut g = c.benchmark_group("delta");
+    bench_tower_delta(&mut g, LARGE);
+    bench_delta(&mut g, &rt, "least_in_flight", LeastInFlight);
+    bench_delta(&mut g, &rt, "weighted_round_robin", WeightedRoundRobin);
+    bench_delta(&mut g, &rt, "alias", WeightedRandom);
+    bench_delta(&mut g, &rt, "maglev", Maglev::new());
+    g.finish();
+}
+
+/// Changes in one burst: endpoints 10 000..10 500 added, then removed.
+const BURST: usize = 1000;
+
+/// One burst of [`BURST`] changes to a pool of 10 000 under Maglev, applied
+/// one by one and then waited out until the balancer has built the last
+/// set, on a runtime whose clock is paused (so the wait for the rebuild
+/// delay takes no time and each row is the CPU time of the work). The
+/// rebuilds per burst are asserted: one when coalesced, one per change
+/// with no delay.
+fn bench_burst(g: &mut Group<'_>, name: &str, delay: Duration, rebuilds: usize) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+    let fed = Fed::new(&rt, LARGE, Maglev::new(), Some(delay));
+    g.bench_with_input(BenchmarkId::new(name, BURST), &BURST, |b, _| {
+        b.iter(|| {
+            let before = fed.builds();
+            let mut last = 0;
+            for k in 0..BURST {
+                let (i, add) = (LARGE + k % (BURST / 2), k < BURST / 2);
+                last = fed.change(i, add);
+                fed.wait(&rt, last);
+            }
+            rt.block_on(tokio::time::sleep(delay));
+            fed.wait(&rt, last);
+            assert_eq!(
+                fed.builds() - before,
+                rebuilds,
+                "{name}: rebuilds per burst"
+            );
+        })
+    });
+}
+
+/// A burst of 1000 changes under Maglev: coalesced into one rebuild (the
+/// default) against one rebuild per change.
+fn burst_group(c: &mut Criterion) {
+    let mut g = c.benchmark_group("burst");
+    g.sample_size(10);
+    bench_burst(&mut g, "maglev_coalesced", REBUILD_DELAY, 1);
+    bench_burst(&mut g, "maglev_each_change", Duration::ZERO, BURST);
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = update_group, registry_group
+    targets = update_group, registry_group, delta_group, burst_group
 }
 criterion_main!(benches);

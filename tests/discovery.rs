@@ -341,6 +341,68 @@ async fn delta_removals_of_unknown_keys_are_ignored() {
     assert_eq!(pool.discovery().errors, 0);
 }
 
+/// The weights of the pool's members, in member order.
+fn weights<S>(pool: &Pool<S>) -> Vec<u32> {
+    let snapshot = pool.snapshot();
+    snapshot
+        .members()
+        .iter()
+        .map(|m| m.endpoint().weight())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_delta_upserts_then_removes_and_members_keep_their_places() {
+    let (tx, pool, _backends) = channel_pool(false);
+    tx.send(Update::snapshot(1, (1..=5).map(ep).collect()))
+        .unwrap();
+    assert!(pool.applied(1).await);
+    let stats_of = |k: u16| pool.snapshot().get(&key(k)).unwrap().stats().clone();
+    let (two, four) = (stats_of(2), stats_of(4));
+
+    // Re-weighted twice (the last wins), upserted and removed (removal
+    // wins), added and removed in the same delta (never appears), added.
+    let upserts = vec![
+        ep(2).with_weight(3),
+        ep(2).with_weight(4),
+        ep(3).with_weight(9),
+        ep(7),
+        ep(6).with_weight(2),
+    ];
+    let removals = vec![key(3), key(7), key(1)];
+    tx.send(Update::delta(2, upserts, removals)).unwrap();
+    assert!(pool.applied(2).await);
+    assert_eq!(keys(&pool), [key(2), key(4), key(5), key(6)]);
+    assert_eq!(weights(&pool), [4, 1, 1, 2]);
+    assert!(
+        StatsHandle::ptr_eq(&stats_of(2), &two),
+        "a re-weighted endpoint keeps its stats"
+    );
+
+    // The places found for the next deltas follow the removals.
+    tx.send(Update::delta(3, vec![ep(5).with_weight(8)], vec![]))
+        .unwrap();
+    assert!(pool.applied(3).await);
+    assert_eq!(weights(&pool), [4, 1, 8, 2]);
+    tx.send(Update::delta(
+        4,
+        vec![ep(8), ep(4).with_weight(6)],
+        vec![key(2)],
+    ))
+    .unwrap();
+    assert!(pool.applied(4).await);
+    assert_eq!(keys(&pool), [key(4), key(5), key(6), key(8)]);
+    assert_eq!(weights(&pool), [6, 8, 2, 1]);
+    assert!(StatsHandle::ptr_eq(&stats_of(4), &four));
+
+    // A delta that changes nothing publishes nothing.
+    let before = pool.snapshot();
+    tx.send(Update::delta(5, vec![ep(8)], vec![key(9)]))
+        .unwrap();
+    assert!(pool.applied(5).await);
+    assert!(Arc::ptr_eq(&before, &pool.snapshot()));
+}
+
 #[tokio::test]
 async fn registry_input_is_typed_so_only_weights_and_duplicates_can_be_odd() {
     // The registry takes built endpoints: a NaN, negative or huge float

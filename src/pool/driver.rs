@@ -1,4 +1,4 @@
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::future::poll_fn;
 use std::sync::Arc;
@@ -23,6 +23,11 @@ pub struct PoolDriver<Src, C, S> {
     connector: C,
     shared: Arc<Shared<S>>,
     config: PoolConfig,
+    /// Where each key of the published set sits in it, kept across
+    /// updates so a delta finds its few endpoints without hashing the
+    /// whole set. `None` until needed, and again once a removal has moved
+    /// members up.
+    index: Option<HashMap<Arc<str>, usize>>,
 }
 
 impl<Src, C, S> fmt::Debug for PoolDriver<Src, C, S> {
@@ -51,6 +56,7 @@ where
             connector,
             shared,
             config,
+            index: None,
         }
     }
 
@@ -90,8 +96,11 @@ where
             return;
         }
         let current = self.shared.current();
-        let wanted = desired_set(&current, update.into_change());
-        if wanted.is_empty() && !current.is_empty() && self.config.keep_last_on_empty {
+        let plan = match update.into_change() {
+            Change::Delta { upserts, removals } => self.plan_delta(&current, upserts, removals),
+            Change::Snapshot(list) => Plan::Whole(desired_set(&current, list)),
+        };
+        if plan.len(&current) == 0 && !current.is_empty() && self.config.keep_last_on_empty {
             event!(
                 warn,
                 revision,
@@ -103,15 +112,13 @@ where
             });
             return;
         }
-        let unchanged = wanted.len() == current.len()
-            && wanted
-                .iter()
-                .zip(current.members())
-                .all(|(w, m)| w == m.endpoint());
         // The first update is published even when it changes nothing (an
         // empty set on an empty pool): the pool now knows it is empty.
-        if !unchanged || !current.discovered() {
-            let members = self.members_for(&current, wanted).await;
+        if !plan.is_unchanged(&current) || !current.discovered() {
+            let members = match plan {
+                Plan::Whole(wanted) => self.members_for(&current, wanted).await,
+                Plan::Delta(delta) => self.members_after(&current, delta).await,
+            };
             event!(
                 debug,
                 revision,
@@ -125,6 +132,117 @@ where
             st.applied_revision = Some(revision);
             st.updates_applied += 1;
         });
+    }
+
+    /// What a delta changes in `current`, found through the key index.
+    fn plan_delta(
+        &mut self,
+        current: &Snapshot<S>,
+        upserts: Vec<Endpoint>,
+        removals: Vec<String>,
+    ) -> Plan {
+        let index = self.index.get_or_insert_with(|| {
+            let mut map = HashMap::with_capacity(current.len());
+            map.extend(
+                current
+                    .members()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| (m.endpoint().key_arc().clone(), i)),
+            );
+            map
+        });
+        let members = current.members();
+        let mut delta = Delta::default();
+        // Upserts first, the last of a key winning; then removals, which
+        // win over an upsert of the same key.
+        let mut added: HashMap<Arc<str>, usize> = HashMap::new();
+        for ep in upserts {
+            if let Some(&at) = index.get(ep.key()) {
+                delta.replaced.push((at, ep));
+            } else if let Some(&at) = added.get(ep.key()) {
+                delta.added[at] = ep;
+            } else {
+                added.insert(ep.key_arc().clone(), delta.added.len());
+                delta.added.push(ep);
+            }
+        }
+        for key in &removals {
+            if let Some(&at) = index.get(key.as_str()) {
+                delta.removed.push(at);
+            } else if let Some(at) = added.remove(key.as_str()) {
+                delta.dropped.push(at);
+            }
+        }
+        delta.removed.sort_unstable();
+        delta.removed.dedup();
+        delta.dropped.sort_unstable();
+        // Stable: the last upsert of a position stays last among its own.
+        delta.replaced.sort_by_key(|(at, _)| *at);
+        let mut replaced: Vec<(usize, Endpoint)> = Vec::with_capacity(delta.replaced.len());
+        for (at, ep) in delta.replaced.drain(..) {
+            match replaced.last_mut() {
+                Some(last) if last.0 == at => *last = (at, ep),
+                _ => replaced.push((at, ep)),
+            }
+        }
+        replaced.retain(|(at, ep)| {
+            delta.removed.binary_search(at).is_err() && members[*at].endpoint() != ep
+        });
+        delta.replaced = replaced;
+        Plan::Delta(delta)
+    }
+
+    /// `current` with `delta` applied: members keep their places, removed
+    /// ones close up, added ones go last. Stats carry over; a replaced
+    /// endpoint keeps its service unless its address changed.
+    async fn members_after(&mut self, current: &Snapshot<S>, delta: Delta) -> Vec<Member<S>> {
+        let old = current.members();
+        let mut members = Vec::with_capacity(old.len() + delta.added.len());
+        let mut removed = delta.removed.iter().peekable();
+        let mut replaced = delta.replaced.into_iter().peekable();
+        let mut moved = !delta.removed.is_empty();
+        for (i, m) in old.iter().enumerate() {
+            if removed.next_if_eq(&&i).is_some() {
+                continue;
+            }
+            match replaced.next_if(|(at, _)| *at == i) {
+                None => members.push(m.clone()),
+                Some((_, endpoint)) if m.endpoint().address() == endpoint.address() => {
+                    members.push(Member::new(
+                        endpoint,
+                        m.service().clone(),
+                        m.stats().clone(),
+                    ));
+                }
+                Some((_, endpoint)) => match self.connect(&endpoint).await {
+                    Some(service) => {
+                        members.push(Member::new(endpoint, service, m.stats().clone()))
+                    }
+                    None => moved = true,
+                },
+            }
+        }
+        let mut dropped = delta.dropped.iter().peekable();
+        for (i, endpoint) in delta.added.into_iter().enumerate() {
+            if dropped.next_if_eq(&&i).is_some() {
+                continue;
+            }
+            let Some(service) = self.connect(&endpoint).await else {
+                continue;
+            };
+            if !moved {
+                if let Some(index) = &mut self.index {
+                    index.insert(endpoint.key_arc().clone(), members.len());
+                }
+            }
+            let stats = StatsHandle::with_signal(current.epoch(), self.shared.outcomes().clone());
+            members.push(Member::new(endpoint, service, stats));
+        }
+        if moved {
+            self.index = None;
+        }
+        members
     }
 
     /// Builds the new member list: stats always carry over by key, services
@@ -169,6 +287,10 @@ where
             };
             members.push(Member::new(endpoint, service, stats));
         }
+        // The key index still holds when every key kept its place.
+        if !aligned || members.len() != old.len() {
+            self.index = None;
+        }
         members
     }
 
@@ -196,46 +318,72 @@ where
     }
 }
 
-/// The endpoint list an update asks for, deduplicated by key (the last
-/// occurrence wins, at the position of the first).
-fn desired_set<S>(current: &Snapshot<S>, change: Change) -> Vec<Endpoint> {
-    match change {
-        // The current set has no duplicates, so a list with its keys in
-        // its order has none either: no need to hash a thousand keys.
-        // (Comparing `Arc<str>`s checks the pointer first: endpoints a
-        // source hands back unchanged cost no string comparison.)
-        Change::Snapshot(list)
-            if list.len() == current.len()
-                && list
-                    .iter()
-                    .zip(current.members())
-                    .all(|(e, m)| e.key_arc() == m.endpoint().key_arc()) =>
-        {
-            list
-        }
-        Change::Snapshot(list) => {
-            let mut dedup = Dedup::with_capacity(list.len());
-            for ep in list {
-                dedup.upsert(ep);
-            }
-            dedup.out
-        }
-        Change::Delta { upserts, removals } => {
-            let mut dedup = Dedup::with_capacity(current.len() + upserts.len());
-            for m in current.members() {
-                dedup.upsert(m.endpoint().clone());
-            }
-            for ep in upserts {
-                dedup.upsert(ep);
-            }
-            let mut out = dedup.out;
-            if !removals.is_empty() {
-                let removals: HashSet<String> = removals.into_iter().collect();
-                out.retain(|ep| !removals.contains(ep.key()));
-            }
-            out
+/// What an update changes.
+enum Plan {
+    /// The whole new list.
+    Whole(Vec<Endpoint>),
+    /// A few changes to the current list.
+    Delta(Delta),
+}
+
+/// A delta's changes, by position in the current list.
+#[derive(Default)]
+struct Delta {
+    /// Positions whose endpoint changes, ascending.
+    replaced: Vec<(usize, Endpoint)>,
+    /// Positions removed, ascending.
+    removed: Vec<usize>,
+    /// New keys, in first-seen order.
+    added: Vec<Endpoint>,
+    /// Positions in `added` removed again by the same delta, ascending.
+    dropped: Vec<usize>,
+}
+
+impl Plan {
+    /// How many endpoints the pool would hold.
+    fn len<S>(&self, current: &Snapshot<S>) -> usize {
+        match self {
+            Plan::Whole(wanted) => wanted.len(),
+            Plan::Delta(d) => current.len() - d.removed.len() + d.added.len() - d.dropped.len(),
         }
     }
+
+    fn is_unchanged<S>(&self, current: &Snapshot<S>) -> bool {
+        match self {
+            Plan::Whole(wanted) => {
+                wanted.len() == current.len()
+                    && wanted
+                        .iter()
+                        .zip(current.members())
+                        .all(|(w, m)| w == m.endpoint())
+            }
+            Plan::Delta(d) => {
+                d.replaced.is_empty() && d.removed.is_empty() && d.added.len() == d.dropped.len()
+            }
+        }
+    }
+}
+
+/// The endpoint list a snapshot asks for, deduplicated by key (the last
+/// occurrence wins, at the position of the first).
+fn desired_set<S>(current: &Snapshot<S>, list: Vec<Endpoint>) -> Vec<Endpoint> {
+    // The current set has no duplicates, so a list with its keys in its
+    // order has none either: no need to hash a thousand keys. (Comparing
+    // `Arc<str>`s checks the pointer first: endpoints a source hands back
+    // unchanged cost no string comparison.)
+    let same_keys = list.len() == current.len()
+        && list
+            .iter()
+            .zip(current.members())
+            .all(|(e, m)| e.key_arc() == m.endpoint().key_arc());
+    if same_keys {
+        return list;
+    }
+    let mut dedup = Dedup::with_capacity(list.len());
+    for ep in list {
+        dedup.upsert(ep);
+    }
+    dedup.out
 }
 
 /// An endpoint list being deduplicated by key.
