@@ -6,7 +6,8 @@
 //! different keys in turn, hashing each.
 //!
 //! `target/criterion/pick/<implementation>/<N>`, N endpoints of weight 1
-//! (rows ending `_weighted` use weights 1, 2, 3, 4, 1, …).
+//! (rows ending `_weighted` use weights 1, 2, 3, 4, 1, …), at the sizes of
+//! the other scaling benches and at N = 100 000.
 
 mod support;
 
@@ -20,6 +21,10 @@ use tower_lb::balance::{
     WeightedRandom, WeightedRoundRobin,
 };
 use tower_lb::pool::Pool;
+
+/// The size only this bench adds: picks at the scale the registry and the
+/// pool are tested at (`tests/registry_at_scale.rs`).
+const LARGE: usize = 100_000;
 
 type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
 
@@ -65,7 +70,7 @@ fn pick_group(c: &mut Criterion) {
         .map(|i| format!("user-{:08}", i * 7919).into_bytes())
         .collect();
     let mut g = c.benchmark_group("pick");
-    for n in SIZES {
+    for n in SIZES.into_iter().chain([LARGE]) {
         let pool = support::pool(&rt, n, Weights::Uniform);
         let floor = Floor::new(&pool);
         assert!(floor.pick().is_some());
@@ -80,7 +85,7 @@ fn pick_group(c: &mut Criterion) {
         bench_strategy(&mut g, &pool, "peak_ewma", PeakEwma::new());
         bench_keyed(&mut g, &pool, "maglev", Maglev::new(), &keys);
         bench_keyed(&mut g, &pool, "ring", Ring::new(), &keys);
-        // Hashes every endpoint per pick (`O(N)`), up to N = 10 000 anyway,
+        // Hashes every endpoint per pick (`O(N)`), up to N = 100 000 anyway,
         // to show where it stops being cheap.
         bench_keyed(&mut g, &pool, "rendezvous", Rendezvous::new(), &keys);
 
