@@ -1,6 +1,3 @@
-use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
-
 use super::rotation::Rotation;
 use super::strategy::Active;
 use super::{BuildContext, PickContext, Picker, Strategy};
@@ -109,62 +106,119 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
     a
 }
 
-#[derive(PartialEq)]
-struct Slot {
-    time: f64,
-    member: usize,
-}
-
-impl Eq for Slot {}
-
-impl Ord for Slot {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.time
-            .total_cmp(&other.time)
-            .then(self.member.cmp(&other.member))
-    }
-}
-
-impl PartialOrd for Slot {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-/// Lays out one cycle by earliest deadline first.
+/// Lays out one cycle by earliest deadline first: every slot of every
+/// endpoint in order of its time `(k + φᵢ) / slotsᵢ` (ties by position).
+///
+/// That is the order a heap of each endpoint's next slot would pop them
+/// in, but found by a bucket sort: times fall in `[0, 1)`, so slot times
+/// dropped into as many buckets as there are slots leave about one per
+/// bucket, and the cycle costs O(slots) rather than O(slots · log N).
 fn layout(active: &Active) -> Box<[u32]> {
     const GOLDEN: f64 = 0.618_033_988_749_894_8;
     let slots = slots(&active.weight);
-    let len: u64 = slots.iter().sum();
-    let mut table = Vec::with_capacity(len as usize);
-    let phase: Vec<f64> = (0..slots.len())
-        .map(|i| ((i as f64 + 1.0) * GOLDEN).fract())
-        .collect();
-    let mut taken = vec![0u64; slots.len()];
-    let mut heap: BinaryHeap<Reverse<Slot>> = (0..slots.len())
-        .map(|i| {
-            Reverse(Slot {
-                time: phase[i] / slots[i] as f64,
-                member: i,
-            })
+    let len = slots.iter().sum::<u64>() as usize;
+    let bucket_of = |time: f64| ((time * len as f64) as usize).min(len.saturating_sub(1));
+    let times = || {
+        slots.iter().enumerate().flat_map(|(i, &n)| {
+            let phase = ((i as f64 + 1.0) * GOLDEN).fract();
+            (0..n).map(move |k| ((k as f64 + phase) / n as f64, i as u32))
         })
-        .collect();
-    while let Some(Reverse(Slot { member, .. })) = heap.pop() {
-        table.push(active.index[member]);
-        taken[member] += 1;
-        if taken[member] < slots[member] {
-            heap.push(Reverse(Slot {
-                time: (taken[member] as f64 + phase[member]) / slots[member] as f64,
-                member,
-            }));
+    };
+    // Counting sort into buckets, then each (tiny) bucket in order.
+    let mut start = vec![0usize; len + 1];
+    for (time, _) in times() {
+        start[bucket_of(time) + 1] += 1;
+    }
+    for b in 1..=len {
+        start[b] += start[b - 1];
+    }
+    let mut fill = start.clone();
+    let mut sorted = vec![(0.0f64, 0u32); len];
+    for (time, member) in times() {
+        let b = bucket_of(time);
+        sorted[fill[b]] = (time, member);
+        fill[b] += 1;
+    }
+    for bucket in start.windows(2) {
+        if bucket[1] - bucket[0] > 1 {
+            sorted[bucket[0]..bucket[1]]
+                .sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         }
     }
-    table.into()
+    sorted
+        .into_iter()
+        .map(|(_, member)| active.index[member as usize])
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The layout as a heap of each endpoint's next slot pops it: the
+    /// definition the bucket sort must match slot for slot.
+    fn heap_layout(active: &Active) -> Vec<u32> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        const GOLDEN: f64 = 0.618_033_988_749_894_8;
+        #[derive(PartialEq)]
+        struct Slot(f64, usize);
+        impl Eq for Slot {}
+        impl Ord for Slot {
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                self.0.total_cmp(&other.0).then(self.1.cmp(&other.1))
+            }
+        }
+        impl PartialOrd for Slot {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+        let slots = slots(&active.weight);
+        let phase: Vec<f64> = (0..slots.len())
+            .map(|i| ((i as f64 + 1.0) * GOLDEN).fract())
+            .collect();
+        let mut taken = vec![0u64; slots.len()];
+        let mut heap: BinaryHeap<Reverse<Slot>> = (0..slots.len())
+            .map(|i| Reverse(Slot(phase[i] / slots[i] as f64, i)))
+            .collect();
+        let mut table = Vec::new();
+        while let Some(Reverse(Slot(_, m))) = heap.pop() {
+            table.push(active.index[m]);
+            taken[m] += 1;
+            if taken[m] < slots[m] {
+                heap.push(Reverse(Slot(
+                    (taken[m] as f64 + phase[m]) / slots[m] as f64,
+                    m,
+                )));
+            }
+        }
+        table
+    }
+
+    #[test]
+    fn the_bucket_sorted_cycle_is_the_earliest_deadline_first_cycle() {
+        let cases: Vec<Vec<u32>> = vec![
+            vec![5, 1, 1],
+            vec![1; 100],
+            vec![7; 3],
+            (0..1000).map(|i| 1 + i % 4).collect(),
+            (0..500).map(|i| [1, 2, 3, 5, 7, 11, 13][i % 7]).collect(),
+            vec![u32::MAX, u32::MAX - 1, 1],
+            vec![1000, 1],
+            (0..70_000).map(|_| 1).collect(),
+            vec![3],
+        ];
+        for weights in cases {
+            let active = active(&weights);
+            assert_eq!(
+                &*layout(&active),
+                heap_layout(&active),
+                "weights {:?}",
+                &weights[..weights.len().min(8)]
+            );
+        }
+    }
 
     fn active(weights: &[u32]) -> Active {
         Active {
