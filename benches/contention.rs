@@ -8,9 +8,13 @@
 //! `target/criterion/contention/<implementation>_2_threads/100`.
 //!
 //! Whole round trips too, `ready().await` then `call().await`, through
-//! `Balance` and through `Retry` over `Balance`: each thread runs its own
-//! clone of the client on its own runtime, as a multi-threaded server's
-//! tasks do (`roundtrip_<stack>` and `roundtrip_<stack>_2_threads`).
+//! `Balance` and through `Retry` over `Balance`, both least-in-flight: each
+//! thread runs its own clone of one client on its own runtime, as a
+//! multi-threaded server's tasks do (`roundtrip_<stack>/<N>` and
+//! `roundtrip_<stack>_2_threads/<N>`, at N = 2, 100 and 10 000 endpoints;
+//! each one-thread row runs just before its two-thread row). At N = 2 the
+//! threads mostly share the endpoint they pick; at 10 000 they seldom do,
+//! so what is left there is what every request writes whatever it picks.
 
 mod support;
 
@@ -27,7 +31,11 @@ use tower_lb::balance::{
 };
 use tower_lb::retry::{RetryErrors, RetryLayer};
 
+/// Endpoints the pick rows pick from.
 const N: usize = 100;
+
+/// Endpoints the round-trip rows run at.
+const ROUND_TRIP_SIZES: [usize; 3] = [2, 100, 10_000];
 
 type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
 
@@ -109,17 +117,21 @@ where
     })
 }
 
-fn bench_round_trips<S>(g: &mut Group<'_>, name: &str, threads: usize, svc: &S)
+/// One client's round trips on one thread, then on two, over `n`
+/// endpoints: the rows compared with each other run back to back.
+fn bench_round_trips<S>(g: &mut Group<'_>, name: &str, n: usize, svc: &S)
 where
     S: Service<u64> + Clone + Send,
 {
-    let id = match threads {
-        1 => format!("roundtrip_{name}"),
-        t => format!("roundtrip_{name}_{t}_threads"),
-    };
-    g.bench_with_input(BenchmarkId::new(id, N), &N, |b, _| {
-        b.iter_custom(|iters| round_trips(threads, iters, svc))
-    });
+    for threads in [1, 2] {
+        let id = match threads {
+            1 => format!("roundtrip_{name}"),
+            t => format!("roundtrip_{name}_{t}_threads"),
+        };
+        g.bench_with_input(BenchmarkId::new(id, n), &n, |b, _| {
+            b.iter_custom(|iters| round_trips(threads, iters, svc))
+        });
+    }
 }
 
 fn bench_strategy<St: Strategy>(
@@ -146,15 +158,15 @@ fn contention_group(c: &mut Criterion) {
     bench_strategy(&mut g, &pool, "least_in_flight", LeastInFlight);
     bench_strategy(&mut g, &pool, "peak_ewma", PeakEwma::new());
 
-    let lb = {
-        let _guard = rt.enter();
-        BalanceLayer::new(LeastInFlight).layer(pool.clone())
-    };
-    let retry = RetryLayer::new(RetryErrors::new()).layer(lb.clone());
-    // Rows compared with each other run back to back.
-    for threads in [1, 2] {
-        bench_round_trips(&mut g, "least_in_flight", threads, &lb);
-        bench_round_trips(&mut g, "retry_least_in_flight", threads, &retry);
+    for n in ROUND_TRIP_SIZES {
+        let pool = support::pool(&rt, n, Weights::Uniform);
+        let lb = {
+            let _guard = rt.enter();
+            BalanceLayer::new(LeastInFlight).layer(pool)
+        };
+        let retry = RetryLayer::new(RetryErrors::new()).layer(lb.clone());
+        bench_round_trips(&mut g, "least_in_flight", n, &lb);
+        bench_round_trips(&mut g, "retry_least_in_flight", n, &retry);
     }
     g.finish();
 }
