@@ -3,7 +3,7 @@
 //! for Maglev, the ketama ring and rendezvous side by side; their picks
 //! are in the `pick` bench.
 //!
-//! `target/criterion/hash_build/<algorithm>/<N>`.
+//! `target/criterion/hash_build/<algorithm>/<N>`, N = 100, 1000 and 10 000.
 
 mod support;
 
@@ -29,7 +29,7 @@ fn build_group(c: &mut Criterion) {
     let rt = support::runtime();
     let mut g = c.benchmark_group("hash_build");
     g.sample_size(20);
-    for n in [100, 1000] {
+    for n in [100, 1000, 10_000] {
         let snap = support::pool(&rt, n, Weights::Uniform).snapshot();
         bench_build(&mut g, "maglev", Maglev::new(), &snap);
         bench_build(&mut g, "ring", Ring::new(), &snap);

@@ -129,6 +129,8 @@ impl<F> Ring<F> {
 pub struct RingPicker<P> {
     /// Point positions, ascending.
     hashes: Box<[u32]>,
+    /// An index into `hashes` by the top bits of a position.
+    starts: Starts,
     /// The member index of each point.
     nodes: Box<[u32]>,
     keyed: Keyed<P>,
@@ -160,8 +162,22 @@ impl<F: Strategy> Strategy for Ring<F> {
         } else {
             None
         };
-        // (position, tie-break by the endpoint's key, member index).
-        let mut points: Vec<(u32, u64, u32)> = Vec::new();
+        // Points that land on the same position go to the endpoint whose
+        // key hashes lowest: its rank among the active endpoints.
+        let mut by_key: Vec<(u64, u32)> = active
+            .index
+            .iter()
+            .map(|&i| (xxh64(members[i as usize].endpoint().key().as_bytes(), 0), i))
+            .collect();
+        by_key.sort_unstable();
+        let member_of_rank: Vec<u32> = by_key.iter().map(|&(_, i)| i).collect();
+        let mut rank_of = vec![0u32; members.len()];
+        for (rank, &i) in member_of_rank.iter().enumerate() {
+            rank_of[i as usize] = rank as u32;
+        }
+        // Position in the high half, rank in the low: sorting the u64s
+        // orders points by position, then by rank.
+        let mut points: Vec<u64> = Vec::new();
         let mut name = Vec::with_capacity(64);
         for (&i, &w) in active.index.iter().zip(active.weight.iter()) {
             let count = match scale {
@@ -172,26 +188,71 @@ impl<F: Strategy> Strategy for Ring<F> {
             ketama_name(members[i as usize].endpoint(), &mut name);
             let mut base = Crc32::new();
             base.update(&name);
-            let rank = xxh64(members[i as usize].endpoint().key().as_bytes(), 0);
+            let rank = u64::from(rank_of[i as usize]);
             let mut prev: u32 = 0;
             for _ in 0..count {
                 let mut h = base;
                 h.update(&prev.to_le_bytes());
                 prev = h.finish();
-                points.push((prev, rank, i));
+                points.push(u64::from(prev) << 32 | rank);
             }
         }
         points.sort_unstable();
-        points.dedup_by_key(|p| p.0);
-        let (hashes, nodes) = points
-            .into_iter()
-            .map(|(h, _, i)| (h, i))
-            .unzip::<_, _, Vec<_>, Vec<_>>();
+        points.dedup_by_key(|p| *p >> 32);
+        let hashes: Box<[u32]> = points.iter().map(|&p| (p >> 32) as u32).collect();
+        let nodes = points
+            .iter()
+            .map(|&p| member_of_rank[(p & u64::from(u32::MAX)) as usize])
+            .collect();
         RingPicker {
-            hashes: hashes.into(),
-            nodes: nodes.into(),
+            starts: Starts::of(&hashes),
+            hashes,
+            nodes,
             keyed: Keyed::new(members, fallback, self.load_factor),
         }
+    }
+}
+
+/// Where the points of each range of positions start, so a lookup
+/// searches only its range's few points: the top `bits` bits of a
+/// position select the range. About 8 points a range, up to 2¹⁶ ranges.
+#[derive(Debug)]
+struct Starts {
+    shift: u32,
+    /// `at[r]`: the first point at or past range `r`'s start; one more
+    /// entry than ranges.
+    at: Box<[u32]>,
+}
+
+impl Starts {
+    fn of(hashes: &[u32]) -> Self {
+        let bits = (hashes.len() / 8).max(1).ilog2().min(16);
+        let shift = 32 - bits;
+        let ranges = 1usize << bits;
+        let mut at = Vec::with_capacity(ranges + 1);
+        let mut next = 0usize;
+        for r in 0..ranges as u64 {
+            let start = (r << shift) as u32;
+            while next < hashes.len() && hashes[next] < start {
+                next += 1;
+            }
+            at.push(next as u32);
+        }
+        at.push(hashes.len() as u32);
+        Starts {
+            shift,
+            at: at.into(),
+        }
+    }
+
+    /// The first point at or past position `h` (`hashes.len()` past the
+    /// last): the same as a binary search of all points.
+    #[inline]
+    fn find(&self, hashes: &[u32], h: u32) -> usize {
+        // `shift` is at least 16, so the range index fits.
+        let r = (u64::from(h) >> self.shift) as usize;
+        let (lo, hi) = (self.at[r] as usize, self.at[r + 1] as usize);
+        lo + hashes[lo..hi].partition_point(|&p| p < h)
     }
 }
 
@@ -248,7 +309,7 @@ impl<P> Walk for RingPicker<P> {
         // A key hashed with another function than CRC-32 still lands
         // somewhere on the circle.
         let h = key as u32;
-        let at = self.hashes.partition_point(|&p| p < h);
+        let at = self.starts.find(&self.hashes, h);
         // Past the last point, the circle starts again at the first.
         CycleWalk::new(&self.nodes, at)
     }
@@ -257,6 +318,35 @@ impl<P> Walk for RingPicker<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_range_index_finds_what_a_search_of_all_points_finds() {
+        for len in [0usize, 1, 7, 8, 9, 100, 1000, 100_000] {
+            let mut x = 0x9E37_79B9_u32;
+            let mut hashes: Vec<u32> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x
+                })
+                .collect();
+            hashes.sort_unstable();
+            hashes.dedup();
+            let starts = Starts::of(&hashes);
+            let probes = hashes
+                .iter()
+                .flat_map(|&h| [h, h.wrapping_add(1), h.wrapping_sub(1)])
+                .chain([0, 1, u32::MAX, u32::MAX - 1, 1 << 31]);
+            for h in probes {
+                assert_eq!(
+                    starts.find(&hashes, h),
+                    hashes.partition_point(|&p| p < h),
+                    "{len} points, position {h}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn settings_refuse_out_of_range_values() {
