@@ -318,10 +318,10 @@ fn picker_of<St: Strategy>(
 /// The endpoint list: 16 bytes of `Endpoint` and the shared metadata (its
 /// `Arc`, the key as an `Arc<str>`): 160–163 measured.
 const LIST_BOUND: f64 = 200.0;
-/// The pool: the metadata, a 24-byte member slot, the 256-byte allocation
-/// of the stats (`Arc` counts padded to 128 bytes, then two lines of
-/// counters): 424–427 measured.
-const POOL_BOUND: f64 = 530.0;
+/// The pool: the metadata, a 24-byte member slot, the 192-byte allocation
+/// of the stats (`Arc` counts padded to a line, then two lines of
+/// counters): 360–363 measured.
+const POOL_BOUND: f64 = 450.0;
 /// One `u32` per endpoint (round robin, random).
 const INDEX_BOUND: f64 = 5.0;
 /// One `u32` per slot of a cycle: `Σw / gcd` slots (2.5 per endpoint at
