@@ -438,14 +438,17 @@ async fn srv_records_none_of_them_usable_keep_the_last_good_set() {
 
 #[tokio::test]
 #[ignore = "needs dnsmasq; run by .ci/run"]
-async fn unusable_srv_records_are_reported_then_no_valid_records_once() {
+async fn unusable_srv_records_are_invalid_records_then_no_valid_records_once() {
     let dns = Dnsmasq::start(UNUSABLE);
     let mut source = srv(&dns, "_api._tcp.test.lb");
     let mut texts = Vec::new();
     for _ in 0..2 {
         match first(&mut source).await {
-            Err(DiscoveryError::Source(cause)) => texts.push(cause.to_string()),
-            other => panic!("expected a record problem, got {other:?}"),
+            Err(DiscoveryError::InvalidRecord { record, source }) => {
+                assert!(record.starts_with("_api._tcp.test.lb SRV "), "{record}");
+                texts.push(format!("{record}: {source}"));
+            }
+            other => panic!("expected an invalid record, got {other:?}"),
         }
     }
     assert!(texts.iter().any(|t| t.contains("port 0")), "{texts:?}");

@@ -17,7 +17,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::discover::{Source, Update};
 use crate::endpoint::Endpoint;
-use crate::error::{BoxError, DiscoveryError, InvalidSetting, check, valid};
+use crate::error::{BoxError, DiscoveryError, InvalidEndpoint, InvalidSetting, check, valid};
 use crate::trace::event;
 
 type Round = Pin<Box<dyn Future<Output = Result<Resolved, BoxError>> + Send>>;
@@ -67,7 +67,8 @@ impl Query {
 ///   (RFC 2782): an empty set. Among other records, a `.` target is left
 ///   out and reported.
 /// - A record with port 0, and a target with no address, are left out and
-///   reported (as a [`DiscoveryError::Source`]) each time the set of such
+///   reported (each as a [`DiscoveryError::InvalidRecord`] naming the
+///   name and the record) each time the set of such
 ///   problems changes. When they leave no usable record at all, the answer
 ///   counts as broken, not empty: no snapshot is sent (the pool keeps its
 ///   last good set) and [`DiscoveryError::NoValidRecords`] follows the
@@ -150,7 +151,7 @@ pub struct DnsSource {
     /// Whether the current failure streak was reported.
     failing: bool,
     /// Record problems last reported.
-    problems: Vec<String>,
+    problems: Vec<Problem>,
     pending: VecDeque<Result<Update, DiscoveryError>>,
 }
 
@@ -207,11 +208,23 @@ impl DnsSource {
 
     /// Every A and AAAA address of `name`, each an endpoint at `port` with
     /// weight 1, keyed `ip:port`.
+    ///
+    /// # Panics
+    ///
+    /// When `port` is 0, which no endpoint can be reached at;
+    /// [`try_a`](DnsSource::try_a) returns the error instead.
+    #[track_caller]
     pub fn a(name: &str, port: u16) -> Self {
-        DnsSource::new(Query::Ip {
+        valid(Self::try_a(name, port))
+    }
+
+    /// [`a`](DnsSource::a), refusing port 0.
+    pub fn try_a(name: &str, port: u16) -> Result<Self, InvalidSetting> {
+        check(port != 0, "DnsSource::a", port, "port must not be 0")?;
+        Ok(DnsSource::new(Query::Ip {
             name: name.to_owned(),
             port,
-        })
+        }))
     }
 
     /// One endpoint per address of each SRV record of `name` (such as
@@ -369,9 +382,11 @@ impl DnsSource {
         // Records, but not one usable: a broken answer, not "no instances".
         let unusable = resolved.endpoints.is_empty() && !resolved.problems.is_empty();
         if resolved.problems != self.problems {
-            for p in &resolved.problems {
-                self.pending
-                    .push_back(Err(DiscoveryError::Source(format!("{name}: {p}").into())));
+            for (record, why) in &resolved.problems {
+                self.pending.push_back(Err(DiscoveryError::InvalidRecord {
+                    record: format!("{name} {record}"),
+                    source: why.clone(),
+                }));
             }
             if unusable {
                 event!(
@@ -464,13 +479,22 @@ impl Source for DnsSource {
     }
 }
 
+/// A record left out of an answer: which (as DNS prints it) and why.
+pub(super) type Problem = (String, InvalidEndpoint);
+
+/// A [`Problem`] whose cause is one of DNS's own rules.
+pub(super) fn problem(record: String, reason: &str) -> Problem {
+    let reason = reason.to_owned();
+    (record, InvalidEndpoint::Malformed { reason })
+}
+
 /// The outcome of one successful round.
 #[derive(Debug)]
 pub(super) struct Resolved {
     /// Sorted by key, one per key.
     pub(super) endpoints: Vec<Endpoint>,
     /// Records left out, and why.
-    pub(super) problems: Vec<String>,
+    pub(super) problems: Vec<Problem>,
     /// The shortest TTL seen, if any record was.
     pub(super) ttl: Option<Duration>,
 }
@@ -545,6 +569,16 @@ pub(super) fn sorted(mut endpoints: Vec<Endpoint>) -> Vec<Endpoint> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_a_source_refuses_port_0() {
+        let e = DnsSource::try_a("api.example.com", 0).unwrap_err();
+        assert_eq!(
+            (e.setting(), e.value(), e.reason()),
+            ("DnsSource::a", "0", "port must not be 0")
+        );
+        assert!(DnsSource::try_a("api.example.com", 80).is_ok());
+    }
 
     #[test]
     fn ttl_is_clamped() {

@@ -9,7 +9,7 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::net::NetError;
 use hickory_resolver::proto::rr::RData;
 
-use super::source::{Resolved, addresses, min_ttl, no_records, secs, sorted};
+use super::source::{Problem, Resolved, addresses, min_ttl, no_records, problem, secs, sorted};
 use crate::endpoint::Endpoint;
 
 /// The tag an SRV-discovered endpoint carries: the record's target name.
@@ -67,7 +67,7 @@ async fn targets<'a>(
     resolver: &TokioResolver,
     usable: &'a [(SrvRecord, u8)],
     mut ttl: Option<u32>,
-    problems: &mut Vec<String>,
+    problems: &mut Vec<Problem>,
 ) -> Result<(Vec<(&'a str, Vec<IpAddr>)>, Option<u32>), NetError> {
     let targets: BTreeSet<&str> = usable.iter().map(|(r, _)| &*r.target).collect();
     let mut resolved = Vec::with_capacity(targets.len());
@@ -77,7 +77,10 @@ async fn targets<'a>(
             ttl = min_ttl(ttl, t);
         }
         if ips.is_empty() {
-            problems.push(format!("SRV target {target} has no address; left out"));
+            problems.push(problem(
+                format!("SRV target {target}"),
+                "it has no address; left out",
+            ));
         }
         resolved.push((target, ips));
     }
@@ -89,7 +92,7 @@ async fn targets<'a>(
 fn endpoints(
     usable: &[(SrvRecord, u8)],
     targets: &[(&str, Vec<IpAddr>)],
-    problems: &mut Vec<String>,
+    problems: &mut Vec<Problem>,
 ) -> Vec<Endpoint> {
     let mut endpoints = Vec::new();
     for (record, tier) in usable {
@@ -99,7 +102,7 @@ fn endpoints(
         for ip in ips {
             match srv_endpoint(record, *tier, *ip) {
                 Ok(e) => endpoints.push(e),
-                Err(e) => problems.push(format!("{record}: {e}")),
+                Err(e) => problems.push((record.to_string(), e)),
             }
         }
     }
@@ -120,17 +123,17 @@ impl fmt::Display for SrvRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "SRV record `{} {} {} {}`",
+            "SRV {} {} {} {}",
             self.priority, self.weight, self.port, self.target
         )
     }
 }
 
 /// Which records to use, at which tier, and which were left out and why.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 struct Plan {
     usable: Vec<(SrvRecord, u8)>,
-    problems: Vec<String>,
+    problems: Vec<Problem>,
 }
 
 fn is_root(target: &str) -> bool {
@@ -153,10 +156,11 @@ fn plan(records: &[SrvRecord]) -> Plan {
     let mut usable = Vec::new();
     for r in records {
         if r.port == 0 {
-            problems.push(format!("{r}: port 0 is invalid; left out"));
+            problems.push(problem(r.to_string(), "port 0 is invalid; left out"));
         } else if is_root(&r.target) {
-            problems.push(format!(
-                "{r}: target \".\" (service not available) among other records; left out"
+            problems.push(problem(
+                r.to_string(),
+                "target \".\" (service not available) among other records; left out",
             ));
         } else {
             usable.push(r.clone());
@@ -243,7 +247,9 @@ mod tests {
             "tiers rank usable records only"
         );
         assert_eq!(p.problems.len(), 1);
-        assert!(p.problems[0].contains("port 0"), "{:?}", p.problems);
+        let (record, why) = &p.problems[0];
+        assert_eq!(record, "SRV 0 1 0 a.");
+        assert!(why.to_string().contains("port 0"), "{why}");
     }
 
     #[test]
