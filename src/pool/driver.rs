@@ -25,8 +25,8 @@ pub struct PoolDriver<Src, C, S> {
     config: PoolConfig,
     /// Where each key of the published set sits in it, kept across
     /// updates so a delta finds its few endpoints without hashing the
-    /// whole set. `None` until needed, and again once a removal has moved
-    /// members up.
+    /// whole set. `None` until needed, and again after a whole new set
+    /// moved members.
     index: Option<HashMap<Arc<str>, usize>>,
 }
 
@@ -201,9 +201,13 @@ where
         let mut members = Vec::with_capacity(old.len() + delta.added.len());
         let mut removed = delta.removed.iter().peekable();
         let mut replaced = delta.replaced.into_iter().peekable();
-        let mut moved = !delta.removed.is_empty();
+        // Keys that left, and the first place whose member moved up.
+        let mut gone: Vec<Arc<str>> = Vec::with_capacity(delta.removed.len());
+        let mut moved_from: Option<usize> = None;
         for (i, m) in old.iter().enumerate() {
             if removed.next_if_eq(&&i).is_some() {
+                gone.push(m.endpoint().key_arc().clone());
+                moved_from.get_or_insert(members.len());
                 continue;
             }
             match replaced.next_if(|(at, _)| *at == i) {
@@ -219,10 +223,14 @@ where
                     Some(service) => {
                         members.push(Member::new(endpoint, service, m.stats().clone()))
                     }
-                    None => moved = true,
+                    None => {
+                        gone.push(m.endpoint().key_arc().clone());
+                        moved_from.get_or_insert(members.len());
+                    }
                 },
             }
         }
+        let kept = members.len();
         let mut dropped = delta.dropped.iter().peekable();
         for (i, endpoint) in delta.added.into_iter().enumerate() {
             if dropped.next_if_eq(&&i).is_some() {
@@ -231,16 +239,23 @@ where
             let Some(service) = self.connect(&endpoint).await else {
                 continue;
             };
-            if !moved {
-                if let Some(index) = &mut self.index {
-                    index.insert(endpoint.key_arc().clone(), members.len());
-                }
-            }
             let stats = StatsHandle::with_signal(current.epoch(), self.shared.outcomes().clone());
             members.push(Member::new(endpoint, service, stats));
         }
-        if moved {
-            self.index = None;
+        // The index follows: keys that left go, and every member from the
+        // first that moved up (or else the first added) gets its place.
+        if let Some(index) = &mut self.index {
+            for key in &gone {
+                index.remove(key);
+            }
+            for (at, m) in members.iter().enumerate().skip(moved_from.unwrap_or(kept)) {
+                match index.get_mut(m.endpoint().key()) {
+                    Some(place) => *place = at,
+                    None => {
+                        index.insert(m.endpoint().key_arc().clone(), at);
+                    }
+                }
+            }
         }
         members
     }
