@@ -15,6 +15,9 @@
 //! each one-thread row runs just before its two-thread row). At N = 2 the
 //! threads mostly share the endpoint they pick; at 10 000 they seldom do,
 //! so what is left there is what every request writes whatever it picks.
+//! `roundtrip_bare/1` and `roundtrip_bare_2_threads/1` make the same round
+//! trips to an endpoint service with no balancer in front: what two threads
+//! cost on this machine when they share nothing.
 
 mod support;
 
@@ -158,6 +161,9 @@ fn contention_group(c: &mut Criterion) {
     bench_strategy(&mut g, &pool, "least_in_flight", LeastInFlight);
     bench_strategy(&mut g, &pool, "peak_ewma", PeakEwma::new());
 
+    // The machine's own two-thread cost: a round trip to an endpoint
+    // service with no balancer (it holds no state, so nothing is shared).
+    bench_round_trips(&mut g, "bare", 1, &support::Echo);
     for n in ROUND_TRIP_SIZES {
         let pool = support::pool(&rt, n, Weights::Uniform);
         let lb = {
