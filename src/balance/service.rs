@@ -355,11 +355,12 @@ where
         let Some(routing) = self.routing.upgrade() else {
             return false;
         };
+        // Locked first, so a scheduled build cannot publish in between.
+        let mut pending = lock(&self.pending);
         let current = routing.load();
         if Arc::ptr_eq(current.eligible.snapshot(), eligible.snapshot()) {
             return true;
         }
-        let mut pending = lock(&self.pending);
         // A set that was or becomes empty is built at once: requests may be
         // waiting for the first endpoints, and an empty table is cheap.
         let runtime = tokio::runtime::Handle::try_current();
@@ -369,6 +370,8 @@ where
         match runtime {
             Ok(runtime) if defer => {
                 if pending.replace(eligible).is_none() {
+                    // Lives for the delay (at most a second), then ends,
+                    // whether or not the balancer still exists.
                     let this = Arc::clone(self);
                     runtime.spawn(async move {
                         tokio::time::sleep(this.delay).await;
