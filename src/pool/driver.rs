@@ -210,24 +210,16 @@ where
                 moved_from.get_or_insert(members.len());
                 continue;
             }
-            match replaced.next_if(|(at, _)| *at == i) {
-                None => members.push(m.clone()),
-                Some((_, endpoint)) if m.endpoint().address() == endpoint.address() => {
-                    members.push(Member::new(
-                        endpoint,
-                        m.service().clone(),
-                        m.stats().clone(),
-                    ));
+            let Some((_, endpoint)) = replaced.next_if(|(at, _)| *at == i) else {
+                members.push(m.clone());
+                continue;
+            };
+            match self.member(current, Some(m), endpoint).await {
+                Some(next) => members.push(next),
+                None => {
+                    gone.push(m.endpoint().key_arc().clone());
+                    moved_from.get_or_insert(members.len());
                 }
-                Some((_, endpoint)) => match self.connect(&endpoint).await {
-                    Some(service) => {
-                        members.push(Member::new(endpoint, service, m.stats().clone()))
-                    }
-                    None => {
-                        gone.push(m.endpoint().key_arc().clone());
-                        moved_from.get_or_insert(members.len());
-                    }
-                },
             }
         }
         let kept = members.len();
@@ -236,11 +228,9 @@ where
             if dropped.next_if_eq(&&i).is_some() {
                 continue;
             }
-            let Some(service) = self.connect(&endpoint).await else {
-                continue;
-            };
-            let stats = StatsHandle::with_signal(current.epoch(), self.shared.outcomes().clone());
-            members.push(Member::new(endpoint, service, stats));
+            if let Some(m) = self.member(current, None, endpoint).await {
+                members.push(m);
+            }
         }
         // The index follows: keys that left go, and every member from the
         // first that moved up (or else the first added) gets its place.
@@ -289,24 +279,36 @@ where
             } else {
                 by_key.get(endpoint.key()).copied()
             };
-            let stats = previous.map_or_else(
-                || StatsHandle::with_signal(current.epoch(), self.shared.outcomes().clone()),
-                |m| m.stats().clone(),
-            );
-            let service = match previous {
-                Some(m) if m.endpoint().address() == endpoint.address() => m.service().clone(),
-                _ => match self.connect(&endpoint).await {
-                    Some(s) => s,
-                    None => continue,
-                },
-            };
-            members.push(Member::new(endpoint, service, stats));
+            if let Some(m) = self.member(current, previous, endpoint).await {
+                members.push(m);
+            }
         }
         // The key index still holds when every key kept its place.
         if !aligned || members.len() != old.len() {
             self.index = None;
         }
         members
+    }
+
+    /// The member for `endpoint`, which follows `previous` (the member with
+    /// its key) if there was one: the stats carry over, and so does the
+    /// service unless the address changed. A new service is connected;
+    /// `None` when that fails.
+    async fn member(
+        &mut self,
+        current: &Snapshot<S>,
+        previous: Option<&Member<S>>,
+        endpoint: Endpoint,
+    ) -> Option<Member<S>> {
+        let stats = previous.map_or_else(
+            || StatsHandle::with_signal(current.epoch(), self.shared.outcomes().clone()),
+            |m| m.stats().clone(),
+        );
+        let service = match previous {
+            Some(m) if m.endpoint().address() == endpoint.address() => m.service().clone(),
+            _ => self.connect(&endpoint).await?,
+        };
+        Some(Member::new(endpoint, service, stats))
     }
 
     async fn connect(&mut self, endpoint: &Endpoint) -> Option<S> {
