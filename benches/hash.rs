@@ -19,7 +19,7 @@ fn bench_build<St: Strategy>(g: &mut Group<'_>, name: &str, strategy: St, snap: 
     let n = snap.len();
     let rng = PickRng::seeded(1);
     g.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
-        b.iter(|| strategy.build(snap.members(), &BuildContext::new(&rng, snap.epoch())))
+        b.iter(|| strategy.build(snap.view(), &BuildContext::new(&rng, snap.epoch())))
     });
 }
 

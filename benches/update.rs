@@ -36,7 +36,7 @@ use tower_lb::balance::{
 };
 use tower_lb::discover::bench::decode_file;
 use tower_lb::discover::{ManualSource, Registration, Registry, RegistrySource, Source};
-use tower_lb::pool::{DiscoverLayer, Member, Pool};
+use tower_lb::pool::{DiscoverLayer, Members, Pool};
 
 const SIZES: [usize; 3] = [100, 1000, 10_000];
 
@@ -337,7 +337,7 @@ struct Counting<St> {
 impl<St: Strategy> Strategy for Counting<St> {
     type Picker = St::Picker;
 
-    fn build<S>(&self, members: &[Member<S>], ctx: &BuildContext<'_>) -> St::Picker {
+    fn build<S>(&self, members: Members<'_, S>, ctx: &BuildContext<'_>) -> St::Picker {
         self.builds.fetch_add(1, Relaxed);
         self.inner.build(members, ctx)
     }

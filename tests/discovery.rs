@@ -352,7 +352,7 @@ fn weights<S>(pool: &Pool<S>) -> Vec<u32> {
 }
 
 #[tokio::test]
-async fn a_delta_upserts_then_removes_and_members_keep_their_places() {
+async fn a_delta_upserts_then_removes_and_the_last_member_fills_each_hole() {
     let (tx, pool, _backends) = channel_pool(false);
     tx.send(Update::snapshot(1, (1..=5).map(ep).collect()))
         .unwrap();
@@ -372,8 +372,10 @@ async fn a_delta_upserts_then_removes_and_members_keep_their_places() {
     let removals = vec![key(3), key(7), key(1)];
     tx.send(Update::delta(2, upserts, removals)).unwrap();
     assert!(pool.applied(2).await);
-    assert_eq!(keys(&pool), [key(2), key(4), key(5), key(6)]);
-    assert_eq!(weights(&pool), [4, 1, 1, 2]);
+    // Members keep their places; removals, from the back, move the last
+    // member into the hole (5 into 3's, then 4 into 1's); 6 goes last.
+    assert_eq!(keys(&pool), [key(4), key(2), key(5), key(6)]);
+    assert_eq!(weights(&pool), [1, 4, 1, 2]);
     assert!(
         StatsHandle::ptr_eq(&stats_of(2), &two),
         "a re-weighted endpoint keeps its stats"
@@ -383,7 +385,7 @@ async fn a_delta_upserts_then_removes_and_members_keep_their_places() {
     tx.send(Update::delta(3, vec![ep(5).with_weight(8)], vec![]))
         .unwrap();
     assert!(pool.applied(3).await);
-    assert_eq!(weights(&pool), [4, 1, 8, 2]);
+    assert_eq!(weights(&pool), [1, 4, 8, 2]);
     tx.send(Update::delta(
         4,
         vec![ep(8), ep(4).with_weight(6)],
@@ -391,8 +393,8 @@ async fn a_delta_upserts_then_removes_and_members_keep_their_places() {
     ))
     .unwrap();
     assert!(pool.applied(4).await);
-    assert_eq!(keys(&pool), [key(4), key(5), key(6), key(8)]);
-    assert_eq!(weights(&pool), [6, 8, 2, 1]);
+    assert_eq!(keys(&pool), [key(4), key(6), key(5), key(8)]);
+    assert_eq!(weights(&pool), [6, 2, 8, 1]);
     assert!(StatsHandle::ptr_eq(&stats_of(4), &four));
 
     // A delta that changes nothing publishes nothing.

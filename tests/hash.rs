@@ -92,18 +92,14 @@ async fn snapshot(endpoints: Vec<Endpoint>) -> Arc<Snapshot<Echo>> {
 
 fn build<St: Strategy>(strategy: &St, snap: &Snapshot<Echo>) -> St::Picker {
     let rng = PickRng::seeded(1);
-    strategy.build(snap.members(), &BuildContext::new(&rng, snap.epoch()))
+    strategy.build(snap.view(), &BuildContext::new(&rng, snap.epoch()))
 }
 
 /// The `n`th choice for a key, as an index into the snapshot.
 fn nth<P: Picker>(picker: &P, snap: &Snapshot<Echo>, key: u64, n: usize) -> usize {
     let rng = PickRng::seeded(1);
     picker
-        .pick_nth(
-            snap.members(),
-            &PickContext::new(&rng).with_key(Some(key)),
-            n,
-        )
+        .pick_nth(snap.view(), &PickContext::new(&rng).with_key(Some(key)), n)
         .expect("a keyed pick over a non-empty set")
 }
 
@@ -130,7 +126,7 @@ fn key_hashes(count: usize) -> impl Iterator<Item = u64> {
 /// How many of `count` keys each endpoint gets.
 fn shares<P: Picker>(picker: &P, snap: &Snapshot<Echo>, count: usize) -> Vec<u64> {
     let rng = PickRng::seeded(1);
-    let members = snap.members();
+    let members = snap.view();
     let mut hits = vec![0u64; members.len()];
     let mut ctx = PickContext::new(&rng);
     for key in key_hashes(count) {
@@ -725,9 +721,9 @@ async fn fallback_order_is_every_endpoint_once_and_skips_draining_ones() {
             let rng = PickRng::seeded(1);
             let ctx = PickContext::new(&rng).with_key(Some(key));
             let past = match a {
-                0 => maglev.pick_nth(snap.members(), &ctx, 11),
-                1 => ring.pick_nth(snap.members(), &ctx, 11),
-                _ => hrw.pick_nth(snap.members(), &ctx, 11),
+                0 => maglev.pick_nth(snap.view(), &ctx, 11),
+                1 => ring.pick_nth(snap.view(), &ctx, 11),
+                _ => hrw.pick_nth(snap.view(), &ctx, 11),
             };
             assert_eq!(past, None);
         }

@@ -295,10 +295,7 @@ fn picker_of<St: Strategy>(
     let started = Instant::now();
     let before = live();
     reset_peak();
-    let picker = strategy.build(
-        snapshot.members(),
-        &BuildContext::new(&rng, snapshot.epoch()),
-    );
+    let picker = strategy.build(snapshot.view(), &BuildContext::new(&rng, snapshot.epoch()));
     let after = live();
     let millis = started.elapsed().as_millis();
     report.figures.push(Figure {

@@ -18,7 +18,7 @@ use tower_lb::balance::{
     Ring, Strategy, WeightedRandom,
 };
 use tower_lb::discover::ManualSource;
-use tower_lb::pool::{Member, Pool};
+use tower_lb::pool::{Members, Pool};
 
 /// A backend that answers with its own port.
 #[derive(Clone)]
@@ -63,7 +63,7 @@ struct Counting<St> {
 impl<St: Strategy> Strategy for Counting<St> {
     type Picker = St::Picker;
 
-    fn build<S>(&self, members: &[Member<S>], ctx: &BuildContext<'_>) -> St::Picker {
+    fn build<S>(&self, members: Members<'_, S>, ctx: &BuildContext<'_>) -> St::Picker {
         self.builds.fetch_add(1, SeqCst);
         self.inner.build(members, ctx)
     }

@@ -18,7 +18,7 @@ use tower_lb::Endpoint;
 use tower_lb::PickRng;
 use tower_lb::balance::{Balance, BuildContext, PickContext, Picker, Strategy};
 use tower_lb::discover::StaticSource;
-use tower_lb::pool::{DiscoverLayer, Member, Pool, Snapshot};
+use tower_lb::pool::{DiscoverLayer, Members, Pool, Snapshot};
 
 /// The endpoint counts every scaling bench runs at.
 pub const SIZES: [usize; 4] = [10, 100, 1000, 10_000];
@@ -121,7 +121,7 @@ struct Capture<St: Strategy> {
 impl<St: Strategy> Strategy for Capture<St> {
     type Picker = St::Picker;
 
-    fn build<S>(&self, members: &[Member<S>], ctx: &BuildContext<'_>) -> St::Picker {
+    fn build<S>(&self, members: Members<'_, S>, ctx: &BuildContext<'_>) -> St::Picker {
         let spare = self.inner.build(members, ctx);
         *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(spare);
         self.inner.build(members, ctx)
@@ -174,7 +174,7 @@ impl<P: Picker> Routed<P> {
         let routing = self.routing.load();
         routing
             .1
-            .pick(routing.0.members(), &PickContext::new(&self.rng))
+            .pick(routing.0.view(), &PickContext::new(&self.rng))
     }
 
     /// One pick for a request with `key`: the key hashed as the picker
@@ -184,7 +184,7 @@ impl<P: Picker> Routed<P> {
         let hash = P::KEY_HASH.hash(key);
         let routing = self.routing.load();
         let ctx = PickContext::new(&self.rng).with_key(Some(hash));
-        routing.1.pick(routing.0.members(), &ctx)
+        routing.1.pick(routing.0.view(), &ctx)
     }
 }
 

@@ -7,7 +7,7 @@ use super::weighted_random::AliasTable;
 use super::{BuildContext, PickContext, Picker, Strategy};
 use crate::PickRng;
 use crate::error::{InvalidSetting, check, valid};
-use crate::pool::{Member, StatsHandle};
+use crate::pool::{Members, StatsHandle};
 use crate::util::clock::{LatencyClock, inv_tau_ns};
 
 /// Power of two choices over the fewest requests in flight, weight-aware.
@@ -106,7 +106,7 @@ impl PeakEwma {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 struct Candidate {
     /// Index into the members the picker was built for.
     index: u32,
@@ -116,21 +116,74 @@ struct Candidate {
     inv_capacity: f64,
 }
 
+/// How many draws a rejection-sampled candidate may take before the
+/// picker settles for a scan. With at least a quarter of every draw kept
+/// (see [`Draw::Rejection`]), running out happens less than once in
+/// 10^15 picks.
+const MAX_DRAWS: usize = 256;
+
+/// How the two candidates are drawn.
+#[derive(Debug)]
+enum Draw {
+    /// Every member weighs the same (or every one drains, and they are
+    /// picked alike): one draw gives both candidates. Nothing is built.
+    Uniform { weight: u32 },
+    /// Weights that differ, but by little: the first candidate is a
+    /// uniform draw kept with probability weight / `max`, drawn again
+    /// otherwise (rejection sampling, which gives each member exactly its
+    /// weight's share), and the second a uniform draw among the live
+    /// members. Nothing is built either, so a change to the set costs
+    /// nothing here. Chosen when a draw is kept at least a quarter of the
+    /// time (`count × max ≤ 4 × sum`).
+    Rejection { max: u32 },
+    /// Weights too skewed for rejection (or a single live member among
+    /// draining ones): an alias table over the live members, built in
+    /// O(N) for each set.
+    Table {
+        candidates: Box<[Candidate]>,
+        alias: AliasTable,
+    },
+}
+
 /// Draws the two candidates; shared by both P2C pickers.
 #[derive(Debug)]
 struct Pair {
-    candidates: Box<[Candidate]>,
-    /// `None` when every weight is equal: then the first draw is uniform.
-    alias: Option<AliasTable>,
+    draw: Draw,
+    /// How many members (for the table, live candidates).
+    n: usize,
+    /// The mean live weight.
+    mean: f64,
 }
 
 impl Pair {
-    fn new<S>(members: &[Member<S>]) -> Self {
+    /// O(1) unless the weights are skewed: the members' weight totals
+    /// are kept by the snapshot.
+    fn new<S>(members: Members<'_, S>) -> Self {
+        let w = members.weights();
+        let n = members.len();
+        let mean = if w.live == 0 {
+            1.0
+        } else {
+            w.sum as f64 / w.live as f64
+        };
+        if w.uniform() {
+            let weight = if w.live == 0 { 1 } else { w.max };
+            return Pair {
+                draw: Draw::Uniform { weight },
+                n,
+                mean: f64::from(weight),
+            };
+        }
+        if w.live >= 2 && (n as u128) * u128::from(w.max) <= 4 * u128::from(w.sum) {
+            return Pair {
+                draw: Draw::Rejection { max: w.max },
+                n,
+                mean,
+            };
+        }
         let active = Active::of(members);
-        let alias = (!active.uniform()).then(|| AliasTable::new(&active.weight));
-        let mean =
-            active.weight.iter().map(|&w| f64::from(w)).sum::<f64>() / active.len().max(1) as f64;
-        let candidates = active
+        let alias = AliasTable::new(&active.weight);
+        let candidates: Box<[Candidate]> = active
             .index
             .iter()
             .zip(active.weight.iter())
@@ -140,7 +193,69 @@ impl Pair {
                 inv_capacity: mean / f64::from(weight),
             })
             .collect();
-        Pair { candidates, alias }
+        Pair {
+            n: candidates.len(),
+            draw: Draw::Table { candidates, alias },
+            mean,
+        }
+    }
+
+    #[inline(always)]
+    fn candidate(&self, index: usize, weight: u32) -> Candidate {
+        Candidate {
+            index: index as u32,
+            weight,
+            inv_capacity: self.mean / f64::from(weight.max(1)),
+        }
+    }
+
+    /// The first candidate by weight, by rejection: a uniform draw kept
+    /// with probability weight / `max`.
+    #[inline(always)]
+    fn weighted<S>(&self, members: Members<'_, S>, rng: &PickRng, max: u32) -> Option<Candidate> {
+        let mut last = 0;
+        for _ in 0..MAX_DRAWS {
+            let (i, r) = rng.below_pair(self.n, max as usize);
+            let weight = members.get(i)?.endpoint().weight();
+            if (r as u32) < weight {
+                return Some(self.candidate(i, weight));
+            }
+            last = i;
+        }
+        self.live_from(members, last, usize::MAX)
+    }
+
+    /// A uniform draw among the live members other than `not`.
+    #[inline(always)]
+    fn other_live<S>(
+        &self,
+        members: Members<'_, S>,
+        rng: &PickRng,
+        not: usize,
+    ) -> Option<Candidate> {
+        let mut last = 0;
+        for _ in 0..MAX_DRAWS {
+            let i = rng.below(self.n);
+            let weight = members.get(i)?.endpoint().weight();
+            if i != not && weight > 0 {
+                return Some(self.candidate(i, weight));
+            }
+            last = i;
+        }
+        self.live_from(members, last, not)
+    }
+
+    /// The first live member from `from` on (wrapping), other than `not`:
+    /// where a draw that ran out of tries settles.
+    #[cold]
+    fn live_from<S>(&self, members: Members<'_, S>, from: usize, not: usize) -> Option<Candidate> {
+        (0..self.n)
+            .map(|k| (from + k) % self.n)
+            .filter(|&i| i != not)
+            .find_map(|i| {
+                let weight = members.get(i)?.endpoint().weight();
+                (weight > 0).then(|| self.candidate(i, weight))
+            })
     }
 
     /// Picks with `better(b, a)` deciding whether the second candidate
@@ -154,30 +269,46 @@ impl Pair {
     #[inline(always)]
     fn pick<S>(
         &self,
-        members: &[Member<S>],
+        members: Members<'_, S>,
         rng: &PickRng,
         mut better: impl FnMut((&Candidate, &StatsHandle), (&Candidate, &StatsHandle)) -> bool,
     ) -> Option<usize> {
-        let n = self.candidates.len();
-        match n {
-            0 => return None,
-            1 => return Some(self.candidates[0].index as usize),
-            _ => {}
-        }
-        // Equal weights need one draw for both candidates.
-        let (a, mut b) = match &self.alias {
-            Some(t) => (t.sample(rng).unwrap_or(0), rng.below(n - 1)),
-            None => rng.below_pair(n, n - 1),
+        let n = self.n;
+        let (a, b) = match &self.draw {
+            _ if n == 0 => return None,
+            Draw::Uniform { .. } | Draw::Table { .. } if n == 1 => {
+                return Some(match &self.draw {
+                    Draw::Table { candidates, .. } => candidates[0].index as usize,
+                    _ => 0,
+                });
+            }
+            // Equal weights need one draw for both candidates.
+            Draw::Uniform { weight } => {
+                let (a, mut b) = rng.below_pair(n, n - 1);
+                if b >= a {
+                    b += 1;
+                }
+                (self.candidate(a, *weight), self.candidate(b, *weight))
+            }
+            Draw::Rejection { max } => {
+                let a = self.weighted(members, rng, *max)?;
+                let b = self.other_live(members, rng, a.index as usize)?;
+                (a, b)
+            }
+            Draw::Table { candidates, alias } => {
+                let a = alias.sample(rng).unwrap_or(0);
+                let mut b = rng.below(n - 1);
+                if b >= a {
+                    b += 1;
+                }
+                (*candidates.get(a)?, *candidates.get(b)?)
+            }
         };
-        if b >= a {
-            b += 1;
-        }
-        let (a, b) = (&self.candidates[a], &self.candidates[b]);
         let (sa, sb) = (
             members.get(a.index as usize)?.stats(),
             members.get(b.index as usize)?.stats(),
         );
-        Some(if better((b, sb), (a, sa)) {
+        Some(if better((&b, sb), (&a, sa)) {
             b.index
         } else {
             a.index
@@ -194,7 +325,7 @@ pub struct LeastInFlightPicker {
 impl Strategy for LeastInFlight {
     type Picker = LeastInFlightPicker;
 
-    fn build<S>(&self, members: &[Member<S>], _ctx: &BuildContext<'_>) -> LeastInFlightPicker {
+    fn build<S>(&self, members: Members<'_, S>, _ctx: &BuildContext<'_>) -> LeastInFlightPicker {
         LeastInFlightPicker {
             pair: Pair::new(members),
         }
@@ -203,7 +334,7 @@ impl Strategy for LeastInFlight {
 
 impl Picker for LeastInFlightPicker {
     #[inline(always)]
-    fn pick<S>(&self, members: &[Member<S>], ctx: &PickContext<'_>) -> Option<usize> {
+    fn pick<S>(&self, members: Members<'_, S>, ctx: &PickContext<'_>) -> Option<usize> {
         self.pair.pick(members, ctx.rng, |(b, sb), (a, sa)| {
             // in_flight_b / w_b < in_flight_a / w_a, without division.
             u128::from(sb.in_flight()) * u128::from(a.weight)
@@ -225,7 +356,7 @@ pub struct PeakEwmaPicker {
 impl Strategy for PeakEwma {
     type Picker = PeakEwmaPicker;
 
-    fn build<S>(&self, members: &[Member<S>], ctx: &BuildContext<'_>) -> PeakEwmaPicker {
+    fn build<S>(&self, members: Members<'_, S>, ctx: &BuildContext<'_>) -> PeakEwmaPicker {
         PeakEwmaPicker {
             pair: Pair::new(members),
             epoch: ctx.epoch,
@@ -238,7 +369,7 @@ impl Strategy for PeakEwma {
 
 impl Picker for PeakEwmaPicker {
     #[inline(always)]
-    fn pick<S>(&self, members: &[Member<S>], ctx: &PickContext<'_>) -> Option<usize> {
+    fn pick<S>(&self, members: Members<'_, S>, ctx: &PickContext<'_>) -> Option<usize> {
         let mut now_ns = ctx.now_ns;
         let inv_tau = self.inv_tau_ns;
         self.pair.pick(members, ctx.rng, |(b, sb), (a, sa)| {

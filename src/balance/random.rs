@@ -1,6 +1,6 @@
 use super::strategy::Active;
 use super::{BuildContext, PickContext, Picker, Strategy};
-use crate::pool::Member;
+use crate::pool::Members;
 
 /// A uniformly random endpoint, ignoring weights (except that weight-0
 /// endpoints are skipped while others are live).
@@ -16,7 +16,7 @@ pub struct RandomPicker {
 impl Strategy for Random {
     type Picker = RandomPicker;
 
-    fn build<S>(&self, members: &[Member<S>], _ctx: &BuildContext<'_>) -> RandomPicker {
+    fn build<S>(&self, members: Members<'_, S>, _ctx: &BuildContext<'_>) -> RandomPicker {
         RandomPicker {
             index: Active::of(members).index,
         }
@@ -25,7 +25,7 @@ impl Strategy for Random {
 
 impl Picker for RandomPicker {
     #[inline]
-    fn pick<S>(&self, _members: &[Member<S>], ctx: &PickContext<'_>) -> Option<usize> {
+    fn pick<S>(&self, _members: Members<'_, S>, ctx: &PickContext<'_>) -> Option<usize> {
         match self.index.len() {
             0 => None,
             n => Some(self.index[ctx.rng.below(n)] as usize),

@@ -1,7 +1,7 @@
 use super::rotation::Rotation;
 use super::strategy::Active;
 use super::{BuildContext, PickContext, Picker, Strategy};
-use crate::pool::Member;
+use crate::pool::Members;
 
 /// Each endpoint in turn, ignoring weights (except that weight-0 endpoints
 /// are skipped while others are live).
@@ -26,7 +26,7 @@ pub struct RoundRobinPicker {
 impl Strategy for RoundRobin {
     type Picker = RoundRobinPicker;
 
-    fn build<S>(&self, members: &[Member<S>], ctx: &BuildContext<'_>) -> RoundRobinPicker {
+    fn build<S>(&self, members: Members<'_, S>, ctx: &BuildContext<'_>) -> RoundRobinPicker {
         let active = Active::of(members);
         let start = if active.len() == 0 {
             0
@@ -42,7 +42,7 @@ impl Strategy for RoundRobin {
 
 impl Picker for RoundRobinPicker {
     #[inline]
-    fn pick<S>(&self, _members: &[Member<S>], _ctx: &PickContext<'_>) -> Option<usize> {
+    fn pick<S>(&self, _members: Members<'_, S>, _ctx: &PickContext<'_>) -> Option<usize> {
         if self.index.is_empty() {
             return None;
         }

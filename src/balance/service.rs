@@ -15,7 +15,7 @@ use crate::PickRng;
 use crate::attempt::{Attempted, Attempts};
 use crate::error::{BoxError, Error};
 use crate::failover::{HealthReport, OnTrial};
-use crate::pool::{Member, Pool, Snapshot};
+use crate::pool::{Member, Members, Pool, Snapshot};
 use crate::util::clock::{LatencyClock, inv_tau_ns};
 use crate::util::publish::lock;
 
@@ -134,20 +134,20 @@ impl<S, P: Picker> Routing<S, P> {
         rng: &PickRng,
         clock: LatencyClock,
     ) -> Self {
-        let all = eligible.snapshot().members();
+        let all = eligible.snapshot().view();
         let ctx = BuildContext::with_clock(rng, eligible.snapshot().epoch(), clock);
         let mut lanes = Vec::new();
         let mut until: u32 = 0;
         for group in eligible.groups() {
             let range = group.members();
-            if range.is_empty() || range.end > all.len() {
+            let Some(run) = all.get_range(range.clone()).filter(|r| !r.is_empty()) else {
                 continue;
-            }
+            };
             until = until.saturating_add(group.share);
             lanes.push(Lane {
                 until,
                 share: group.share,
-                picker: strategy.build(&all[range.clone()], &ctx),
+                picker: strategy.build(run, &ctx),
                 members: range,
             });
         }
@@ -204,12 +204,10 @@ impl<S, P> Routing<S, P> {
 
     /// A lane's members in the snapshot.
     #[inline]
-    fn members_of(&self, lane: &Lane<P>) -> &[Member<S>] {
-        self.eligible
-            .snapshot()
-            .members()
-            .get(lane.members.clone())
-            .unwrap_or_default()
+    fn members_of(&self, lane: &Lane<P>) -> Members<'_, S> {
+        let all = self.eligible.snapshot().view();
+        all.get_range(lane.members.clone())
+            .unwrap_or_else(|| all.get_range(0..0).unwrap_or(all))
     }
 }
 

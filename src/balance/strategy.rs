@@ -4,7 +4,7 @@ use tokio::time::Instant;
 
 use super::hash::KeyHash;
 use crate::PickRng;
-use crate::pool::Member;
+use crate::pool::Members;
 use crate::util::clock::LatencyClock;
 
 /// How a balancer chooses an endpoint: builds one immutable [`Picker`] per
@@ -20,7 +20,7 @@ pub trait Strategy: Send + Sync + 'static {
     type Picker: Picker;
 
     /// Builds the picker for `members`.
-    fn build<S>(&self, members: &[Member<S>], ctx: &BuildContext<'_>) -> Self::Picker;
+    fn build<S>(&self, members: Members<'_, S>, ctx: &BuildContext<'_>) -> Self::Picker;
 
     /// How long a balancer may wait, once the set it picks from has
     /// changed, before it rebuilds this strategy's picker, so that the
@@ -95,7 +95,7 @@ pub trait Picker: Send + Sync + 'static {
     /// the picker was built for) of the endpoint for the next request, or
     /// `None` when there is none to pick. Pickers hold indices, not
     /// endpoints: load and latency are read from `members`' stats.
-    fn pick<S>(&self, members: &[Member<S>], ctx: &PickContext<'_>) -> Option<usize>;
+    fn pick<S>(&self, members: Members<'_, S>, ctx: &PickContext<'_>) -> Option<usize>;
 
     /// The `n`th choice (`n = 0` is [`pick`](Picker::pick)) in this
     /// request's fallback order: where a retry goes when the first `n`
@@ -103,7 +103,12 @@ pub trait Picker: Send + Sync + 'static {
     /// endpoints, the same for every request with that key), so moving one
     /// key on does not disturb any other; the default draws again, which is
     /// what a random or rotating picker's order is.
-    fn pick_nth<S>(&self, members: &[Member<S>], ctx: &PickContext<'_>, n: usize) -> Option<usize> {
+    fn pick_nth<S>(
+        &self,
+        members: Members<'_, S>,
+        ctx: &PickContext<'_>,
+        n: usize,
+    ) -> Option<usize> {
         let _ = n;
         self.pick(members, ctx)
     }
@@ -173,7 +178,7 @@ pub(crate) struct Active {
 }
 
 impl Active {
-    pub(crate) fn of<S>(members: &[Member<S>]) -> Self {
+    pub(crate) fn of<S>(members: Members<'_, S>) -> Self {
         let any_live = members.iter().any(|m| m.endpoint().weight() > 0);
         let (index, weight) = members
             .iter()

@@ -3,7 +3,7 @@ use std::time::Duration;
 use super::strategy::Active;
 use super::{BuildContext, PickContext, Picker, Strategy};
 use crate::PickRng;
-use crate::pool::Member;
+use crate::pool::Members;
 
 /// A random endpoint with probability proportional to its weight, in O(1)
 /// per pick whatever the number of endpoints.
@@ -31,7 +31,7 @@ impl Strategy for WeightedRandom {
         crate::balance::REBUILD_DELAY
     }
 
-    fn build<S>(&self, members: &[Member<S>], _ctx: &BuildContext<'_>) -> WeightedRandomPicker {
+    fn build<S>(&self, members: Members<'_, S>, _ctx: &BuildContext<'_>) -> WeightedRandomPicker {
         let active = Active::of(members);
         WeightedRandomPicker {
             table: AliasTable::new(&active.weight),
@@ -42,7 +42,7 @@ impl Strategy for WeightedRandom {
 
 impl Picker for WeightedRandomPicker {
     #[inline]
-    fn pick<S>(&self, _members: &[Member<S>], ctx: &PickContext<'_>) -> Option<usize> {
+    fn pick<S>(&self, _members: Members<'_, S>, ctx: &PickContext<'_>) -> Option<usize> {
         self.table.sample(ctx.rng).map(|p| self.index[p] as usize)
     }
 }

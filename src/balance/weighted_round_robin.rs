@@ -1,7 +1,7 @@
 use super::rotation::Rotation;
 use super::strategy::Active;
 use super::{BuildContext, PickContext, Picker, Strategy};
-use crate::pool::Member;
+use crate::pool::Members;
 
 /// Smooth weighted round robin: each endpoint gets exactly its share of
 /// every cycle, spread out rather than in bursts, with a lock-free pick.
@@ -54,7 +54,11 @@ impl WeightedRoundRobinPicker {
 impl Strategy for WeightedRoundRobin {
     type Picker = WeightedRoundRobinPicker;
 
-    fn build<S>(&self, members: &[Member<S>], ctx: &BuildContext<'_>) -> WeightedRoundRobinPicker {
+    fn build<S>(
+        &self,
+        members: Members<'_, S>,
+        ctx: &BuildContext<'_>,
+    ) -> WeightedRoundRobinPicker {
         let table = layout(&Active::of(members));
         let start = if table.is_empty() {
             0
@@ -70,7 +74,7 @@ impl Strategy for WeightedRoundRobin {
 
 impl Picker for WeightedRoundRobinPicker {
     #[inline]
-    fn pick<S>(&self, _members: &[Member<S>], _ctx: &PickContext<'_>) -> Option<usize> {
+    fn pick<S>(&self, _members: Members<'_, S>, _ctx: &PickContext<'_>) -> Option<usize> {
         if self.table.is_empty() {
             return None;
         }

@@ -46,7 +46,7 @@ impl Republish {
                 .unwrap_or_else(|_| Endpoint::new(([127, 0, 0, 1], port).into()));
                 Member::new(ep, (), StatsHandle::new(epoch))
             })
-            .collect();
+            .collect::<Vec<_>>();
         Republish {
             upstream: Snapshot::new(1, epoch, members),
             tracker: TrackerBox(Tracker::new(FailoverConfig::new())),

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::HealthReport;
 use super::trial::OnTrial;
-use crate::pool::{DiscoveryStatus, Member, Pool, Snapshot};
+use crate::pool::{DiscoveryStatus, Member, MemberList, Pool, Snapshot};
 use crate::util::publish::Published;
 
 /// The endpoints of a pool that may take requests now, split into
@@ -93,7 +93,7 @@ impl<S> View<S> {
     }
 
     /// The eligible endpoints, tier by tier.
-    pub fn members(&self) -> &[Member<S>] {
+    pub fn members(&self) -> &MemberList<S> {
         self.eligible.members()
     }
 

@@ -7,7 +7,7 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use super::pool::Shared;
-use super::{Member, PoolConfig, Snapshot, StatsHandle};
+use super::{Member, MemberList, PoolConfig, Snapshot, StatsHandle};
 use crate::discover::{Change, Source, Update};
 use crate::endpoint::Endpoint;
 use crate::error::BoxError;
@@ -193,32 +193,40 @@ where
         Plan::Delta(delta)
     }
 
-    /// `current` with `delta` applied: members keep their places, removed
-    /// ones close up, added ones go last. Stats carry over; a replaced
-    /// endpoint keeps its service unless its address changed.
-    async fn members_after(&mut self, current: &Snapshot<S>, delta: Delta) -> Vec<Member<S>> {
-        let old = current.members();
-        let mut members = Vec::with_capacity(old.len() + delta.added.len());
-        let mut removed = delta.removed.iter().peekable();
-        let mut replaced = delta.replaced.into_iter().peekable();
-        // Keys that left, and the first place whose member moved up.
+    /// `current` with `delta` applied, in O(changed × log N): members keep
+    /// their places, a removed member's place goes to the last member, and
+    /// added ones go last. Stats carry over; a replaced endpoint keeps its
+    /// service unless its address changed. The new list shares every node
+    /// of the current one that the delta did not touch.
+    async fn members_after(&mut self, current: &Snapshot<S>, delta: Delta) -> MemberList<S> {
+        let mut members = current.members().clone();
+        // Keys that left, and places whose member changed.
         let mut gone: Vec<Arc<str>> = Vec::with_capacity(delta.removed.len());
-        let mut moved_from: Option<usize> = None;
-        for (i, m) in old.iter().enumerate() {
-            if removed.next_if_eq(&&i).is_some() {
-                gone.push(m.endpoint().key_arc().clone());
-                moved_from.get_or_insert(members.len());
-                continue;
-            }
-            let Some((_, endpoint)) = replaced.next_if(|(at, _)| *at == i) else {
-                members.push(m.clone());
+        let mut failed: Vec<usize> = Vec::new();
+        for (at, endpoint) in delta.replaced {
+            let Some(old) = current.members().get(at) else {
                 continue;
             };
-            match self.member(current, Some(m), endpoint).await {
-                Some(next) => members.push(next),
-                None => {
-                    gone.push(m.endpoint().key_arc().clone());
-                    moved_from.get_or_insert(members.len());
+            match self.member(current, Some(old), endpoint).await {
+                Some(next) => {
+                    members.set(at, next);
+                }
+                // Its new address could not be connected: it leaves.
+                None => failed.push(at),
+            }
+        }
+        let mut removed = delta.removed;
+        removed.extend(failed);
+        // From the back, so a member moved into a hole is never one still
+        // to be removed.
+        removed.sort_unstable_by(|a, b| b.cmp(a));
+        removed.dedup();
+        let mut moved: Vec<usize> = Vec::with_capacity(removed.len());
+        for at in removed {
+            if let Some(m) = members.swap_remove(at) {
+                gone.push(m.endpoint().key_arc().clone());
+                if at < members.len() {
+                    moved.push(at);
                 }
             }
         }
@@ -232,18 +240,15 @@ where
                 members.push(m);
             }
         }
-        // The index follows: keys that left go, and every member from the
-        // first that moved up (or else the first added) gets its place.
+        // The index follows: keys that left go, members moved into holes
+        // and added ones get their places.
         if let Some(index) = &mut self.index {
             for key in &gone {
                 index.remove(key);
             }
-            for (at, m) in members.iter().enumerate().skip(moved_from.unwrap_or(kept)) {
-                match index.get_mut(m.endpoint().key()) {
-                    Some(place) => *place = at,
-                    None => {
-                        index.insert(m.endpoint().key_arc().clone(), at);
-                    }
+            for at in moved.into_iter().chain(kept..members.len()) {
+                if let Some(m) = members.get(at) {
+                    index.insert(m.endpoint().key_arc().clone(), at);
                 }
             }
         }
@@ -252,18 +257,14 @@ where
 
     /// Builds the new member list: stats always carry over by key, services
     /// carry over when the address did not change; new ones are connected.
-    async fn members_for(
-        &mut self,
-        current: &Snapshot<S>,
-        wanted: Vec<Endpoint>,
-    ) -> Vec<Member<S>> {
+    async fn members_for(&mut self, current: &Snapshot<S>, wanted: Vec<Endpoint>) -> MemberList<S> {
         let old = current.members();
         // The common update (weights or tags changed, same instances in the
         // same order) needs no lookup at all.
         let aligned = wanted.len() == old.len()
             && wanted
                 .iter()
-                .zip(old)
+                .zip(old.iter())
                 .all(|(w, m)| w.key_arc() == m.endpoint().key_arc());
         let by_key: HashMap<&str, &Member<S>> = if aligned {
             HashMap::new()
@@ -287,7 +288,7 @@ where
         if !aligned || members.len() != old.len() {
             self.index = None;
         }
-        members
+        members.into()
     }
 
     /// The member for `endpoint`, which follows `previous` (the member with

@@ -35,6 +35,7 @@
 
 mod driver;
 mod layer;
+mod members;
 #[allow(clippy::module_inception)]
 mod pool;
 mod snapshot;
@@ -42,6 +43,7 @@ mod stats;
 
 pub use driver::PoolDriver;
 pub use layer::{DiscoverLayer, PoolConfig};
+pub use members::{Iter, MemberList, Members};
 pub use pool::{DiscoveryStatus, Pool};
 pub use snapshot::{EndpointReport, Member, Snapshot};
 pub use stats::{EndpointStats, StatsHandle};

@@ -1,6 +1,7 @@
 use tokio::time::Instant;
 
 use super::StatsHandle;
+use super::members::{MemberList, Members};
 use crate::endpoint::Endpoint;
 
 /// An immutable view of a pool's endpoints at one revision.
@@ -11,7 +12,7 @@ use crate::endpoint::Endpoint;
 pub struct Snapshot<S> {
     revision: u64,
     epoch: Instant,
-    members: Vec<Member<S>>,
+    members: MemberList<S>,
     /// Whether discovery had delivered an update when this was published.
     discovered: bool,
 }
@@ -26,11 +27,11 @@ pub struct Member<S> {
 
 impl<S> Snapshot<S> {
     /// A set discovery delivered.
-    pub(crate) fn new(revision: u64, epoch: Instant, members: Vec<Member<S>>) -> Self {
+    pub(crate) fn new(revision: u64, epoch: Instant, members: impl Into<MemberList<S>>) -> Self {
         Snapshot {
             revision,
             epoch,
-            members,
+            members: members.into(),
             discovered: true,
         }
     }
@@ -39,7 +40,7 @@ impl<S> Snapshot<S> {
     pub(crate) fn initial(epoch: Instant) -> Self {
         Snapshot {
             discovered: false,
-            ..Snapshot::new(0, epoch, Vec::new())
+            ..Snapshot::new(0, epoch, MemberList::default())
         }
     }
 
@@ -49,7 +50,7 @@ impl<S> Snapshot<S> {
         Snapshot {
             revision,
             epoch: of.epoch,
-            members,
+            members: members.into(),
             discovered: of.discovered,
         }
     }
@@ -67,9 +68,15 @@ impl<S> Snapshot<S> {
         self.revision
     }
 
-    /// The members in a stable order (first-seen order of their keys).
-    pub fn members(&self) -> &[Member<S>] {
+    /// The members. A member keeps its place while it stays, except that
+    /// a removed member's place goes to the last one.
+    pub fn members(&self) -> &MemberList<S> {
         &self.members
+    }
+
+    /// The members as the view a picker takes.
+    pub fn view(&self) -> Members<'_, S> {
+        self.members.view()
     }
 
     /// How many endpoints.
@@ -79,7 +86,7 @@ impl<S> Snapshot<S> {
 
     /// Whether there are no endpoints.
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
+        self.members.len() == 0
     }
 
     /// The member with this key.

@@ -5,7 +5,7 @@ use super::stable::xxh64;
 use crate::balance::strategy::Active;
 use crate::balance::{BuildContext, PickContext, Picker, Strategy, WeightedRoundRobin};
 use crate::error::{InvalidSetting, check, valid};
-use crate::pool::Member;
+use crate::pool::Members;
 
 /// The default Maglev table size, a prime.
 pub const DEFAULT_TABLE_SIZE: u64 = 65_537;
@@ -150,7 +150,7 @@ impl<F: Strategy> Strategy for Maglev<F> {
         crate::balance::REBUILD_DELAY
     }
 
-    fn build<S>(&self, members: &[Member<S>], ctx: &BuildContext<'_>) -> Self::Picker {
+    fn build<S>(&self, members: Members<'_, S>, ctx: &BuildContext<'_>) -> Self::Picker {
         let fallback = self.fallback.build(members, ctx);
         let active = Active::of(members);
         let names = active
@@ -166,12 +166,17 @@ impl<F: Strategy> Strategy for Maglev<F> {
 
 impl<P: Picker> Picker for MaglevPicker<P> {
     #[inline]
-    fn pick<S>(&self, members: &[Member<S>], ctx: &PickContext<'_>) -> Option<usize> {
+    fn pick<S>(&self, members: Members<'_, S>, ctx: &PickContext<'_>) -> Option<usize> {
         self.keyed.pick_nth(self, members, ctx, 0)
     }
 
     #[inline]
-    fn pick_nth<S>(&self, members: &[Member<S>], ctx: &PickContext<'_>, n: usize) -> Option<usize> {
+    fn pick_nth<S>(
+        &self,
+        members: Members<'_, S>,
+        ctx: &PickContext<'_>,
+        n: usize,
+    ) -> Option<usize> {
         self.keyed.pick_nth(self, members, ctx, n)
     }
 

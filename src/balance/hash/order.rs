@@ -5,7 +5,7 @@ use super::super::strategy::Active;
 use super::super::{PickContext, Picker};
 use super::stable::mix;
 use crate::error::{InvalidSetting, check};
-use crate::pool::Member;
+use crate::pool::Members;
 
 /// How many endpoints of a key's order come from the algorithm itself;
 /// the rest follow in a key-rotated scan (see [`Order`]).
@@ -77,7 +77,7 @@ pub(super) struct Keyed<P> {
 }
 
 impl<P: Picker> Keyed<P> {
-    pub(super) fn new<S>(members: &[Member<S>], fallback: P, factor: Option<f64>) -> Self {
+    pub(super) fn new<S>(members: Members<'_, S>, fallback: P, factor: Option<f64>) -> Self {
         let active = Active::of(members);
         let mut weight = vec![0u32; members.len()];
         for (&i, &w) in active.index.iter().zip(active.weight.iter()) {
@@ -99,7 +99,7 @@ impl<P: Picker> Keyed<P> {
     pub(super) fn pick_nth<W: Walk, S>(
         &self,
         walk: &W,
-        members: &[Member<S>],
+        members: Members<'_, S>,
         ctx: &PickContext<'_>,
         n: usize,
     ) -> Option<usize> {
@@ -133,7 +133,13 @@ impl<P: Picker> Keyed<P> {
     /// Zadimoghaddam's capacity `⌈c·m/n⌉`, weighted). `total` caches the
     /// sum of in-flight counts for the pick.
     #[inline]
-    fn has_room<S>(&self, members: &[Member<S>], i: u32, c: f64, total: &mut Option<u64>) -> bool {
+    fn has_room<S>(
+        &self,
+        members: Members<'_, S>,
+        i: u32,
+        c: f64,
+        total: &mut Option<u64>,
+    ) -> bool {
         let Some(m) = members.get(i as usize) else {
             return false;
         };

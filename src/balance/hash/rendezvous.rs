@@ -5,7 +5,7 @@ use super::stable::{mix, xxh64};
 use crate::balance::strategy::Active;
 use crate::balance::{BuildContext, PickContext, Picker, Strategy, WeightedRoundRobin};
 use crate::error::{InvalidSetting, valid};
-use crate::pool::Member;
+use crate::pool::Members;
 
 /// Rendezvous (highest random weight) hashing, weighted (Thaler and
 /// Ravishankar, *Using Name-Based Mappings to Increase Hit Rates*, 1998;
@@ -93,7 +93,7 @@ impl<F: Strategy> Strategy for Rendezvous<F> {
         self.fallback.rebuild_delay()
     }
 
-    fn build<S>(&self, members: &[Member<S>], ctx: &BuildContext<'_>) -> Self::Picker {
+    fn build<S>(&self, members: Members<'_, S>, ctx: &BuildContext<'_>) -> Self::Picker {
         let fallback = self.fallback.build(members, ctx);
         let active = Active::of(members);
         let seeds = active
@@ -134,12 +134,17 @@ impl<P> RendezvousPicker<P> {
 
 impl<P: Picker> Picker for RendezvousPicker<P> {
     #[inline]
-    fn pick<S>(&self, members: &[Member<S>], ctx: &PickContext<'_>) -> Option<usize> {
+    fn pick<S>(&self, members: Members<'_, S>, ctx: &PickContext<'_>) -> Option<usize> {
         self.keyed.pick_nth(self, members, ctx, 0)
     }
 
     #[inline]
-    fn pick_nth<S>(&self, members: &[Member<S>], ctx: &PickContext<'_>, n: usize) -> Option<usize> {
+    fn pick_nth<S>(
+        &self,
+        members: Members<'_, S>,
+        ctx: &PickContext<'_>,
+        n: usize,
+    ) -> Option<usize> {
         self.keyed.pick_nth(self, members, ctx, n)
     }
 

@@ -8,7 +8,7 @@ use crate::Endpoint;
 use crate::balance::strategy::Active;
 use crate::balance::{BuildContext, PickContext, Picker, Strategy, WeightedRoundRobin};
 use crate::error::{InvalidSetting, check, valid};
-use crate::pool::Member;
+use crate::pool::Members;
 
 /// Points per unit of weight, as nginx and pingora-ketama place them.
 pub const KETAMA_POINTS: u32 = 160;
@@ -152,7 +152,7 @@ impl<F: Strategy> Strategy for Ring<F> {
         crate::balance::REBUILD_DELAY
     }
 
-    fn build<S>(&self, members: &[Member<S>], ctx: &BuildContext<'_>) -> Self::Picker {
+    fn build<S>(&self, members: Members<'_, S>, ctx: &BuildContext<'_>) -> Self::Picker {
         let fallback = self.fallback.build(members, ctx);
         let active = Active::of(members);
         let total: u64 = active.weight.iter().map(|&w| u64::from(w)).sum();
@@ -282,12 +282,17 @@ fn ketama_name(endpoint: &Endpoint, out: &mut Vec<u8>) {
 
 impl<P: Picker> Picker for RingPicker<P> {
     #[inline]
-    fn pick<S>(&self, members: &[Member<S>], ctx: &PickContext<'_>) -> Option<usize> {
+    fn pick<S>(&self, members: Members<'_, S>, ctx: &PickContext<'_>) -> Option<usize> {
         self.keyed.pick_nth(self, members, ctx, 0)
     }
 
     #[inline]
-    fn pick_nth<S>(&self, members: &[Member<S>], ctx: &PickContext<'_>, n: usize) -> Option<usize> {
+    fn pick_nth<S>(
+        &self,
+        members: Members<'_, S>,
+        ctx: &PickContext<'_>,
+        n: usize,
+    ) -> Option<usize> {
         self.keyed.pick_nth(self, members, ctx, n)
     }
 

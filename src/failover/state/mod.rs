@@ -14,7 +14,7 @@ use super::report::HealthReport;
 use super::trial::{OnTrial, Trial};
 use super::view::{Group, View};
 use crate::endpoint::Endpoint;
-use crate::pool::{Member, Snapshot};
+use crate::pool::{Member, MemberList, Snapshot};
 use crate::trace::event;
 
 mod view;
@@ -137,7 +137,7 @@ fn same_trials<S>(a: &[OnTrial<S>], b: &[OnTrial<S>]) -> bool {
             .all(|(a, b)| Arc::ptr_eq(&a.trial, &b.trial))
 }
 
-fn same_members<S>(a: &[Member<S>], b: &[Member<S>]) -> bool {
+fn same_members<S>(a: &MemberList<S>, b: &[Member<S>]) -> bool {
     a.len() == b.len()
         && a.iter().zip(b).all(|(a, b)| {
             Arc::ptr_eq(a.endpoint().key_arc(), b.endpoint().key_arc())
@@ -557,7 +557,7 @@ mod tests {
                 let ep = Endpoint::new(([127, 0, 0, 1], port).into()).with_priority(priority);
                 Member::new(ep, (), StatsHandle::new(epoch))
             })
-            .collect();
+            .collect::<Vec<_>>();
         Snapshot::new(1, epoch, members)
     }
 
