@@ -342,8 +342,8 @@ impl<St: Strategy> Strategy for Counting<St> {
         self.inner.build(members, ctx)
     }
 
-    fn rebuild_delay(&self) -> Duration {
-        self.inner.rebuild_delay()
+    fn rebuild_delay<S>(&self, members: Members<'_, S>) -> Duration {
+        self.inner.rebuild_delay(members)
     }
 }
 

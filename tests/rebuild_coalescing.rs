@@ -15,7 +15,7 @@ use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_lb::Endpoint;
 use tower_lb::balance::{
     Balance, BalanceLayer, BuildContext, LeastInFlight, MAX_REBUILD_DELAY, Maglev, REBUILD_DELAY,
-    Ring, Strategy, WeightedRandom,
+    Ring, Strategy, WeightedRandom, WeightedRoundRobin,
 };
 use tower_lb::discover::ManualSource;
 use tower_lb::pool::{Members, Pool};
@@ -68,14 +68,16 @@ impl<St: Strategy> Strategy for Counting<St> {
         self.inner.build(members, ctx)
     }
 
-    fn rebuild_delay(&self) -> Duration {
-        self.inner.rebuild_delay()
+    fn rebuild_delay<S>(&self, members: Members<'_, S>) -> Duration {
+        self.inner.rebuild_delay(members)
     }
 }
 
 /// A pool fed by a manual source and a balancer over it with `strategy`
 /// (wrapped to count its builds), set up by `layer`.
 struct Stack<St: Strategy> {
+    /// Each endpoint's weight.
+    weight: fn(usize) -> u32,
     source: ManualSource,
     pool: Pool<Port>,
     lb: Balance<Port, Counting<St>>,
@@ -83,10 +85,21 @@ struct Stack<St: Strategy> {
 }
 
 impl<St: Strategy + Clone> Stack<St> {
+    /// Endpoints `0..start` of weight 1.
     async fn new(
         strategy: St,
         layer: impl FnOnce(BalanceLayer<Counting<St>>) -> BalanceLayer<Counting<St>>,
         start: usize,
+    ) -> Self {
+        Self::weighted(strategy, layer, start, |_| 1).await
+    }
+
+    /// Endpoints `0..start` of weights `weight`.
+    async fn weighted(
+        strategy: St,
+        layer: impl FnOnce(BalanceLayer<Counting<St>>) -> BalanceLayer<Counting<St>>,
+        start: usize,
+        weight: fn(usize) -> u32,
     ) -> Self {
         let (source, rx) = ManualSource::new();
         let pool: Pool<Port> = Pool::spawn(rx, connector(), Default::default());
@@ -97,14 +110,19 @@ impl<St: Strategy + Clone> Stack<St> {
         };
         let lb = layer(BalanceLayer::new(counting)).layer(pool.clone());
         let stack = Stack {
+            weight,
             source,
             pool,
             lb,
             builds,
         };
-        let revision = stack.source.set((0..start).map(endpoint));
+        let revision = stack.source.set((0..start).map(|i| stack.endpoint(i)));
         assert!(stack.pool.applied(revision).await);
         stack
+    }
+
+    fn endpoint(&self, i: usize) -> Endpoint {
+        endpoint(i).with_weight((self.weight)(i))
     }
 
     fn builds(&self) -> usize {
@@ -117,7 +135,7 @@ impl<St: Strategy + Clone> Stack<St> {
     }
 
     async fn add(&self, i: usize) {
-        let revision = self.source.add([endpoint(i)]);
+        let revision = self.source.add([self.endpoint(i)]);
         assert!(self.pool.applied(revision).await);
     }
 
@@ -165,10 +183,13 @@ async fn a_burst_of_1000_changes_in_5_ms_is_one_maglev_rebuild() {
     assert_eq!(stack.builds(), before + 1, "and no rebuild after it");
 }
 
-/// Removes one of 10 endpoints and checks the balancer's pickers still
-/// have it 1 ms before the delay is up, and not when it is.
+/// Removes one of 10 endpoints (endpoint 0 weighing 1 000 times the
+/// others, so weighted strategies need their tables) and checks the
+/// balancer's pickers still have it 1 ms before the delay is up, and not
+/// when it is.
 async fn one_removal_lands_within_the_delay<St: Strategy + Clone>(name: &str, strategy: St) {
-    let stack = Stack::new(strategy, |l| l, 10).await;
+    let skewed = |i| if i == 0 { 1000 } else { 1 };
+    let stack = Stack::weighted(strategy, |l| l, 10, skewed).await;
     let start = tokio::time::Instant::now();
     stack.remove(3).await;
     tokio::time::sleep(REBUILD_DELAY - Duration::from_millis(1)).await;
@@ -197,8 +218,16 @@ async fn every_change_rebuilds<St: Strategy + Clone>(stack: Stack<St>) {
 
 #[tokio::test(start_paused = true)]
 async fn strategies_without_a_table_and_a_zero_delay_rebuild_on_every_change() {
-    assert_eq!(LeastInFlight.rebuild_delay(), Duration::ZERO);
     every_change_rebuilds(Stack::new(LeastInFlight, |l| l, 10).await).await;
+    // Weighted round robin rebuilds its cycle at once; weighted random
+    // needs no table for equal weights, nor for weights that differ by
+    // little.
+    let skewed = |i| if i == 0 { 1000 } else { 1 };
+    every_change_rebuilds(Stack::weighted(WeightedRoundRobin, |l| l, 10, skewed).await).await;
+    every_change_rebuilds(Stack::new(WeightedRandom, |l| l, 10).await).await;
+    let mild = |i| 1 + (i % 4) as u32;
+    every_change_rebuilds(Stack::weighted(WeightedRandom, |l| l, 10, mild).await).await;
+    every_change_rebuilds(Stack::weighted(LeastInFlight, |l| l, 10, mild).await).await;
     every_change_rebuilds(Stack::new(Maglev::new(), |l| l.rebuild_delay(Duration::ZERO), 10).await)
         .await;
 }

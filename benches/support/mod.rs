@@ -126,8 +126,8 @@ impl<St: Strategy> Strategy for Capture<St> {
         *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(spare);
         self.inner.build(members, ctx)
     }
-    fn rebuild_delay(&self) -> std::time::Duration {
-        self.inner.rebuild_delay()
+    fn rebuild_delay<S>(&self, members: Members<'_, S>) -> std::time::Duration {
+        self.inner.rebuild_delay(members)
     }
 }
 

@@ -57,6 +57,7 @@
 //! ```
 
 mod classify;
+mod draw;
 pub mod future;
 pub mod hash;
 mod layer;

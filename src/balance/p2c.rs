@@ -2,8 +2,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::strategy::Active;
-use super::weighted_random::AliasTable;
+use super::draw::{Drawn, WeightedDraw};
 use super::{BuildContext, PickContext, Picker, Strategy};
 use crate::PickRng;
 use crate::error::{InvalidSetting, check, valid};
@@ -106,6 +105,7 @@ impl PeakEwma {
     }
 }
 
+/// A candidate drawn, as the comparison sees it.
 #[derive(Debug, Clone, Copy)]
 struct Candidate {
     /// Index into the members the picker was built for.
@@ -116,146 +116,30 @@ struct Candidate {
     inv_capacity: f64,
 }
 
-/// How many draws a rejection-sampled candidate may take before the
-/// picker settles for a scan. With at least a quarter of every draw kept
-/// (see [`Draw::Rejection`]), running out happens less than once in
-/// 10^15 picks.
-const MAX_DRAWS: usize = 256;
-
-/// How the two candidates are drawn.
-#[derive(Debug)]
-enum Draw {
-    /// Every member weighs the same (or every one drains, and they are
-    /// picked alike): one draw gives both candidates. Nothing is built.
-    Uniform { weight: u32 },
-    /// Weights that differ, but by little: the first candidate is a
-    /// uniform draw kept with probability weight / `max`, drawn again
-    /// otherwise (rejection sampling, which gives each member exactly its
-    /// weight's share), and the second a uniform draw among the live
-    /// members. Nothing is built either, so a change to the set costs
-    /// nothing here. Chosen when a draw is kept at least a quarter of the
-    /// time (`count × max ≤ 4 × sum`).
-    Rejection { max: u32 },
-    /// Weights too skewed for rejection (or a single live member among
-    /// draining ones): an alias table over the live members, built in
-    /// O(N) for each set.
-    Table {
-        candidates: Box<[Candidate]>,
-        alias: AliasTable,
-    },
-}
-
-/// Draws the two candidates; shared by both P2C pickers.
+/// Draws the two candidates; shared by both P2C pickers. Built in O(1)
+/// unless the weights are skewed (see [`WeightedDraw`]).
 #[derive(Debug)]
 struct Pair {
-    draw: Draw,
-    /// How many members (for the table, live candidates).
-    n: usize,
+    draw: WeightedDraw,
     /// The mean live weight.
     mean: f64,
 }
 
 impl Pair {
-    /// O(1) unless the weights are skewed: the members' weight totals
-    /// are kept by the snapshot.
     fn new<S>(members: Members<'_, S>) -> Self {
-        let w = members.weights();
-        let n = members.len();
-        let mean = if w.live == 0 {
-            1.0
-        } else {
-            w.sum as f64 / w.live as f64
-        };
-        if w.uniform() {
-            let weight = if w.live == 0 { 1 } else { w.max };
-            return Pair {
-                draw: Draw::Uniform { weight },
-                n,
-                mean: f64::from(weight),
-            };
-        }
-        if w.live >= 2 && (n as u128) * u128::from(w.max) <= 4 * u128::from(w.sum) {
-            return Pair {
-                draw: Draw::Rejection { max: w.max },
-                n,
-                mean,
-            };
-        }
-        let active = Active::of(members);
-        let alias = AliasTable::new(&active.weight);
-        let candidates: Box<[Candidate]> = active
-            .index
-            .iter()
-            .zip(active.weight.iter())
-            .map(|(&index, &weight)| Candidate {
-                index,
-                weight,
-                inv_capacity: mean / f64::from(weight),
-            })
-            .collect();
         Pair {
-            n: candidates.len(),
-            draw: Draw::Table { candidates, alias },
-            mean,
+            draw: WeightedDraw::new(members),
+            mean: WeightedDraw::mean_weight(members),
         }
     }
 
     #[inline(always)]
-    fn candidate(&self, index: usize, weight: u32) -> Candidate {
+    fn candidate(&self, d: Drawn) -> Candidate {
         Candidate {
-            index: index as u32,
-            weight,
-            inv_capacity: self.mean / f64::from(weight.max(1)),
+            index: d.index as u32,
+            weight: d.weight,
+            inv_capacity: self.mean / f64::from(d.weight),
         }
-    }
-
-    /// The first candidate by weight, by rejection: a uniform draw kept
-    /// with probability weight / `max`.
-    #[inline(always)]
-    fn weighted<S>(&self, members: Members<'_, S>, rng: &PickRng, max: u32) -> Option<Candidate> {
-        let mut last = 0;
-        for _ in 0..MAX_DRAWS {
-            let (i, r) = rng.below_pair(self.n, max as usize);
-            let weight = members.get(i)?.endpoint().weight();
-            if (r as u32) < weight {
-                return Some(self.candidate(i, weight));
-            }
-            last = i;
-        }
-        self.live_from(members, last, usize::MAX)
-    }
-
-    /// A uniform draw among the live members other than `not`.
-    #[inline(always)]
-    fn other_live<S>(
-        &self,
-        members: Members<'_, S>,
-        rng: &PickRng,
-        not: usize,
-    ) -> Option<Candidate> {
-        let mut last = 0;
-        for _ in 0..MAX_DRAWS {
-            let i = rng.below(self.n);
-            let weight = members.get(i)?.endpoint().weight();
-            if i != not && weight > 0 {
-                return Some(self.candidate(i, weight));
-            }
-            last = i;
-        }
-        self.live_from(members, last, not)
-    }
-
-    /// The first live member from `from` on (wrapping), other than `not`:
-    /// where a draw that ran out of tries settles.
-    #[cold]
-    fn live_from<S>(&self, members: Members<'_, S>, from: usize, not: usize) -> Option<Candidate> {
-        (0..self.n)
-            .map(|k| (from + k) % self.n)
-            .filter(|&i| i != not)
-            .find_map(|i| {
-                let weight = members.get(i)?.endpoint().weight();
-                (weight > 0).then(|| self.candidate(i, weight))
-            })
     }
 
     /// Picks with `better(b, a)` deciding whether the second candidate
@@ -273,37 +157,11 @@ impl Pair {
         rng: &PickRng,
         mut better: impl FnMut((&Candidate, &StatsHandle), (&Candidate, &StatsHandle)) -> bool,
     ) -> Option<usize> {
-        let n = self.n;
-        let (a, b) = match &self.draw {
-            _ if n == 0 => return None,
-            Draw::Uniform { .. } | Draw::Table { .. } if n == 1 => {
-                return Some(match &self.draw {
-                    Draw::Table { candidates, .. } => candidates[0].index as usize,
-                    _ => 0,
-                });
-            }
-            // Equal weights need one draw for both candidates.
-            Draw::Uniform { weight } => {
-                let (a, mut b) = rng.below_pair(n, n - 1);
-                if b >= a {
-                    b += 1;
-                }
-                (self.candidate(a, *weight), self.candidate(b, *weight))
-            }
-            Draw::Rejection { max } => {
-                let a = self.weighted(members, rng, *max)?;
-                let b = self.other_live(members, rng, a.index as usize)?;
-                (a, b)
-            }
-            Draw::Table { candidates, alias } => {
-                let a = alias.sample(rng).unwrap_or(0);
-                let mut b = rng.below(n - 1);
-                if b >= a {
-                    b += 1;
-                }
-                (*candidates.get(a)?, *candidates.get(b)?)
-            }
+        let (a, b) = self.draw.draw_two(members, rng)?;
+        let Some(b) = b else {
+            return Some(a.index);
         };
+        let (a, b) = (self.candidate(a), self.candidate(b));
         let (sa, sb) = (
             members.get(a.index as usize)?.stats(),
             members.get(b.index as usize)?.stats(),

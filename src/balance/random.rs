@@ -1,4 +1,4 @@
-use super::strategy::Active;
+use super::strategy::Live;
 use super::{BuildContext, PickContext, Picker, Strategy};
 use crate::pool::Members;
 
@@ -10,7 +10,7 @@ pub struct Random;
 /// The [`Random`] picker.
 #[derive(Debug)]
 pub struct RandomPicker {
-    index: Box<[u32]>,
+    live: Live,
 }
 
 impl Strategy for Random {
@@ -18,7 +18,7 @@ impl Strategy for Random {
 
     fn build<S>(&self, members: Members<'_, S>, _ctx: &BuildContext<'_>) -> RandomPicker {
         RandomPicker {
-            index: Active::of(members).index,
+            live: Live::of(members),
         }
     }
 }
@@ -26,9 +26,9 @@ impl Strategy for Random {
 impl Picker for RandomPicker {
     #[inline]
     fn pick<S>(&self, _members: Members<'_, S>, ctx: &PickContext<'_>) -> Option<usize> {
-        match self.index.len() {
+        match self.live.len() {
             0 => None,
-            n => Some(self.index[ctx.rng.below(n)] as usize),
+            n => self.live.get(ctx.rng.below(n)),
         }
     }
 }

@@ -1,5 +1,5 @@
 use super::rotation::Rotation;
-use super::strategy::Active;
+use super::strategy::Live;
 use super::{BuildContext, PickContext, Picker, Strategy};
 use crate::pool::Members;
 
@@ -19,7 +19,7 @@ pub struct RoundRobin;
 /// instead of contending for one (every endpoint still gets its share).
 #[derive(Debug)]
 pub struct RoundRobinPicker {
-    index: Box<[u32]>,
+    live: Live,
     next: Rotation,
 }
 
@@ -27,14 +27,14 @@ impl Strategy for RoundRobin {
     type Picker = RoundRobinPicker;
 
     fn build<S>(&self, members: Members<'_, S>, ctx: &BuildContext<'_>) -> RoundRobinPicker {
-        let active = Active::of(members);
-        let start = if active.len() == 0 {
+        let live = Live::of(members);
+        let start = if live.len() == 0 {
             0
         } else {
-            ctx.rng.below(active.len())
+            ctx.rng.below(live.len())
         };
         RoundRobinPicker {
-            index: active.index,
+            live,
             next: Rotation::new(start),
         }
     }
@@ -43,10 +43,10 @@ impl Strategy for RoundRobin {
 impl Picker for RoundRobinPicker {
     #[inline]
     fn pick<S>(&self, _members: Members<'_, S>, _ctx: &PickContext<'_>) -> Option<usize> {
-        if self.index.is_empty() {
+        let len = self.live.len();
+        if len == 0 {
             return None;
         }
-        let n = self.next.next() % self.index.len();
-        Some(self.index[n] as usize)
+        self.live.get(self.next.next() % len)
     }
 }

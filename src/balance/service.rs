@@ -293,15 +293,12 @@ where
             &rng,
             clock,
         )));
-        let delay = options
-            .rebuild_delay
-            .unwrap_or_else(|| strategy.rebuild_delay());
         let rebuild = Arc::new(Rebuild {
             routing: Arc::downgrade(&routing),
             strategy,
             rng: rng.clone(),
             clock,
-            delay,
+            delay: options.rebuild_delay,
             pending: Mutex::new(None),
         });
         upstream.subscribe(move |eligible| rebuild.offer(eligible));
@@ -336,7 +333,9 @@ struct Rebuild<S, St: Strategy> {
     strategy: St,
     rng: Arc<PickRng>,
     clock: LatencyClock,
-    delay: Duration,
+    /// The layer's override of the strategy's
+    /// [`rebuild_delay`](Strategy::rebuild_delay), if any.
+    delay: Option<Duration>,
     /// The newest set not built yet, while a rebuild is scheduled. Held
     /// while building, so two builds never race to publish.
     pending: Mutex<Option<Eligible<S>>>,
@@ -362,7 +361,10 @@ where
         // A set that was or becomes empty is built at once: requests may be
         // waiting for the first endpoints, and an empty table is cheap.
         let runtime = tokio::runtime::Handle::try_current();
-        let defer = !self.delay.is_zero()
+        let delay = self
+            .delay
+            .unwrap_or_else(|| self.strategy.rebuild_delay(eligible.snapshot().view()));
+        let defer = !delay.is_zero()
             && !current.eligible.snapshot().is_empty()
             && !eligible.snapshot().is_empty();
         match runtime {
@@ -372,7 +374,7 @@ where
                     // whether or not the balancer still exists.
                     let this = Arc::clone(self);
                     runtime.spawn(async move {
-                        tokio::time::sleep(this.delay).await;
+                        tokio::time::sleep(delay).await;
                         this.flush();
                     });
                 }

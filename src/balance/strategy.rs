@@ -29,13 +29,21 @@ pub trait Strategy: Send + Sync + 'static {
     /// the previous picker, and the previous set, until the rebuild is
     /// published.
     ///
-    /// [`REBUILD_DELAY`] for the strategies whose picker is a table built
-    /// in O(N) or more ([`Maglev`](super::Maglev), [`Ring`](super::Ring),
-    /// [`WeightedRandom`](super::WeightedRandom)'s alias table); zero
-    /// (rebuild on every change) by default. A set that was or becomes
+    /// `members` is the new set, so a strategy whose table is needed only
+    /// for some sets can ask for the delay only then.
+    ///
+    /// [`REBUILD_DELAY`] when the picker for `members` is a table that
+    /// costs O(N) or more to build: always for [`Maglev`](super::Maglev)
+    /// and [`Ring`](super::Ring), and for skewed weights with
+    /// [`WeightedRandom`](super::WeightedRandom). Zero (rebuild on every
+    /// change) by default, and for
+    /// [`WeightedRoundRobin`](super::WeightedRoundRobin), whose cycle of
+    /// at most 65 536 slots is rebuilt at once so a removed endpoint
+    /// leaves the rotation when the pool applies the removal. A set that was or becomes
     /// empty is always built at once. Override it for one balancer with
     /// [`BalanceLayer::rebuild_delay`](super::BalanceLayer::rebuild_delay).
-    fn rebuild_delay(&self) -> Duration {
+    fn rebuild_delay<S>(&self, members: Members<'_, S>) -> Duration {
+        let _ = members;
         Duration::ZERO
     }
 }
@@ -162,6 +170,45 @@ impl<'a> PickContext<'a> {
     pub fn with_key(mut self, key: Option<u64>) -> Self {
         self.key = key;
         self
+    }
+}
+
+/// The members a strategy that ignores weights picks from: all of them
+/// when none drains (or all do), built in O(1); otherwise those with a
+/// weight.
+#[derive(Debug)]
+pub(crate) enum Live {
+    /// Members `0..n`.
+    All(usize),
+    /// These members.
+    Some(Box<[u32]>),
+}
+
+impl Live {
+    pub(crate) fn of<S>(members: Members<'_, S>) -> Self {
+        let w = members.weights();
+        if w.live == w.count || w.live == 0 {
+            Live::All(members.len())
+        } else {
+            Live::Some(Active::of(members).index)
+        }
+    }
+
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Live::All(n) => *n,
+            Live::Some(index) => index.len(),
+        }
+    }
+
+    /// The `i`th live member's index; `i` is below [`len`](Live::len).
+    #[inline]
+    pub(crate) fn get(&self, i: usize) -> Option<usize> {
+        match self {
+            Live::All(n) => (i < *n).then_some(i),
+            Live::Some(index) => index.get(i).map(|&m| m as usize),
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use super::strategy::Active;
+use super::draw::WeightedDraw;
 use super::{BuildContext, PickContext, Picker, Strategy};
 use crate::PickRng;
 use crate::pool::Members;
@@ -8,42 +8,50 @@ use crate::pool::Members;
 /// A random endpoint with probability proportional to its weight, in O(1)
 /// per pick whatever the number of endpoints.
 ///
-/// Uses Walker's alias method with Vose's construction, in integer
-/// arithmetic exact to one part in 2^64 (weights up to `u32::MAX` each,
-/// any count): one random 64-bit draw per pick chooses a column and a
-/// coin.
+/// Equal weights draw uniformly, and weights within a factor of four of
+/// their mean draw by rejection (a uniform draw kept with probability
+/// `weight / max`): both are exact and build nothing, so a change to the
+/// set costs nothing here. Skewed weights use Walker's alias method with
+/// Vose's construction, in integer arithmetic exact to one part in 2^64
+/// (weights up to `u32::MAX` each, any count): one random 64-bit draw per
+/// pick chooses a column and a coin, and the table is built in O(N) once
+/// per burst of changes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct WeightedRandom;
 
-/// The [`WeightedRandom`] picker: an alias table.
+/// The [`WeightedRandom`] picker: a uniform draw for equal weights, a
+/// rejection draw for weights that differ by little (both built in O(1)),
+/// an alias table for skewed ones.
 #[derive(Debug)]
 pub struct WeightedRandomPicker {
-    index: Box<[u32]>,
-    table: AliasTable,
+    draw: WeightedDraw,
 }
 
 impl Strategy for WeightedRandom {
     type Picker = WeightedRandomPicker;
 
-    /// [`REBUILD_DELAY`](crate::balance::REBUILD_DELAY): the table is
-    /// rebuilt once per burst of changes.
-    fn rebuild_delay(&self) -> Duration {
-        crate::balance::REBUILD_DELAY
+    /// [`REBUILD_DELAY`](crate::balance::REBUILD_DELAY) for skewed
+    /// weights, whose alias table is rebuilt once per burst of changes;
+    /// zero for the others, whose draw builds nothing.
+    fn rebuild_delay<S>(&self, members: Members<'_, S>) -> Duration {
+        if WeightedDraw::needs_table(members) {
+            crate::balance::REBUILD_DELAY
+        } else {
+            Duration::ZERO
+        }
     }
 
     fn build<S>(&self, members: Members<'_, S>, _ctx: &BuildContext<'_>) -> WeightedRandomPicker {
-        let active = Active::of(members);
         WeightedRandomPicker {
-            table: AliasTable::new(&active.weight),
-            index: active.index,
+            draw: WeightedDraw::new(members),
         }
     }
 }
 
 impl Picker for WeightedRandomPicker {
     #[inline]
-    fn pick<S>(&self, _members: Members<'_, S>, ctx: &PickContext<'_>) -> Option<usize> {
-        self.table.sample(ctx.rng).map(|p| self.index[p] as usize)
+    fn pick<S>(&self, members: Members<'_, S>, ctx: &PickContext<'_>) -> Option<usize> {
+        self.draw.draw(members, ctx.rng).map(|d| d.index)
     }
 }
 

@@ -37,17 +37,39 @@ pub struct WeightedRoundRobin;
 /// The largest exact cycle before weights are scaled down.
 pub(crate) const MAX_CYCLE: u64 = 1 << 16;
 
-/// The [`WeightedRoundRobin`] picker: one cycle laid out as a table.
+/// The [`WeightedRoundRobin`] picker: one cycle laid out as a table, or,
+/// when every weight is equal, plain rotation over the members (built in
+/// O(1)).
 #[derive(Debug)]
 pub struct WeightedRoundRobinPicker {
-    table: Box<[u32]>,
+    cycle: Cycle,
     next: Rotation,
 }
 
+#[derive(Debug)]
+enum Cycle {
+    /// Equal weights: members `0..n` in order.
+    Equal(usize),
+    /// Snapshot indices in pick order.
+    Table(Box<[u32]>),
+}
+
+impl Cycle {
+    fn len(&self) -> usize {
+        match self {
+            Cycle::Equal(n) => *n,
+            Cycle::Table(table) => table.len(),
+        }
+    }
+}
+
 impl WeightedRoundRobinPicker {
-    /// The cycle: snapshot indices in pick order.
-    pub fn cycle(&self) -> &[u32] {
-        &self.table
+    /// One cycle: snapshot indices in pick order.
+    pub fn cycle(&self) -> Vec<u32> {
+        match &self.cycle {
+            Cycle::Equal(n) => (0..*n as u32).collect(),
+            Cycle::Table(table) => table.to_vec(),
+        }
     }
 }
 
@@ -59,14 +81,17 @@ impl Strategy for WeightedRoundRobin {
         members: Members<'_, S>,
         ctx: &BuildContext<'_>,
     ) -> WeightedRoundRobinPicker {
-        let table = layout(&Active::of(members));
-        let start = if table.is_empty() {
-            0
+        let cycle = if members.weights().uniform() {
+            Cycle::Equal(members.len())
         } else {
-            ctx.rng.below(table.len())
+            Cycle::Table(layout(&Active::of(members)))
+        };
+        let start = match cycle.len() {
+            0 => 0,
+            n => ctx.rng.below(n),
         };
         WeightedRoundRobinPicker {
-            table,
+            cycle,
             next: Rotation::new(start),
         }
     }
@@ -75,11 +100,14 @@ impl Strategy for WeightedRoundRobin {
 impl Picker for WeightedRoundRobinPicker {
     #[inline]
     fn pick<S>(&self, _members: Members<'_, S>, _ctx: &PickContext<'_>) -> Option<usize> {
-        if self.table.is_empty() {
-            return None;
+        match &self.cycle {
+            Cycle::Equal(0) => None,
+            Cycle::Equal(n) => Some(self.next.next() % n),
+            Cycle::Table(table) if table.is_empty() => None,
+            Cycle::Table(table) => table
+                .get(self.next.next() % table.len())
+                .map(|&i| i as usize),
         }
-        let n = self.next.next() % self.table.len();
-        Some(self.table[n] as usize)
     }
 }
 

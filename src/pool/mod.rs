@@ -43,6 +43,7 @@ mod stats;
 
 pub use driver::PoolDriver;
 pub use layer::{DiscoverLayer, PoolConfig};
+pub(crate) use members::Weights;
 pub use members::{Iter, MemberList, Members};
 pub use pool::{DiscoveryStatus, Pool};
 pub use snapshot::{EndpointReport, Member, Snapshot};

@@ -89,8 +89,8 @@ impl<F: Strategy> Strategy for Rendezvous<F> {
     type Picker = RendezvousPicker<F::Picker>;
 
     /// The fallback's: a rendezvous picker holds no table of its own.
-    fn rebuild_delay(&self) -> Duration {
-        self.fallback.rebuild_delay()
+    fn rebuild_delay<S>(&self, members: Members<'_, S>) -> Duration {
+        self.fallback.rebuild_delay(members)
     }
 
     fn build<S>(&self, members: Members<'_, S>, ctx: &BuildContext<'_>) -> Self::Picker {

@@ -148,7 +148,7 @@ impl<F: Strategy> Strategy for Ring<F> {
 
     /// [`REBUILD_DELAY`](crate::balance::REBUILD_DELAY): the table is
     /// rebuilt once per burst of changes.
-    fn rebuild_delay(&self) -> Duration {
+    fn rebuild_delay<S>(&self, _members: Members<'_, S>) -> Duration {
         crate::balance::REBUILD_DELAY
     }
 
