@@ -31,11 +31,12 @@ use tower::load::{CompleteOnResponse, PendingRequestsDiscover};
 use tower::{Layer, Service};
 use tower_lb::Endpoint;
 use tower_lb::balance::{
-    Balance, BalanceLayer, BuildContext, LeastInFlight, Maglev, REBUILD_DELAY, Strategy,
+    Balance, BalanceLayer, BuildContext, LeastInFlight, Maglev, PeakEwma, REBUILD_DELAY, Strategy,
     WeightedRandom, WeightedRoundRobin,
 };
 use tower_lb::discover::bench::decode_file;
 use tower_lb::discover::{ManualSource, Registration, Registry, RegistrySource, Source};
+use tower_lb::failover::{FailoverConfig, FailoverLayer};
 use tower_lb::pool::{DiscoverLayer, Members, Pool};
 
 const SIZES: [usize; 3] = [100, 1000, 10_000];
@@ -348,16 +349,20 @@ impl<St: Strategy> Strategy for Counting<St> {
 }
 
 /// A pool of N endpoints fed by a manual source, with a balancer of
-/// strategy `St` over it whose builds are counted.
+/// strategy `St` over it (or over a failover view of it) whose builds are
+/// counted.
 struct Fed<St: Strategy> {
     source: ManualSource,
-    pool: Pool<Echo>,
-    _lb: Balance<Echo, Counting<St>>,
+    lb: Balance<Echo, Counting<St>>,
     builds: Arc<AtomicUsize>,
 }
 
 impl<St: Strategy + Clone> Fed<St> {
     fn new(rt: &Runtime, n: usize, strategy: St, delay: Option<Duration>) -> Self {
+        Self::over(rt, n, strategy, delay, false)
+    }
+
+    fn over(rt: &Runtime, n: usize, strategy: St, delay: Option<Duration>, failover: bool) -> Self {
         let _guard = rt.enter();
         let (source, rx) = ManualSource::new();
         let pool: Pool<Echo> = Pool::spawn(rx, support::connector(), Default::default());
@@ -370,20 +375,21 @@ impl<St: Strategy + Clone> Fed<St> {
             Some(d) => layer.rebuild_delay(d),
             None => layer,
         };
-        let lb = layer.layer(pool.clone());
-        let fed = Fed {
-            source,
-            pool,
-            _lb: lb,
-            builds,
+        let lb = match failover {
+            true => layer.layer(FailoverLayer::new(FailoverConfig::new()).layer(pool.clone())),
+            false => layer.layer(pool.clone()),
         };
+        let fed = Fed { source, lb, builds };
         fed.wait(rt, fed.source.set(support::generation(n, 0)));
-        assert_eq!(fed.pool.snapshot().len(), n);
+        assert_eq!(fed.lb.snapshot().len(), n);
         fed
     }
 
+    /// Until the pool has applied `revision` and the balancer has been
+    /// offered what follows from it (for a failover view, the view
+    /// evaluated since).
     fn wait(&self, rt: &Runtime, revision: u64) {
-        assert!(rt.block_on(self.pool.applied(revision)));
+        assert!(rt.block_on(self.lb.upstream().applied(revision)));
     }
 
     /// Endpoint `i` added when `add`, else removed.
@@ -405,7 +411,17 @@ impl<St: Strategy + Clone> Fed<St> {
 /// published (rebuilt at once: no rebuild delay), beside a new set of N
 /// endpoints with every weight changed (a full rebuild).
 fn bench_delta<St: Strategy + Clone>(g: &mut Group<'_>, rt: &Runtime, name: &str, strategy: St) {
-    let fed = Fed::new(rt, LARGE, strategy, Some(Duration::ZERO));
+    bench_delta_over(g, rt, name, strategy, false);
+}
+
+fn bench_delta_over<St: Strategy + Clone>(
+    g: &mut Group<'_>,
+    rt: &Runtime,
+    name: &str,
+    strategy: St,
+    failover: bool,
+) {
+    let fed = Fed::over(rt, LARGE, strategy, Some(Duration::ZERO), failover);
     let mut flip = 0usize;
     g.bench_with_input(
         BenchmarkId::new(format!("lb_one_change_{name}"), LARGE),
@@ -440,6 +456,8 @@ fn delta_group(c: &mut Criterion) {
     bench_delta(&mut g, &rt, "weighted_round_robin", WeightedRoundRobin);
     bench_delta(&mut g, &rt, "alias", WeightedRandom);
     bench_delta(&mut g, &rt, "maglev", Maglev::new());
+    // The README's stack: Peak-EWMA over a failover view.
+    bench_delta_over(&mut g, &rt, "failover_peak_ewma", PeakEwma::new(), true);
     g.finish();
 }
 
