@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::HealthReport;
 use super::trial::OnTrial;
-use crate::pool::{DiscoveryStatus, Member, MemberList, Pool, Snapshot};
+use crate::pool::{DiscoveryStatus, MemberList, Pool, Snapshot};
 use crate::util::publish::Published;
 
 /// The endpoints of a pool that may take requests now, split into
@@ -63,7 +63,7 @@ impl<S> View<S> {
     pub(crate) fn new(
         revision: u64,
         of: &Snapshot<S>,
-        members: Vec<Member<S>>,
+        members: MemberList<S>,
         groups: Vec<Group>,
         trials: Vec<OnTrial<S>>,
         report: HealthReport,

@@ -402,6 +402,12 @@ impl<S> MemberList<S> {
         }
     }
 
+    /// Whether `other` is this very list (a clone of it, unchanged):
+    /// then the two hold the same members, found in O(1).
+    pub(crate) fn shares_nodes_with(&self, other: &MemberList<S>) -> bool {
+        Arc::ptr_eq(&self.root, &other.root)
+    }
+
     /// All the members, as the view a picker takes.
     pub fn view(&self) -> Members<'_, S> {
         Members {

@@ -46,11 +46,11 @@ impl<S> Snapshot<S> {
 
     /// Some of `of`'s members, at another revision: what a stage that
     /// filters a pool publishes.
-    pub(crate) fn subset(revision: u64, of: &Snapshot<S>, members: Vec<Member<S>>) -> Self {
+    pub(crate) fn subset(revision: u64, of: &Snapshot<S>, members: MemberList<S>) -> Self {
         Snapshot {
             revision,
             epoch: of.epoch,
-            members: members.into(),
+            members,
             discovered: of.discovered,
         }
     }

@@ -113,7 +113,7 @@ struct TierHealth {
 /// What an evaluation found: the members of the view to publish, their
 /// groups, the endpoints on trial, and the report.
 pub(crate) struct Evaluation<S> {
-    pub(crate) members: Vec<Member<S>>,
+    pub(crate) members: MemberList<S>,
     pub(crate) groups: Vec<Group>,
     /// Out of rotation, each offered one trial request.
     pub(crate) trials: Vec<OnTrial<S>>,
@@ -137,12 +137,13 @@ fn same_trials<S>(a: &[OnTrial<S>], b: &[OnTrial<S>]) -> bool {
             .all(|(a, b)| Arc::ptr_eq(&a.trial, &b.trial))
 }
 
-fn same_members<S>(a: &MemberList<S>, b: &[Member<S>]) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|(a, b)| {
-            Arc::ptr_eq(a.endpoint().key_arc(), b.endpoint().key_arc())
-                && a.endpoint().weight() == b.endpoint().weight()
-        })
+fn same_members<S>(a: &MemberList<S>, b: &MemberList<S>) -> bool {
+    a.shares_nodes_with(b)
+        || a.len() == b.len()
+            && a.iter().zip(b).all(|(a, b)| {
+                Arc::ptr_eq(a.endpoint().key_arc(), b.endpoint().key_arc())
+                    && a.endpoint().weight() == b.endpoint().weight()
+            })
 }
 
 /// Endpoint health and tier state across evaluations.
@@ -218,38 +219,55 @@ impl Tracker {
     }
 
     /// Aligns `states` with the snapshot's members, keeping state by key.
+    /// A pool change keeps most members in their places (a removal moves
+    /// only the last member into the hole), so only the places whose key
+    /// changed are looked up, by key among the states that lost theirs:
+    /// O(N) pointer comparisons and O(changed) hashing.
     fn sync<S>(&mut self, snapshot: &Snapshot<S>, now: Instant) {
         let members = snapshot.members();
+        let in_place =
+            |s: &EndpointState, m: &Member<S>| Arc::ptr_eq(&s.key, m.endpoint().key_arc());
         let aligned = self.states.len() == members.len()
-            && self
-                .states
-                .iter()
-                .zip(members)
-                .all(|(s, m)| Arc::ptr_eq(&s.key, m.endpoint().key_arc()));
+            && self.states.iter().zip(members).all(|(s, m)| in_place(s, m));
         if !aligned {
             let ramp = self.filled && self.config.slow_start.is_some();
-            let mut old: HashMap<Arc<str>, EndpointState> =
-                self.states.drain(..).map(|s| (s.key.clone(), s)).collect();
-            self.states = members
-                .iter()
-                .map(|m| {
-                    old.remove(m.endpoint().key())
-                        .map(|mut s| {
+            let old = std::mem::take(&mut self.states);
+            let mut slots: Vec<Option<EndpointState>> = Vec::with_capacity(members.len());
+            let mut moved: HashMap<Arc<str>, EndpointState> = HashMap::new();
+            for (i, st) in old.into_iter().enumerate() {
+                match members.get(i) {
+                    Some(m) if in_place(&st, m) => slots.push(Some(st)),
+                    _ => {
+                        if i < members.len() {
+                            slots.push(None);
+                        }
+                        moved.insert(st.key.clone(), st);
+                    }
+                }
+            }
+            slots.resize_with(members.len(), || None);
+            self.states = slots
+                .into_iter()
+                .zip(members)
+                .map(|(kept, m)| {
+                    kept.or_else(|| {
+                        moved.remove(m.endpoint().key()).map(|mut s| {
                             s.key = m.endpoint().key_arc().clone();
                             s
                         })
-                        .unwrap_or_else(|| EndpointState {
-                            key: m.endpoint().key_arc().clone(),
-                            priority: m.endpoint().priority(),
-                            down: None,
-                            seen_unreachable: m.stats().unreachable_failures(),
-                            ejected_until: None,
-                            times_ejected: 0,
-                            trial: None,
-                            active_healthy: true,
-                            warm_since: ramp.then_some(now),
-                            last: Counters::of(m),
-                        })
+                    })
+                    .unwrap_or_else(|| EndpointState {
+                        key: m.endpoint().key_arc().clone(),
+                        priority: m.endpoint().priority(),
+                        down: None,
+                        seen_unreachable: m.stats().unreachable_failures(),
+                        ejected_until: None,
+                        times_ejected: 0,
+                        trial: None,
+                        active_healthy: true,
+                        warm_since: ramp.then_some(now),
+                        last: Counters::of(m),
+                    })
                 })
                 .collect();
         }
@@ -858,5 +876,71 @@ mod tests {
         let v = t.evaluate(&grown, now + Duration::from_secs(10), false);
         assert_eq!(v.members[1].endpoint().weight(), 100);
         assert_eq!(v.report.endpoints[1].weight_factor, 1.0);
+    }
+
+    /// A pool removal moves its last member into the hole: the state
+    /// follows each key, and a view of a healthy single tier shares the
+    /// pool's member list instead of copying it.
+    #[tokio::test(start_paused = true)]
+    async fn states_follow_keys_through_a_swap_removal() {
+        let snap = snapshot(&[(1, 0), (2, 0), (3, 0), (4, 0), (5, 0)]);
+        let mut t = Tracker::new(config());
+        let now = Instant::now();
+        let v = t.evaluate(&snap, now, true);
+        assert!(
+            v.members.shares_nodes_with(snap.members()),
+            "all healthy: shared"
+        );
+        // 5 fails its active checks; then 2 leaves and 5 takes its place,
+        // and 6 joins.
+        t.set_active("127.0.0.1:5", false, now);
+        let mut list = snap.members().clone();
+        list.swap_remove(1);
+        let ep = Endpoint::new(([127, 0, 0, 1], 6).into());
+        list.push(Member::new(ep, (), StatsHandle::new(snap.epoch())));
+        let next = Snapshot::new(2, snap.epoch(), list);
+        let keys: Vec<String> = next
+            .members()
+            .iter()
+            .map(|m| m.endpoint().key().to_owned())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "127.0.0.1:1",
+                "127.0.0.1:5",
+                "127.0.0.1:3",
+                "127.0.0.1:4",
+                "127.0.0.1:6"
+            ]
+        );
+        let v = t.evaluate(&next, now, true);
+        let health: Vec<(&str, bool)> = v
+            .report
+            .endpoints
+            .iter()
+            .map(|e| (&*e.key, e.active_healthy))
+            .collect();
+        assert_eq!(
+            health,
+            [
+                ("127.0.0.1:1", true),
+                ("127.0.0.1:5", false),
+                ("127.0.0.1:3", true),
+                ("127.0.0.1:4", true),
+                ("127.0.0.1:6", true),
+            ]
+        );
+        let view: Vec<&str> = v.members.iter().map(|m| m.endpoint().key()).collect();
+        assert_eq!(
+            view,
+            ["127.0.0.1:1", "127.0.0.1:3", "127.0.0.1:4", "127.0.0.1:6"]
+        );
+        // 5 back: the whole pool again, shared.
+        t.set_active("127.0.0.1:5", true, now);
+        let v = t.evaluate(&next, now, true);
+        assert!(v.members.shares_nodes_with(next.members()));
+        assert_eq!(v.groups.len(), 1);
+        assert_eq!(v.groups[0].share, u32::MAX);
     }
 }

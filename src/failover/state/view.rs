@@ -10,7 +10,7 @@ use super::{EndpointState, Evaluation, TierHealth, Tracker};
 use crate::failover::report::{EndpointHealth, HealthReport, TierReport};
 use crate::failover::trial::OnTrial;
 use crate::failover::view::Group;
-use crate::pool::{Member, Snapshot};
+use crate::pool::{Member, MemberList, Snapshot};
 use crate::trace::event;
 
 impl Tracker {
@@ -148,7 +148,7 @@ impl Tracker {
         loads: &[f64],
         panic: bool,
         ramp: &Ramp,
-    ) -> (Vec<Member<S>>, Vec<Group>, Vec<OnTrial<S>>) {
+    ) -> (MemberList<S>, Vec<Group>, Vec<OnTrial<S>>) {
         let members = snapshot.members();
         let states = &self.states;
         let open = panic && self.config.panic_mode == crate::failover::PanicMode::FailOpen;
@@ -160,6 +160,26 @@ impl Tracker {
         let pick = |i: usize| ramp.member(&members[i], i);
         let mut view = Vec::new();
         let mut groups = Vec::new();
+        // The common case, every endpoint in one tier and in the view at
+        // its own weight: the view's members are the pool's, shared
+        // rather than copied.
+        let whole = !ramp.ramping
+            && tiers.len() == 1
+            && (0..members.len()).all(in_view)
+            && states.iter().all(|st| st.trial.is_none());
+        if whole && (open || !panic) {
+            let share = match panic {
+                true => u32::MAX,
+                false => (loads.first().copied().unwrap_or(100.0) / 100.0 * f64::from(u32::MAX))
+                    .round() as u32,
+            };
+            let group = Group {
+                members: 0..members.len(),
+                share,
+                priority: tiers.keys().next().copied().unwrap_or(0),
+            };
+            return (members.clone(), vec![group], Vec::new());
+        }
         if open {
             view.extend((0..members.len()).filter(|&i| in_view(i)).map(pick));
             groups.push(Group {
@@ -197,7 +217,7 @@ impl Tracker {
                 })
             })
             .collect();
-        (view, groups, trials)
+        (view.into(), groups, trials)
     }
 
     fn report(
