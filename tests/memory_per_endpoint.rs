@@ -163,6 +163,14 @@ fn endpoint(i: usize) -> Endpoint {
     Endpoint::new(addr).with_weight(1 + (i % 4) as u32)
 }
 
+/// Endpoint `i` of a skewed set: weight 1000 for every hundredth, else 1,
+/// so the largest weight is far above the mean and weighted draws need an
+/// alias table.
+fn skewed_endpoint(i: usize) -> Endpoint {
+    let weight = if i % 100 == 0 { 1000 } else { 1 };
+    endpoint(i).with_weight(weight)
+}
+
 /// One line of the report.
 struct Figure {
     part: &'static str,
@@ -230,6 +238,17 @@ fn pool_of(
     n: usize,
     report: &mut Report,
 ) -> (Pool<Echo>, UpdateSender) {
+    pool_with(rt, n, endpoint, Some(report))
+}
+
+/// A pool of `n` endpoints made by `endpoint`, reporting its bytes when
+/// given a report.
+fn pool_with(
+    rt: &tokio::runtime::Runtime,
+    n: usize,
+    endpoint: fn(usize) -> Endpoint,
+    report: Option<&mut Report>,
+) -> (Pool<Echo>, UpdateSender) {
     let _guard = rt.enter();
     let started = Instant::now();
     let before = live();
@@ -247,6 +266,9 @@ fn pool_of(
     assert!(rt.block_on(pool.applied(1)), "the update is applied");
     assert_eq!(pool.snapshot().len(), n);
     let after = live();
+    let Some(report) = report else {
+        return (pool, tx);
+    };
     let per = |bytes: isize| bytes as f64 / n as f64;
     report.figures.push(Figure {
         part: "endpoint list (Vec<Endpoint>)",
@@ -319,16 +341,19 @@ const LIST_BOUND: f64 = 200.0;
 /// of the stats (`Arc` counts padded to a line, then two lines of
 /// counters): 360–363 measured.
 const POOL_BOUND: f64 = 450.0;
-/// One `u32` per endpoint (round robin, random).
-const INDEX_BOUND: f64 = 5.0;
+/// Nothing per endpoint: round robin and random with no endpoint
+/// draining, and weighted draws over weights within 4× of their mean
+/// (`weighted_random`, least-in-flight and Peak-EWMA pick from the member
+/// list itself): 0 measured.
+const NOTHING_BOUND: f64 = 1.0;
 /// One `u32` per slot of a cycle: `Σw / gcd` slots (2.5 per endpoint at
 /// weights 1..=4), scaled down past 65 536 slots with one kept per
 /// endpoint: 10 at N = 10 000, 5 at N = 100 000.
 const WRR_BOUND: f64 = 12.5;
-/// An index and an alias column (threshold, own, alias): 20.
-const ALIAS_BOUND: f64 = 25.0;
-/// A 16-byte candidate and, for unequal weights, an alias column: 32.
-const P2C_BOUND: f64 = 40.0;
+/// Skewed weights: an alias column (a 64-bit threshold, its own index and
+/// its alias, 16 bytes), and each live member's index and weight (8): 24
+/// measured.
+const ALIAS_BOUND: f64 = 30.0;
 /// Four bytes per slot, `M ≥ 100 × N` slots (until the 2^24 cap), plus the
 /// weighted round robin for requests without a key and the weights: 413–418.
 const MAGLEV_BOUND: f64 = 520.0;
@@ -352,10 +377,10 @@ fn measure_linear(n: usize, report: &mut Report) {
         "round_robin",
         RoundRobin,
         &snap,
-        INDEX_BOUND,
+        NOTHING_BOUND,
         report,
     ));
-    drop(picker_of("random", Random, &snap, INDEX_BOUND, report));
+    drop(picker_of("random", Random, &snap, NOTHING_BOUND, report));
     let wrr = WeightedRoundRobin;
     drop(picker_of(
         "weighted_round_robin",
@@ -365,11 +390,23 @@ fn measure_linear(n: usize, report: &mut Report) {
         report,
     ));
     let wr = WeightedRandom;
-    drop(picker_of("weighted_random", wr, &snap, ALIAS_BOUND, report));
+    drop(picker_of(
+        "weighted_random",
+        wr,
+        &snap,
+        NOTHING_BOUND,
+        report,
+    ));
     let lif = LeastInFlight;
-    drop(picker_of("least_in_flight", lif, &snap, P2C_BOUND, report));
+    drop(picker_of(
+        "least_in_flight",
+        lif,
+        &snap,
+        NOTHING_BOUND,
+        report,
+    ));
     let ewma = PeakEwma::new();
-    drop(picker_of("peak_ewma", ewma, &snap, P2C_BOUND, report));
+    drop(picker_of("peak_ewma", ewma, &snap, NOTHING_BOUND, report));
     let rdv = Rendezvous::new();
     drop(picker_of(
         "rendezvous",
@@ -383,6 +420,17 @@ fn measure_linear(n: usize, report: &mut Report) {
     drop(maglev);
     drop(snap);
     drop_pool(&rt, pool, before);
+
+    let skewed = pool_with(&rt, n, skewed_endpoint, None);
+    let snap = skewed.0.snapshot();
+    let wr = WeightedRandom;
+    let part = "weighted_random, skewed weights";
+    drop(picker_of(part, wr, &snap, ALIAS_BOUND, report));
+    let lif = LeastInFlight;
+    let part = "least_in_flight, skewed weights";
+    drop(picker_of(part, lif, &snap, ALIAS_BOUND, report));
+    drop(snap);
+    drop_pool(&rt, skewed, before);
     MEASURING.with(|m| m.set(false));
     report.notes.push(format!(
         "maglev at N = {n}: {slots} slots, {} bytes of table ({:.1} slots per endpoint)",
