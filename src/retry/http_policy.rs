@@ -38,6 +38,23 @@ impl RetryBody for Bytes {
     }
 }
 
+/// A `Full` body not yet polled holds all of its data, so a copy is the
+/// whole body again: `Retry` takes `Request<Full<Bytes>>` as it is.
+impl<D: Clone> RetryBody for http_body_util::Full<D> {
+    fn try_clone_body(&self) -> Option<Self> {
+        Some(self.clone())
+    }
+}
+
+impl<D> RetryBody for http_body_util::Empty<D> {
+    fn try_clone_body(&self) -> Option<Self> {
+        Some(http_body_util::Empty::new())
+    }
+}
+
+/// A streamed body (`BoxBody`, `UnsyncBoxBody`, hyper's `Incoming`) is
+/// retried through [`ReplayBody`](super::ReplayBody), which keeps what it
+/// sent, up to its cap, to send again.
 impl<B> RetryBody for super::ReplayBody<B> {
     fn try_clone_body(&self) -> Option<Self> {
         self.is_replayable().then(|| self.clone())

@@ -174,6 +174,7 @@ impl Backend {
     }
 
     /// Starts one backend per name.
+    #[allow(dead_code)]
     pub async fn start_all(names: &[&str]) -> std::io::Result<Vec<Backend>> {
         let mut out = Vec::with_capacity(names.len());
         for name in names {
