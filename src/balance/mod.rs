@@ -56,6 +56,7 @@
 //! # }
 //! ```
 
+mod any;
 mod classify;
 mod draw;
 pub mod future;
@@ -71,6 +72,7 @@ mod upstream;
 mod weighted_random;
 mod weighted_round_robin;
 
+pub use any::{AnyPicker, AnyStrategy};
 pub use classify::{Classify, ClassifyFn, ErrorsAreFailures, unreachable};
 pub use hash::{KeyFn, KeyHash, KeyOf, Maglev, NoKey, Rendezvous, Ring, key_fn};
 pub use layer::BalanceLayer;

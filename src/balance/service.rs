@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use tower_service::Service;
 
 use super::future::{Failure, InFlight, ResponseFuture, Started};
-use super::hash::{KeyOf, NoKey, mix};
+use super::hash::{KeyHash, KeyOf, NoKey, mix};
 use super::upstream::{Eligible, Upstream};
 use super::{BuildContext, Classify, ErrorsAreFailures, PickContext, Picker, Strategy};
 use crate::PickRng;
@@ -93,6 +93,8 @@ pub(super) struct Shared<S, P> {
     pub(super) routing: Arc<ArcSwap<Routing<S, P>>>,
     pub(super) rng: Arc<PickRng>,
     pub(super) when_empty: WhenEmpty,
+    /// The strategy's [`Strategy::key_hash`].
+    pub(super) key_hash: KeyHash,
 }
 
 /// What picks come from and the pickers built for it, published together.
@@ -287,6 +289,7 @@ where
         // Chosen once, here, rather than each time pickers are rebuilt
         // under the pool's subscriber lock.
         let clock = LatencyClock::detect();
+        let key_hash = strategy.key_hash();
         let routing = Arc::new(ArcSwap::from_pointee(Routing::build(
             upstream.eligible(),
             &strategy,
@@ -308,6 +311,7 @@ where
                 routing,
                 rng,
                 when_empty: options.when_empty,
+                key_hash,
             }),
             classify: options.classify,
             key: options.key,
@@ -473,7 +477,7 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
     where
         K: KeyOf<Req>,
     {
-        self.key.key_of(req, <St::Picker as Picker>::KEY_HASH)
+        self.key.key_of(req, self.shared.key_hash)
     }
 
     /// Picks an endpoint for a request whose key hashed to `key`, avoiding

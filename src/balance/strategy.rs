@@ -46,6 +46,14 @@ pub trait Strategy: Send + Sync + 'static {
         let _ = members;
         Duration::ZERO
     }
+
+    /// How the balancer hashes a request's key for this strategy's
+    /// pickers: their [`KEY_HASH`](Picker::KEY_HASH), unless the strategy
+    /// chooses its picker at run time ([`AnyStrategy`](super::AnyStrategy)).
+    /// Read once, when the balancer is made.
+    fn key_hash(&self) -> KeyHash {
+        <Self::Picker as Picker>::KEY_HASH
+    }
 }
 
 /// The [`Strategy::rebuild_delay`] of the table strategies: 10 ms.

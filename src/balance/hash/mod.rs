@@ -96,8 +96,11 @@ mod ring;
 mod stable;
 
 pub use key::{KeyFn, KeyOf, NoKey, key_fn};
+pub(crate) use maglev::MaglevPicker;
 pub use maglev::{DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, Maglev};
 pub use rendezvous::Rendezvous;
+pub(crate) use rendezvous::RendezvousPicker;
+pub(crate) use ring::RingPicker;
 pub use ring::{KETAMA_POINTS, MAX_RING_POINTS, Ring};
 pub(crate) use stable::mix;
 pub use stable::{KeyHash, crc32, xxh64};
