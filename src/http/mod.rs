@@ -13,6 +13,16 @@
 //! without the key goes to the strategy's fallback.
 //!
 //! [`BalanceLayer::key`]: crate::balance::BalanceLayer::key
+//!
+//! With the `http-client` feature, [`Client`] builds the whole stack
+//! (retries, balancer, failover, discovery, a hyper-util client) from a
+//! source in one expression.
+
+#[cfg(feature = "http-client")]
+mod client;
+#[cfg(feature = "http-client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-client")))]
+pub use client::{BoxClient, Client, ClientBuilder, EndpointClient, Stack};
 
 use std::task::{Context, Poll};
 
