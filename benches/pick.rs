@@ -3,7 +3,8 @@
 //! a pool snapshot, loaded through `arc_swap` with its snapshot as a
 //! balancer holds it, then [`Picker::pick`](tower_lb::balance::Picker::pick).
 //! The hash strategies (Maglev, the ketama ring, rendezvous) pick for 1024
-//! different keys in turn, hashing each.
+//! different keys in turn, hashing each. Rows starting `any_` pick through
+//! an `AnyStrategy` parsed from the strategy's name.
 //!
 //! `target/criterion/pick/<implementation>/<N>`, N endpoints of weight 1
 //! (rows ending `_weighted` use weights 1, 2, 3, 4, 1, …), at the sizes of
@@ -17,7 +18,7 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use support::{Echo, Floor, Routed, SIZES, Weights};
 use tower_lb::balance::{
-    LeastInFlight, Maglev, PeakEwma, Random, Rendezvous, Ring, RoundRobin, Strategy,
+    AnyStrategy, LeastInFlight, Maglev, PeakEwma, Random, Rendezvous, Ring, RoundRobin, Strategy,
     WeightedRandom, WeightedRoundRobin,
 };
 use tower_lb::pool::Pool;
@@ -88,6 +89,11 @@ fn pick_group(c: &mut Criterion) {
         // Hashes every endpoint per pick (`O(N)`), up to N = 100 000 anyway,
         // to show where it stops being cheap.
         bench_keyed(&mut g, &pool, "rendezvous", Rendezvous::new(), &keys);
+        // The same strategies chosen at run time: one branch more a pick.
+        let any = |name: &str| name.parse::<AnyStrategy>().expect("a strategy name");
+        bench_strategy(&mut g, &pool, "any_round_robin", any("round_robin"));
+        bench_strategy(&mut g, &pool, "any_peak_ewma", any("p2c_peak_ewma"));
+        bench_keyed(&mut g, &pool, "any_maglev", any("maglev"), &keys);
 
         // Unequal weights take the weighted paths (stride schedule, alias
         // table, weight-proportional first draw).
