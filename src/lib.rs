@@ -101,6 +101,9 @@ pub mod discover;
 pub mod endpoint;
 mod error;
 pub mod failover;
+#[cfg(feature = "grpc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
+pub mod grpc;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod pool;

@@ -152,6 +152,20 @@ impl<P> RetryLayer<P> {
         self
     }
 
+    /// The same settings with the policy `f` makes of this one.
+    pub(crate) fn map_policy<P2>(self, f: impl FnOnce(P) -> P2) -> RetryLayer<P2> {
+        RetryLayer {
+            policy: f(self.policy),
+            budget: self.budget,
+            shared_budget: self.shared_budget,
+            backoff: self.backoff,
+            max_attempts: self.max_attempts,
+            deadline: self.deadline,
+            hedge: self.hedge,
+            seed: self.seed,
+        }
+    }
+
     /// Makes backoff jitter repeatable.
     #[must_use]
     pub fn seed(mut self, seed: u64) -> Self {
