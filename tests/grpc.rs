@@ -328,7 +328,14 @@ async fn tls_with_a_certificate_made_for_the_test() {
     for _ in 0..20 {
         hello(&mut client, "x").await.unwrap();
     }
-    assert_eq!(calls(&servers), [10, 10]);
+    // Round robin over both: each serves about half. Exact halves are not
+    // guaranteed, since a connection still in its handshake is skipped.
+    let served = calls(&servers);
+    assert_eq!(served.iter().sum::<u64>(), 20, "{served:?}");
+    assert!(
+        served.iter().all(|&n| n >= 5),
+        "both servers answer over TLS: {served:?}"
+    );
 
     // Without the certificate's root the handshake fails: UNAVAILABLE.
     let untrusting = Channel::builder()
@@ -337,5 +344,5 @@ async fn tls_with_a_certificate_made_for_the_test() {
     let mut client = GreeterClient::new(untrusting);
     let status = hello(&mut client, "x").await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert_eq!(calls(&servers), [10, 10]);
+    assert_eq!(calls(&servers), served, "no call got through without trust");
 }
