@@ -4,6 +4,10 @@
 //! `SayHello`, sent and its reply decoded. `tonic_single` is one plain
 //! tonic channel to one server, the floor both balancers add to.
 //!
+//! Client and servers share one current-thread runtime: no call waits on
+//! another thread's wake-up, which keeps the spread small on a shared
+//! machine.
+//!
 //! `target/criterion/grpc/<implementation>/3`.
 
 #[path = "../tests/grpc_support/greeter.rs"]
@@ -39,21 +43,21 @@ impl Greeter for Hello {
     }
 }
 
-/// Three greeter servers on the bench's runtime.
+/// Three greeter servers, spawned on the bench's runtime.
 async fn servers() -> Vec<SocketAddr> {
-    let mut out = Vec::new();
+    let mut addrs = Vec::new();
     for _ in 0..SERVERS {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        out.push(listener.local_addr().expect("addr"));
+        addrs.push(listener.local_addr().expect("addr"));
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(GreeterServer::new(Hello))
                 .serve_with_incoming(TcpIncoming::from(listener)),
         );
     }
-    out
+    addrs
 }
 
 fn bench_one<T>(
@@ -91,8 +95,7 @@ fn bench_one<T>(
 /// Does the balanced channel cost at most what tonic's own balancer costs
 /// (target: at most 1.0×)?
 fn grpc_group(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
