@@ -2,8 +2,10 @@
 
 use std::fmt;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::Scheme;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -22,6 +24,10 @@ use crate::error::{BoxError, Error};
 use crate::failover::{FailoverConfig, FailoverLayer};
 use crate::pool::{Pool, PoolConfig};
 use crate::retry::{HttpPolicy, ResponseFuture, Retry, RetryBody, RetryLayer, RetryStats};
+
+/// How long [`ClientBuilder::build`]'s TCP connects may take: Envoy's
+/// default `connect_timeout`, as `grpc::EndpointTemplate`'s.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The service a [`Client`] sends each request to once it has picked an
 /// endpoint: one shared hyper-util client, pointed at that endpoint.
@@ -77,6 +83,8 @@ impl Client {
             failover: Some(FailoverConfig::new()),
             retry: RetryLayer::new(HttpPolicy::new()),
             pool: PoolConfig::default(),
+            scheme: Scheme::HTTP,
+            connect_timeout: Some(CONNECT_TIMEOUT),
         }
     }
 }
@@ -160,6 +168,8 @@ pub struct ClientBuilder<St = PeakEwma> {
     failover: Option<FailoverConfig>,
     retry: RetryLayer<HttpPolicy>,
     pool: PoolConfig,
+    scheme: Scheme,
+    connect_timeout: Option<Duration>,
 }
 
 impl<St: Strategy + Clone> ClientBuilder<St> {
@@ -172,6 +182,8 @@ impl<St: Strategy + Clone> ClientBuilder<St> {
             failover: self.failover,
             retry: self.retry,
             pool: self.pool,
+            scheme: self.scheme,
+            connect_timeout: self.connect_timeout,
         }
     }
 
@@ -204,6 +216,36 @@ impl<St: Strategy + Clone> ClientBuilder<St> {
         self
     }
 
+    /// The scheme each request's URI is given with its endpoint's
+    /// authority: `http` by default, `https` when
+    /// [`build_with`](ClientBuilder::build_with) gets a TLS connector of
+    /// your own ([`build_tls`](ClientBuilder::build_tls) sets it itself).
+    #[must_use]
+    pub fn scheme(mut self, scheme: Scheme) -> Self {
+        self.scheme = scheme;
+        self
+    }
+
+    /// How long a TCP connect may take before the endpoint counts as
+    /// unreachable (and the request is retried elsewhere): 5 s by
+    /// default, Envoy's `connect_timeout`; `None` waits for the OS.
+    /// Applies to [`build`](ClientBuilder::build) and
+    /// [`build_tls`](ClientBuilder::build_tls); a client given to
+    /// [`build_with`](ClientBuilder::build_with) keeps its own.
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The TCP connector [`build`](ClientBuilder::build) and
+    /// [`build_tls`](ClientBuilder::build_tls) use.
+    fn http_connector(&self) -> HttpConnector {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(self.connect_timeout);
+        http
+    }
+
     /// The client over `source`, with a hyper-util client of its own
     /// (HTTP/1 over plain TCP). Spawns the pool's and failover's tasks on
     /// the current tokio runtime; they stop with the last clone.
@@ -218,13 +260,43 @@ impl<St: Strategy + Clone> ClientBuilder<St> {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let http = HyperClient::builder(TokioExecutor::new()).build_http::<B>();
+        let http = HyperClient::builder(TokioExecutor::new()).build(self.http_connector());
         self.build_with(source, http)
     }
 
+    /// As [`build`](ClientBuilder::build), over HTTPS with `tls` (feature
+    /// `http-tls`): every request goes out as `https` through rustls, and
+    /// a plain `http` connection is never made. A server whose
+    /// certificate does not verify counts as unreachable: the request is
+    /// retried on another endpoint, and when none verifies the request
+    /// fails with an [`Error`] whose source chain names the certificate
+    /// problem; no request is written to a server that did not verify.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    #[cfg(feature = "http-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http-tls")))]
+    pub fn build_tls<B, Src>(
+        self,
+        source: Src,
+        tls: &super::Tls,
+    ) -> Client<B, St, hyper_rustls::HttpsConnector<HttpConnector>>
+    where
+        Src: Source,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let connector = tls.connector(self.http_connector());
+        let http = HyperClient::builder(TokioExecutor::new()).build(connector);
+        self.scheme(Scheme::HTTPS).build_with(source, http)
+    }
+
     /// As [`build`](ClientBuilder::build), over a hyper-util client you
-    /// made: another connector (TLS through `hyper-rustls`), HTTP/2,
-    /// timeouts. Its connection pool is shared by every endpoint.
+    /// made: another connector, HTTP/2, timeouts. Its connection pool is
+    /// shared by every endpoint. With a TLS connector, set
+    /// [`scheme`](ClientBuilder::scheme) to `https`.
     pub fn build_with<B, Src, C>(self, source: Src, http: HyperClient<C, B>) -> Client<B, St, C>
     where
         Src: Source,
@@ -233,8 +305,13 @@ impl<St: Strategy + Clone> ClientBuilder<St> {
         B::Error: Into<BoxError>,
         C: Connect + Clone + Send + Sync + 'static,
     {
+        let scheme = self.scheme;
         let connector = tower::service_fn(move |endpoint: Endpoint| {
-            std::future::ready(SetAuthority::new(http.clone(), &endpoint))
+            std::future::ready(SetAuthority::with_scheme(
+                http.clone(),
+                &endpoint,
+                scheme.clone(),
+            ))
         });
         let pool = Pool::spawn(source, connector, self.pool);
         let upstream: Upstream<EndpointClient<B, C>> = match self.failover {

@@ -16,13 +16,29 @@
 //!
 //! With the `http-client` feature, [`Client`] builds the whole stack
 //! (retries, balancer, failover, discovery, a hyper-util client) from a
-//! source in one expression.
+//! source in one expression; with `http-tls`, [`Tls`] makes it speak HTTPS
+//! through rustls.
 
 #[cfg(feature = "http-client")]
 mod client;
 #[cfg(feature = "http-client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http-client")))]
 pub use client::{BoxClient, Client, ClientBuilder, EndpointClient, Stack};
+#[cfg(feature = "http-tls")]
+mod tls;
+/// hyper-rustls, whose `HttpsConnector` a TLS [`Client`] is typed with
+/// (feature `http-tls`).
+#[cfg(feature = "http-tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-tls")))]
+pub use hyper_rustls;
+/// The rustls crate [`Tls`] is configured with (feature `http-tls`), so
+/// that its `ClientConfig` and root store need no dependency of your own.
+#[cfg(feature = "http-tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-tls")))]
+pub use rustls;
+#[cfg(feature = "http-tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-tls")))]
+pub use tls::Tls;
 
 use std::task::{Context, Poll};
 
