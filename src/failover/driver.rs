@@ -135,6 +135,8 @@ fn evaluate<S: Clone>(
             next.trials,
             next.report,
         ));
+    } else {
+        view.set_latest(next.report);
     }
     view.set_evaluated(snapshot.revision());
 }

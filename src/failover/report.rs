@@ -71,6 +71,59 @@ pub struct EndpointHealth {
     /// The share of its weight it currently gets from slow start, from 0.0
     /// to 1.0 (1.0 when not ramping).
     pub weight_factor: f64,
+    /// Why it was ejected, while it is ejected or on trial after an
+    /// ejection.
+    pub ejection_reason: Option<EjectionReason>,
+    /// When a down endpoint is probed next (`None` while a probe runs, or
+    /// when it is not down).
+    pub next_probe: Option<Instant>,
+    /// Probes a down endpoint has failed since it went down.
+    pub failed_probes: u32,
+    /// When its slow-start ramp ends, while it ramps.
+    pub slow_start_until: Option<Instant>,
+}
+
+/// Why outlier detection took an endpoint out of rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum EjectionReason {
+    /// Its failures in a row reached
+    /// [`consecutive_failures`](super::OutlierDetection::consecutive_failures).
+    ConsecutiveFailures,
+    /// Its share of failed requests in one interval reached
+    /// [`failure_percentage`](super::OutlierDetection::failure_percentage).
+    FailurePercentage,
+    /// Back from an ejection, it failed the one request that decides.
+    FailedTrial,
+}
+
+impl EjectionReason {
+    /// The reason as a short phrase (`"consecutive failures"`, …), as in
+    /// logs and metric labels (with `_` for spaces there).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EjectionReason::ConsecutiveFailures => "consecutive failures",
+            EjectionReason::FailurePercentage => "failure percentage",
+            EjectionReason::FailedTrial => "failed its trial request",
+        }
+    }
+
+    /// The reason as a metric label value (`"consecutive_failures"`, …).
+    pub fn label(self) -> &'static str {
+        match self {
+            EjectionReason::ConsecutiveFailures => "consecutive_failures",
+            EjectionReason::FailurePercentage => "failure_percentage",
+            EjectionReason::FailedTrial => "failed_trial",
+        }
+    }
+}
+
+impl std::fmt::Display for EjectionReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl EndpointHealth {
@@ -81,6 +134,30 @@ impl EndpointHealth {
 }
 
 impl HealthReport {
+    /// Whether `other` would route the same: equal but for when down
+    /// endpoints are probed next and how many probes they failed, which
+    /// change without changing the view.
+    pub(crate) fn routes_as(&self, other: &HealthReport) -> bool {
+        self.panic == other.panic
+            && self.tiers == other.tiers
+            && self.ejections == other.ejections
+            && self.downs == other.downs
+            && self.detections == other.detections
+            && self.endpoints.len() == other.endpoints.len()
+            && self.endpoints.iter().zip(&other.endpoints).all(|(a, b)| {
+                a.key == b.key
+                    && a.priority == b.priority
+                    && a.down == b.down
+                    && a.ejected_until == b.ejected_until
+                    && a.on_trial == b.on_trial
+                    && a.times_ejected == b.times_ejected
+                    && a.active_healthy == b.active_healthy
+                    && a.weight_factor == b.weight_factor
+                    && a.ejection_reason == b.ejection_reason
+                    && a.slow_start_until == b.slow_start_until
+            })
+    }
+
     /// Per tier, how many endpoints are left out and why.
     pub(crate) fn ineligible(&self) -> crate::error::Ineligible {
         let mut tiers: Vec<crate::error::TierIneligible> = Vec::new();

@@ -6,6 +6,8 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use arc_swap::ArcSwap;
+
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -152,6 +154,9 @@ pub struct Failover<S> {
 
 pub(super) struct Shared<S> {
     published: Published<View<S>>,
+    /// The report of the newest evaluation, published or not: it differs
+    /// from the view's when only down endpoints' probe times changed.
+    latest: ArcSwap<HealthReport>,
     /// 1 + the revision of the upstream snapshot last evaluated (0 before
     /// any).
     evaluated: AtomicU64,
@@ -195,6 +200,7 @@ impl<S> Failover<S> {
     ) -> Self {
         let shared = Arc::new(Shared {
             published: Published::new(View::initial()),
+            latest: ArcSwap::from_pointee(HealthReport::default()),
             evaluated: AtomicU64::new(0),
         });
         let task = spawn(upstream.clone(), shared.clone());
@@ -212,6 +218,7 @@ impl<S> Failover<S> {
             upstream,
             shared: Arc::new(Shared {
                 published: Published::new(View::initial()),
+                latest: ArcSwap::from_pointee(HealthReport::default()),
                 evaluated: AtomicU64::new(0),
             }),
             _driver: None,
@@ -233,9 +240,11 @@ impl<S> Failover<S> {
         self.view().eligible.clone()
     }
 
-    /// The current health report.
+    /// The newest health report. It may be newer than the current
+    /// view's ([`View::health`]) when only the probe times of down
+    /// endpoints changed, which does not republish the view.
     pub fn health(&self) -> Arc<HealthReport> {
-        self.view().report.clone()
+        self.shared.latest.load_full()
     }
 
     /// The pool this is a view of.
@@ -285,7 +294,13 @@ impl<S> Shared<S> {
     }
 
     pub(super) fn publish(&self, view: View<S>) {
+        self.latest.store(view.report.clone());
         self.published.publish(view);
+    }
+
+    /// Records the report of an evaluation that did not change the view.
+    pub(super) fn set_latest(&self, report: HealthReport) {
+        self.latest.store(Arc::new(report));
     }
 
     /// Records that the view has evaluated the pool at `revision`.

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
 use super::config::{FailoverConfig, OutlierDetection, Reconnect};
-use super::report::HealthReport;
+use super::report::{EjectionReason, HealthReport};
 use super::trial::{OnTrial, Trial};
 use super::view::{Group, View};
 use crate::endpoint::Endpoint;
@@ -30,6 +30,8 @@ struct EndpointState {
     seen_unreachable: u64,
     ejected_until: Option<Instant>,
     times_ejected: u32,
+    /// Why it was last ejected, while ejected or on trial after that.
+    reason: Option<EjectionReason>,
     /// On trial (back from an ejection, or down with no way to probe it).
     /// Out of rotation; one request may go there, and its outcome decides.
     trial: Option<Pending>,
@@ -123,7 +125,7 @@ pub(crate) struct Evaluation<S> {
 impl<S> Evaluation<S> {
     /// Whether this would publish the same view as `last`.
     pub(crate) fn same_as(&self, last: &View<S>) -> bool {
-        last.health() == &self.report
+        last.health().routes_as(&self.report)
             && last.groups() == &self.groups[..]
             && same_members(last.members(), &self.members)
             && same_trials(last.trials(), &self.trials)
@@ -263,6 +265,7 @@ impl Tracker {
                         seen_unreachable: m.stats().unreachable_failures(),
                         ejected_until: None,
                         times_ejected: 0,
+                        reason: None,
                         trial: None,
                         active_healthy: true,
                         warm_since: ramp.then_some(now),
@@ -314,6 +317,7 @@ impl Tracker {
     fn up<S>(st: &mut EndpointState, m: &Member<S>, now: Instant, slow: bool) {
         st.down = None;
         st.trial = None;
+        st.reason = None;
         st.seen_unreachable = m.stats().unreachable_failures();
         m.stats().reset_history();
         st.last = Counters::of(m);
@@ -419,11 +423,13 @@ impl Tracker {
                     event!(info, endpoint = %m.endpoint(), "endpoint reachable again: it answered its trial request");
                 }
                 (None, true) => {
-                    let duration = eject(self.config.outliers.as_ref(), st, now);
+                    let reason = EjectionReason::FailedTrial;
+                    let duration = eject(self.config.outliers.as_ref(), st, reason, now);
                     self.ejections += 1;
-                    event!(warn, endpoint = %m.endpoint(), reason = "failed its trial request", times_ejected = st.times_ejected, ejection_ms = duration.as_millis() as u64, "endpoint ejected");
+                    event!(warn, endpoint = %m.endpoint(), reason = reason.as_str(), times_ejected = st.times_ejected, ejection_ms = duration.as_millis() as u64, "endpoint ejected");
                 }
                 (None, false) => {
+                    st.reason = None;
                     if slow {
                         st.warm_since = Some(now);
                     }
@@ -496,7 +502,11 @@ impl Tracker {
                     total >= fp.min_requests && df as f64 >= fp.threshold * total as f64
                 });
             if streak || rate {
-                let reason = if streak { Reason::Streak } else { Reason::Rate };
+                let reason = if streak {
+                    EjectionReason::ConsecutiveFailures
+                } else {
+                    EjectionReason::FailurePercentage
+                };
                 candidates.push((i, reason, ds + df, df));
             } else if interval {
                 st.times_ejected = st.times_ejected.saturating_sub(1);
@@ -513,13 +523,9 @@ impl Tracker {
                 continue;
             }
             *out += 1;
-            let duration = eject(Some(&od), st, now);
+            let duration = eject(Some(&od), st, reason, now);
             self.ejections += 1;
-            let reason = match reason {
-                Reason::Streak => "consecutive failures",
-                Reason::Rate => "failure percentage",
-            };
-            event!(warn, endpoint = %endpoint, reason, requests = total, failures = failed, times_ejected = st.times_ejected, ejection_ms = duration.as_millis() as u64, "endpoint ejected");
+            event!(warn, endpoint = %endpoint, reason = reason.as_str(), requests = total, failures = failed, times_ejected = st.times_ejected, ejection_ms = duration.as_millis() as u64, "endpoint ejected");
         }
     }
 
@@ -540,20 +546,19 @@ impl Tracker {
     }
 }
 
-/// Why an endpoint is ejected.
-#[derive(Debug, Clone, Copy)]
-enum Reason {
-    Streak,
-    Rate,
-}
-
 /// Ejects an endpoint, for longer each time it is ejected again
 /// (`base × times`, capped at the maximum); returns for how long.
-fn eject(od: Option<&OutlierDetection>, st: &mut EndpointState, now: Instant) -> Duration {
+fn eject(
+    od: Option<&OutlierDetection>,
+    st: &mut EndpointState,
+    reason: EjectionReason,
+    now: Instant,
+) -> Duration {
     let (base, max) = od.map_or((Duration::from_secs(1), Duration::from_secs(1)), |od| {
         (od.base_ejection, od.max_ejection.max(od.base_ejection))
     });
     st.times_ejected = st.times_ejected.saturating_add(1);
+    st.reason = Some(reason);
     let duration = base.saturating_mul(st.times_ejected).min(max);
     st.ejected_until = Some(now + duration);
     duration
@@ -684,6 +689,11 @@ mod tests {
         assert_eq!(v.report.downs, 2);
         // Not a streak either: no ejection on top.
         assert!(v.report.endpoints.iter().all(|e| e.ejected_until.is_none()));
+        // The report says when each down endpoint is probed next.
+        let probes: Vec<_> = v.report.endpoints.iter().map(|e| e.next_probe).collect();
+        let first = Some(now + Duration::from_secs(1));
+        assert_eq!(probes, [None, first, None, first, None]);
+        assert!(v.report.endpoints.iter().all(|e| e.failed_probes == 0));
 
         // The first probe is due after 1 s.
         assert!(t.due_probes(&snap, now).is_empty());
@@ -732,6 +742,11 @@ mod tests {
         let v = t.evaluate(&snap, now, false);
         let until = v.report.endpoints[0].ejected_until;
         assert_eq!(until, Some(now + Duration::from_secs(1)), "1 s first");
+        assert_eq!(
+            v.report.endpoints[0].ejection_reason,
+            Some(EjectionReason::ConsecutiveFailures)
+        );
+        assert_eq!(v.report.endpoints[1].ejection_reason, None);
         assert!(v.trials.is_empty());
 
         // After 1 s it is on trial: out of the view, offered one request.
@@ -754,6 +769,10 @@ mod tests {
         assert_eq!(
             v.report.endpoints[0].ejected_until,
             Some(at + Duration::from_secs(2))
+        );
+        assert_eq!(
+            v.report.endpoints[0].ejection_reason,
+            Some(EjectionReason::FailedTrial)
         );
         assert!(!v.report.endpoints[0].on_trial);
         assert!(v.trials.is_empty(), "no trial while ejected");

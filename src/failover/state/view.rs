@@ -259,6 +259,13 @@ impl Tracker {
                     times_ejected: st.times_ejected,
                     active_healthy: st.active_healthy,
                     weight_factor: ramp.factor(i),
+                    ejection_reason: st.reason.filter(|_| st.ejected()),
+                    next_probe: st.down.filter(|d| !d.probing).map(|d| d.next_probe),
+                    failed_probes: st.down.map_or(0, |d| d.failed),
+                    slow_start_until: match (st.warm_since, self.config.slow_start.as_ref()) {
+                        (Some(since), Some(ss)) if ramp.factor(i) < 1.0 => Some(since + ss.window),
+                        _ => None,
+                    },
                 })
                 .collect(),
             ejections: self.ejections,
