@@ -100,8 +100,9 @@ pub enum EjectionReason {
 }
 
 impl EjectionReason {
-    /// The reason as a short phrase (`"consecutive failures"`, …), as in
-    /// logs and metric labels (with `_` for spaces there).
+    /// The reason as a short phrase for logs and tables
+    /// (`"consecutive failures"`, …); [`label`](Self::label) is the metric
+    /// label value.
     pub fn as_str(self) -> &'static str {
         match self {
             EjectionReason::ConsecutiveFailures => "consecutive failures",
@@ -145,16 +146,32 @@ impl HealthReport {
             && self.detections == other.detections
             && self.endpoints.len() == other.endpoints.len()
             && self.endpoints.iter().zip(&other.endpoints).all(|(a, b)| {
-                a.key == b.key
-                    && a.priority == b.priority
-                    && a.down == b.down
-                    && a.ejected_until == b.ejected_until
-                    && a.on_trial == b.on_trial
-                    && a.times_ejected == b.times_ejected
-                    && a.active_healthy == b.active_healthy
-                    && a.weight_factor == b.weight_factor
-                    && a.ejection_reason == b.ejection_reason
-                    && a.slow_start_until == b.slow_start_until
+                // Destructured so that a field added later must be sorted
+                // here into "routes" or "does not route".
+                let EndpointHealth {
+                    key,
+                    priority,
+                    down,
+                    ejected_until,
+                    on_trial,
+                    times_ejected,
+                    active_healthy,
+                    weight_factor,
+                    ejection_reason,
+                    next_probe: _,
+                    failed_probes: _,
+                    slow_start_until,
+                } = a;
+                *key == b.key
+                    && *priority == b.priority
+                    && *down == b.down
+                    && *ejected_until == b.ejected_until
+                    && *on_trial == b.on_trial
+                    && *times_ejected == b.times_ejected
+                    && *active_healthy == b.active_healthy
+                    && *weight_factor == b.weight_factor
+                    && *ejection_reason == b.ejection_reason
+                    && *slow_start_until == b.slow_start_until
             })
     }
 
