@@ -110,6 +110,7 @@ pub mod pool;
 pub mod retry;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod status;
 mod trace;
 mod util;
 

@@ -169,6 +169,10 @@ macro_rules! any_strategy {
                 }
             }
 
+            fn name(&self) -> &'static str {
+                AnyStrategy::name(self)
+            }
+
             fn key_hash(&self) -> KeyHash {
                 match self {
                     $(AnyStrategy::$variant(s) => s.key_hash(),)*
@@ -259,6 +263,29 @@ mod tests {
         assert_eq!(err.setting(), "AnyStrategy::from_str");
         assert!(err.to_string().contains("p2c_peak_ewma"), "{err}");
         assert!("".parse::<AnyStrategy>().is_err());
+    }
+
+    #[test]
+    fn each_strategy_names_itself_as_any_strategy_does() {
+        fn trait_name<St: Strategy>(s: &St) -> &'static str {
+            s.name()
+        }
+        for name in AnyStrategy::NAMES {
+            let any: AnyStrategy = name.parse().unwrap();
+            assert_eq!(trait_name(&any), name);
+            let held = match &any {
+                AnyStrategy::RoundRobin(s) => trait_name(s),
+                AnyStrategy::Random(s) => trait_name(s),
+                AnyStrategy::WeightedRoundRobin(s) => trait_name(s),
+                AnyStrategy::WeightedRandom(s) => trait_name(s),
+                AnyStrategy::LeastInFlight(s) => trait_name(s),
+                AnyStrategy::PeakEwma(s) => trait_name(s),
+                AnyStrategy::Maglev(s) => trait_name(s),
+                AnyStrategy::Ring(s) => trait_name(s),
+                AnyStrategy::Rendezvous(s) => trait_name(s),
+            };
+            assert_eq!(held, name);
+        }
     }
 
     #[test]

@@ -181,6 +181,10 @@ pub struct LeastInFlightPicker {
 }
 
 impl Strategy for LeastInFlight {
+    fn name(&self) -> &'static str {
+        "p2c_least_in_flight"
+    }
+
     type Picker = LeastInFlightPicker;
 
     fn build<S>(&self, members: Members<'_, S>, _ctx: &BuildContext<'_>) -> LeastInFlightPicker {
@@ -212,6 +216,10 @@ pub struct PeakEwmaPicker {
 }
 
 impl Strategy for PeakEwma {
+    fn name(&self) -> &'static str {
+        "p2c_peak_ewma"
+    }
+
     type Picker = PeakEwmaPicker;
 
     fn build<S>(&self, members: Members<'_, S>, ctx: &BuildContext<'_>) -> PeakEwmaPicker {

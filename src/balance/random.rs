@@ -14,6 +14,10 @@ pub struct RandomPicker {
 }
 
 impl Strategy for Random {
+    fn name(&self) -> &'static str {
+        "random"
+    }
+
     type Picker = RandomPicker;
 
     fn build<S>(&self, members: Members<'_, S>, _ctx: &BuildContext<'_>) -> RandomPicker {

@@ -24,6 +24,10 @@ pub struct RoundRobinPicker {
 }
 
 impl Strategy for RoundRobin {
+    fn name(&self) -> &'static str {
+        "round_robin"
+    }
+
     type Picker = RoundRobinPicker;
 
     fn build<S>(&self, members: Members<'_, S>, ctx: &BuildContext<'_>) -> RoundRobinPicker {

@@ -95,6 +95,8 @@ pub(super) struct Shared<S, P> {
     pub(super) when_empty: WhenEmpty,
     /// The strategy's [`Strategy::key_hash`].
     pub(super) key_hash: KeyHash,
+    /// The strategy's [`Strategy::name`].
+    pub(super) strategy: &'static str,
 }
 
 /// What picks come from and the pickers built for it, published together.
@@ -290,6 +292,7 @@ where
         // under the pool's subscriber lock.
         let clock = LatencyClock::detect();
         let key_hash = strategy.key_hash();
+        let strategy_name = strategy.name();
         let routing = Arc::new(ArcSwap::from_pointee(Routing::build(
             upstream.eligible(),
             &strategy,
@@ -312,6 +315,7 @@ where
                 rng,
                 when_empty: options.when_empty,
                 key_hash,
+                strategy: strategy_name,
             }),
             classify: options.classify,
             key: options.key,
@@ -430,6 +434,11 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
     /// a failover view.
     pub fn health(&self) -> Option<Arc<HealthReport>> {
         self.shared.routing.load().eligible.health()
+    }
+
+    /// The strategy's [`name`](Strategy::name).
+    pub fn strategy_name(&self) -> &'static str {
+        self.shared.strategy
     }
 
     /// The policy for an empty pool.

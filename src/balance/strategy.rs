@@ -54,6 +54,20 @@ pub trait Strategy: Send + Sync + 'static {
     fn key_hash(&self) -> KeyHash {
         <Self::Picker as Picker>::KEY_HASH
     }
+
+    /// The strategy's name, as status reports and metric labels show it.
+    /// The built-in strategies give the names of
+    /// [`AnyStrategy::NAMES`](super::AnyStrategy::NAMES); by default, the
+    /// type's own name without its path or generics.
+    fn name(&self) -> &'static str {
+        short_type_name(std::any::type_name::<Self>())
+    }
+}
+
+/// `a::b::Name<c::D>` → `Name`.
+fn short_type_name(full: &'static str) -> &'static str {
+    let bare = full.split('<').next().unwrap_or(full);
+    bare.rsplit("::").next().unwrap_or(bare)
 }
 
 /// The [`Strategy::rebuild_delay`] of the table strategies: 10 ms.
@@ -253,5 +267,20 @@ impl Active {
 
     pub(crate) fn uniform(&self) -> bool {
         self.weight.windows(2).all(|w| w[0] == w[1])
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::short_type_name;
+
+    #[test]
+    fn the_default_name_is_the_bare_type_name() {
+        assert_eq!(short_type_name("my_crate::lb::Fastest"), "Fastest");
+        assert_eq!(
+            short_type_name("my_crate::lb::Zoned<tower_lb::balance::RoundRobin>"),
+            "Zoned"
+        );
+        assert_eq!(short_type_name("Plain"), "Plain");
     }
 }

@@ -28,6 +28,10 @@ pub struct WeightedRandomPicker {
 }
 
 impl Strategy for WeightedRandom {
+    fn name(&self) -> &'static str {
+        "weighted_random"
+    }
+
     type Picker = WeightedRandomPicker;
 
     /// [`REBUILD_DELAY`](crate::balance::REBUILD_DELAY) for skewed

@@ -74,6 +74,10 @@ impl WeightedRoundRobinPicker {
 }
 
 impl Strategy for WeightedRoundRobin {
+    fn name(&self) -> &'static str {
+        "weighted_round_robin"
+    }
+
     type Picker = WeightedRoundRobinPicker;
 
     fn build<S>(

@@ -195,6 +195,11 @@ impl FileSource {
 }
 
 impl Source for FileSource {
+    /// The file's stem (`api` for `/etc/lb/api.json`).
+    fn name(&self) -> Option<&str> {
+        self.path.file_stem().and_then(|s| s.to_str())
+    }
+
     fn poll_update(
         &mut self,
         cx: &mut Context<'_>,

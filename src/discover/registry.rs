@@ -441,6 +441,11 @@ impl Clone for RegistrySource {
 }
 
 impl Source for RegistrySource {
+    /// The service watched.
+    fn name(&self) -> Option<&str> {
+        Some(&self.service)
+    }
+
     fn poll_update(
         &mut self,
         cx: &mut Context<'_>,

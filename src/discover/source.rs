@@ -26,6 +26,16 @@ pub trait Source: Send + 'static {
     {
         poll_fn(move |cx| self.poll_update(cx))
     }
+
+    /// The name of the service this source finds, if it knows one: the
+    /// default `service` of status reports and metric labels (see
+    /// [`PoolConfig::service`](crate::pool::PoolConfig::service)). A
+    /// [`Registry`](super::Registry) watch gives its service, a DNS source
+    /// its name, an etcd source the last segment of its prefix and a file
+    /// source the file's stem. `None` by default.
+    fn name(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl<S: Source + ?Sized> Source for Box<S> {
@@ -34,6 +44,10 @@ impl<S: Source + ?Sized> Source for Box<S> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Update, DiscoveryError>>> {
         (**self).poll_update(cx)
+    }
+
+    fn name(&self) -> Option<&str> {
+        (**self).name()
     }
 }
 

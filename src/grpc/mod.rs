@@ -108,6 +108,12 @@ impl<St: Strategy> Channel<St> {
         self.stack.get_ref()
     }
 
+    /// The whole client's [`Status`](crate::status::Status): discovery,
+    /// every endpoint with its state, the tiers and the retry budget.
+    pub fn status(&self) -> crate::status::Status {
+        self.stack.status()
+    }
+
     /// What the retries have done so far, across all clones.
     pub fn stats(&self) -> RetryStats {
         self.stack.stats()
@@ -116,6 +122,12 @@ impl<St: Strategy> Channel<St> {
     /// The layers themselves, to compose further.
     pub fn into_stack(self) -> Stack<St> {
         self.stack
+    }
+}
+
+impl<St: Strategy> crate::status::Observe for Channel<St> {
+    fn status(&self) -> crate::status::Status {
+        Channel::status(self)
     }
 }
 
@@ -306,6 +318,15 @@ impl<St: Strategy + Clone> ChannelBuilder<St> {
     #[must_use]
     pub fn replay_cap(mut self, bytes: usize) -> Self {
         self.replay_cap = bytes;
+        self
+    }
+
+    /// The service's name in status reports and metric labels (by
+    /// default the source's name); see
+    /// [`PoolConfig::service`](crate::pool::PoolConfig::service).
+    #[must_use]
+    pub fn service(mut self, name: impl Into<String>) -> Self {
+        self.pool.service = Some(name.into());
         self
     }
 

@@ -95,6 +95,12 @@ impl<B, St: Strategy, C> Client<B, St, C> {
         self.stack.get_ref()
     }
 
+    /// The whole client's [`Status`](crate::status::Status): discovery,
+    /// every endpoint with its state, the tiers and the retry budget.
+    pub fn status(&self) -> crate::status::Status {
+        self.stack.status()
+    }
+
     /// What the retries have done so far, across all clones.
     pub fn stats(&self) -> RetryStats {
         self.stack.stats()
@@ -117,6 +123,12 @@ where
     /// This client behind one boxed, nameable type.
     pub fn boxed(self) -> BoxClient<B> {
         BoxCloneSyncService::new(self)
+    }
+}
+
+impl<B, St: Strategy, C> crate::status::Observe for Client<B, St, C> {
+    fn status(&self) -> crate::status::Status {
+        Client::status(self)
     }
 }
 
@@ -206,6 +218,15 @@ impl<St: Strategy + Clone> ClientBuilder<St> {
     #[must_use]
     pub fn retry(mut self, retry: RetryLayer<HttpPolicy>) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// The service's name in status reports and metric labels (by
+    /// default the source's name); see
+    /// [`PoolConfig::service`](crate::pool::PoolConfig::service).
+    #[must_use]
+    pub fn service(mut self, name: impl Into<String>) -> Self {
+        self.pool.service = Some(name.into());
         self
     }
 

@@ -19,6 +19,10 @@ pub struct PoolConfig {
     /// more likely means "broken" (a DNS name that briefly fails to
     /// resolve).
     pub keep_last_on_empty: bool,
+    /// The service's name in status reports and metric labels. `None`
+    /// (the default): the source's [`name`](crate::discover::Source::name),
+    /// or `"default"` when it has none.
+    pub service: Option<String>,
 }
 
 impl PoolConfig {
@@ -31,6 +35,13 @@ impl PoolConfig {
     #[must_use]
     pub fn keep_last_on_empty(mut self, keep: bool) -> Self {
         self.keep_last_on_empty = keep;
+        self
+    }
+
+    /// See [`service`](PoolConfig#structfield.service).
+    #[must_use]
+    pub fn service(mut self, name: impl Into<String>) -> Self {
+        self.service = Some(name.into());
         self
     }
 }
@@ -77,6 +88,20 @@ impl<Src> DiscoverLayer<Src> {
     #[must_use]
     pub fn keep_last_on_empty(mut self, keep: bool) -> Self {
         self.config.keep_last_on_empty = keep;
+        self
+    }
+
+    /// See [`PoolConfig::service`].
+    #[must_use]
+    pub fn service(mut self, name: impl Into<String>) -> Self {
+        self.config.service = Some(name.into());
+        self
+    }
+
+    /// All the pool's settings at once.
+    #[must_use]
+    pub fn config(mut self, config: PoolConfig) -> Self {
+        self.config = config;
         self
     }
 }

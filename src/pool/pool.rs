@@ -40,10 +40,13 @@ pub(super) struct Shared<S> {
     /// Woken by every failure recorded in this pool's endpoint stats.
     outcomes: Arc<Notify>,
     status: Mutex<DiscoveryStatus>,
+    /// The service's name, for status reports and metric labels.
+    service: Arc<str>,
 }
 
 /// How discovery has gone for a pool so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub struct DiscoveryStatus {
     /// The revision of the newest update applied, if any.
@@ -128,18 +131,30 @@ impl<S: Clone + Send + Sync + 'static> Pool<S> {
         C: tower_service::Service<Endpoint, Response = S>,
         C::Error: Into<BoxError>,
     {
-        let pool = Pool::empty();
+        let service: Arc<str> = config
+            .service
+            .as_deref()
+            .or_else(|| source.name())
+            .unwrap_or(DEFAULT_SERVICE)
+            .into();
+        let pool = Pool::named(service);
         let driver = PoolDriver::new(source, connector, pool.shared.clone(), config);
         (pool, driver)
     }
 
     /// A pool that is never fed.
+    #[cfg(feature = "unstable-bench")]
     pub(crate) fn empty() -> Self {
+        Self::named(DEFAULT_SERVICE.into())
+    }
+
+    fn named(service: Arc<str>) -> Self {
         Pool {
             shared: Arc::new(Shared {
                 published: Published::new(Snapshot::initial(Instant::now())),
                 outcomes: Arc::new(Notify::new()),
                 status: Mutex::new(DiscoveryStatus::default()),
+                service,
             }),
             driver: None,
         }
@@ -151,7 +166,17 @@ impl<S: Clone + Send + Sync + 'static> Pool<S> {
     }
 }
 
+/// The service name of a pool whose config and source name none.
+pub(crate) const DEFAULT_SERVICE: &str = "default";
+
 impl<S> Pool<S> {
+    /// The service's name: [`PoolConfig::service`](super::PoolConfig::service),
+    /// else the source's [`name`](crate::discover::Source::name), else
+    /// `"default"`.
+    pub fn service(&self) -> &str {
+        &self.shared.service
+    }
+
     /// The current set. One atomic load; never blocks.
     pub fn snapshot(&self) -> Arc<Snapshot<S>> {
         self.shared.published.load()

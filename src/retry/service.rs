@@ -159,6 +159,12 @@ impl<S, P> Retry<S, P> {
         self.root.shared.config.stats()
     }
 
+    /// The retry budget the layer draws on (shared by its clones, and by
+    /// every layer given the same budget).
+    pub fn budget(&self) -> &crate::retry::RetryBudget {
+        &self.root.shared.config.budget
+    }
+
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner

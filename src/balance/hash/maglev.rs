@@ -142,6 +142,10 @@ impl<P> MaglevPicker<P> {
 }
 
 impl<F: Strategy> Strategy for Maglev<F> {
+    fn name(&self) -> &'static str {
+        "maglev"
+    }
+
     type Picker = MaglevPicker<F::Picker>;
 
     /// [`REBUILD_DELAY`](crate::balance::REBUILD_DELAY): the table is

@@ -86,6 +86,10 @@ pub struct RendezvousPicker<P> {
 }
 
 impl<F: Strategy> Strategy for Rendezvous<F> {
+    fn name(&self) -> &'static str {
+        "rendezvous"
+    }
+
     type Picker = RendezvousPicker<F::Picker>;
 
     /// The fallback's: a rendezvous picker holds no table of its own.

@@ -144,6 +144,10 @@ impl<P> RingPicker<P> {
 }
 
 impl<F: Strategy> Strategy for Ring<F> {
+    fn name(&self) -> &'static str {
+        "ring"
+    }
+
     type Picker = RingPicker<F::Picker>;
 
     /// [`REBUILD_DELAY`](crate::balance::REBUILD_DELAY): the table is

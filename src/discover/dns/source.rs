@@ -448,6 +448,11 @@ impl DnsSource {
 }
 
 impl Source for DnsSource {
+    /// The name resolved (without a trailing dot).
+    fn name(&self) -> Option<&str> {
+        Some(self.query.name().trim_end_matches('.'))
+    }
+
     fn poll_update(
         &mut self,
         cx: &mut Context<'_>,

@@ -253,6 +253,11 @@ impl EtcdSource {
 }
 
 impl Source for EtcdSource {
+    /// The last segment of the prefix (`api` for `/services/api/`).
+    fn name(&self) -> Option<&str> {
+        self.settings.prefix.split('/').rfind(|s| !s.is_empty())
+    }
+
     fn poll_update(
         &mut self,
         cx: &mut Context<'_>,
