@@ -10,7 +10,7 @@ impl Display for Status {
     ///
     /// ```text
     /// service api · strategy p2c_peak_ewma · revision 4 · 3 updates applied, 0 errors
-    /// 3 endpoints: 1 healthy, 1 ejected, 1 down · panic mode off · 2 ejections, 1 down so far
+    /// 3 endpoints: 1 healthy, 1 ejected, 1 down · panic mode off · ejections so far: 2, downs: 1
     /// tier  endpoints  in rotation  health  load
     /// 0     2          1            50%     100%
     /// 1     1          1            100%    0%
@@ -51,7 +51,7 @@ impl Display for Status {
             let panic = if self.panic { "ON" } else { "off" };
             write!(
                 f,
-                " · panic mode {panic} · {} ejections, {} downs so far",
+                " · panic mode {panic} · ejections so far: {}, downs: {}",
                 self.ejections, self.downs
             )?;
         }
@@ -106,7 +106,12 @@ impl Display for Status {
 fn row(e: &EndpointStatus) -> [String; 11] {
     [
         e.key.clone(),
-        e.address.clone().unwrap_or_else(|| "-".into()),
+        // Blank when the key is the address, as for `Endpoint::new`.
+        match &e.address {
+            Some(a) if *a == e.key => String::new(),
+            Some(a) => a.clone(),
+            None => "-".into(),
+        },
         e.priority.to_string(),
         e.weight.to_string(),
         e.state.as_str().replace('_', " "),

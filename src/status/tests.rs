@@ -223,7 +223,7 @@ fn the_table_has_a_row_per_tier_and_endpoint() {
     );
     assert_eq!(
         lines[1],
-        "3 endpoints: 2 healthy, 1 down · panic mode off · 0 ejections, 1 downs so far"
+        "3 endpoints: 2 healthy, 1 down · panic mode off · ejections so far: 0, downs: 1"
     );
     assert!(
         lines[2].starts_with("tier  endpoints  in rotation  health  load"),
