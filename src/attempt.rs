@@ -91,6 +91,9 @@ struct Record {
     sent: AtomicU32,
     /// Endpoint ids, in a ring; 0 is a slot not written yet.
     ids: [AtomicU32; REMEMBERED],
+    /// Bit `n` set: attempt `n` (from 0, below 32) is a hedge, for the
+    /// balancer's attempt span.
+    hedges: AtomicU32,
 }
 
 impl Attempts {
@@ -113,11 +116,26 @@ impl Attempts {
             .any(|slot| slot.load(Ordering::Acquire) == id)
     }
 
-    /// Records an attempt sent to the endpoint with this id.
+    /// Records an attempt sent to the endpoint with this id, and returns
+    /// its number (0 for the first).
     #[inline]
-    pub(crate) fn record(&self, id: EndpointId) {
-        let slot = self.record.sent.fetch_add(1, Ordering::AcqRel) as usize;
-        self.record.ids[slot % REMEMBERED].store(id, Ordering::Release);
+    pub(crate) fn record(&self, id: EndpointId) -> u32 {
+        let n = self.record.sent.fetch_add(1, Ordering::AcqRel);
+        self.record.ids[n as usize % REMEMBERED].store(id, Ordering::Release);
+        n
+    }
+
+    /// Marks the next attempt to be recorded as a hedge.
+    pub(crate) fn mark_next_hedge(&self) {
+        let n = self.record.sent.load(Ordering::Acquire);
+        if n < u32::BITS {
+            self.record.hedges.fetch_or(1 << n, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether attempt `n` (0 for the first) was marked as a hedge.
+    pub(crate) fn is_hedge(&self, n: u32) -> bool {
+        n < u32::BITS && self.record.hedges.load(Ordering::Acquire) & (1 << n) != 0
     }
 }
 

@@ -16,6 +16,100 @@ macro_rules! event {
 
 pub(crate) use event;
 
+/// A span in a [`SpanSlot`], made only when a subscriber wants it: with
+/// none (or without the `tracing` feature) this is one cached check of the
+/// callsite's interest, and the slot is empty.
+macro_rules! span {
+    ($level:ident, $($arg:tt)*) => {{
+        #[cfg(feature = "tracing")]
+        {
+            $crate::trace::SpanSlot::new(tracing::$level!(target: module_path!(), $($arg)*))
+        }
+        #[cfg(not(feature = "tracing"))]
+        {
+            $crate::trace::SpanSlot::none()
+        }
+    }};
+}
+
+pub(crate) use span;
+
+/// A span a future enters while it is polled, boxed so that an empty slot
+/// costs one word (and nothing without the `tracing` feature).
+#[derive(Debug, Default)]
+pub(crate) struct SpanSlot {
+    #[cfg(feature = "tracing")]
+    span: Option<Box<tracing::Span>>,
+}
+
+impl SpanSlot {
+    /// An empty slot.
+    #[inline]
+    pub(crate) fn none() -> Self {
+        SpanSlot::default()
+    }
+
+    /// A slot holding `span`, or empty when no subscriber took it.
+    #[cfg(feature = "tracing")]
+    #[inline]
+    pub(crate) fn new(span: tracing::Span) -> Self {
+        SpanSlot {
+            span: (!span.is_disabled()).then(|| Box::new(span)),
+        }
+    }
+
+    /// Whether the slot holds a span.
+    #[inline]
+    pub(crate) fn is_some(&self) -> bool {
+        #[cfg(feature = "tracing")]
+        {
+            self.span.is_some()
+        }
+        #[cfg(not(feature = "tracing"))]
+        {
+            false
+        }
+    }
+
+    /// Enters the span until the guard is dropped.
+    #[inline]
+    pub(crate) fn enter(&self) -> Entered<'_> {
+        #[cfg(feature = "tracing")]
+        {
+            self.span.as_deref().map(tracing::Span::enter)
+        }
+        #[cfg(not(feature = "tracing"))]
+        {
+            std::marker::PhantomData
+        }
+    }
+
+    /// Records a string field (declared `Empty` when the span was made).
+    #[inline]
+    pub(crate) fn record(&self, field: &'static str, value: &str) {
+        #[cfg(feature = "tracing")]
+        if let Some(span) = &self.span {
+            span.record(field, value);
+        }
+    }
+
+    /// Records a number field (declared `Empty` when the span was made).
+    #[inline]
+    pub(crate) fn record_u64(&self, field: &'static str, value: u64) {
+        #[cfg(feature = "tracing")]
+        if let Some(span) = &self.span {
+            span.record(field, value);
+        }
+    }
+}
+
+/// What [`SpanSlot::enter`] returns.
+#[cfg(feature = "tracing")]
+pub(crate) type Entered<'a> = Option<tracing::span::Entered<'a>>;
+/// What [`SpanSlot::enter`] returns.
+#[cfg(not(feature = "tracing"))]
+pub(crate) type Entered<'a> = std::marker::PhantomData<&'a ()>;
+
 #[cfg(all(test, feature = "tracing"))]
 mod tests {
     use std::sync::{Arc, Mutex};

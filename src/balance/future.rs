@@ -18,6 +18,7 @@ use crate::attempt::{Attempted, Attempts};
 use crate::error::{BoxError, Error};
 use crate::failover::{HealthReport, Trial};
 use crate::pool::EndpointStats;
+use crate::trace::SpanSlot;
 
 /// When a timed request started, and how to time it.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +39,8 @@ pub(super) struct InFlight {
     started: Option<Started>,
     /// The trial this request decides, when it took one.
     trial: Option<Arc<Trial>>,
+    /// The attempt's span, when a subscriber wants it.
+    span: SpanSlot,
 }
 
 impl InFlight {
@@ -51,7 +54,15 @@ impl InFlight {
             stats: Some(stats),
             started,
             trial: None,
+            span: SpanSlot::none(),
         }
+    }
+
+    /// Gives the attempt its span.
+    #[inline]
+    pub(super) fn in_span(mut self, span: SpanSlot) -> Self {
+        self.span = span;
+        self
     }
 
     /// Makes this the request that decides `trial`: it ends the trial when
@@ -90,6 +101,7 @@ impl InFlight {
             Outcome::Failure { unreachable } => stats.record_failure(unreachable),
             Outcome::Cancelled => {}
         }
+        self.span.record("outcome", outcome.as_str());
         if let Some(trial) = self.trial.take() {
             // After the outcome, which the trial's end publishes; then wake
             // failover to judge it.
@@ -120,6 +132,18 @@ enum Outcome {
         unreachable: bool,
     },
     Cancelled,
+}
+
+impl Outcome {
+    /// The attempt span's `outcome`.
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failure { unreachable: false } => "failure",
+            Outcome::Failure { unreachable: true } => "unreachable",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// Why a request failed before reaching an endpoint; kept small so the
@@ -329,7 +353,11 @@ where
                     }
                 }
                 StateProj::Ready { service, req } => {
-                    if let Err(e) = ready!(service.poll_ready(cx)) {
+                    let ready = {
+                        let _entered = this.in_flight.as_ref().map(|f| f.span.enter());
+                        service.poll_ready(cx)
+                    };
+                    if let Err(e) = ready!(ready) {
                         // An endpoint whose service cannot become ready
                         // cannot be reached.
                         if let Some(f) = this.in_flight {
@@ -338,14 +366,21 @@ where
                         return Poll::Ready(Err(Error::Inner(e.into())));
                     }
                     match req.take() {
-                        Some(req) => State::Calling {
-                            future: service.call(req),
-                        },
+                        Some(req) => {
+                            let _entered = this.in_flight.as_ref().map(|f| f.span.enter());
+                            State::Calling {
+                                future: service.call(req),
+                            }
+                        }
                         None => return Poll::Ready(Err(Error::none_eligible(0, None))),
                     }
                 }
                 StateProj::Calling { future } => {
-                    return Poll::Ready(match ready!(future.poll(cx)) {
+                    let polled = {
+                        let _entered = this.in_flight.as_ref().map(|f| f.span.enter());
+                        future.poll(cx)
+                    };
+                    return Poll::Ready(match ready!(polled) {
                         Ok(response) => {
                             if let Some(f) = this.in_flight {
                                 f.finish(if this.classify.is_failure(Ok(&response)) {

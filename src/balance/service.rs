@@ -16,6 +16,7 @@ use crate::attempt::{Attempted, Attempts};
 use crate::error::{BoxError, Error};
 use crate::failover::{HealthReport, OnTrial};
 use crate::pool::{Member, Members, Pool, Snapshot};
+use crate::trace::{SpanSlot, span};
 use crate::util::clock::{LatencyClock, inv_tau_ns};
 use crate::util::publish::lock;
 
@@ -509,11 +510,10 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
         let members = routing.members_of(lane);
         if let Some(on_trial) = take_trial(routing.eligible.trials(), attempts) {
             let member = &on_trial.member;
-            if let Some(attempts) = attempts {
-                attempts.record(member.stats().id());
-            }
+            let n = attempts.map(|a| a.record(member.stats().id()));
             let in_flight = InFlight::start(member.stats().start_request(), timing)
-                .deciding(on_trial.trial.clone());
+                .deciding(on_trial.trial.clone())
+                .in_span(attempt_span(member, attempts, n, true));
             return Pick::Picked(member.service().clone(), in_flight);
         }
         let mut chosen = lane.picker.pick(members, &ctx).and_then(|i| members.get(i));
@@ -524,10 +524,9 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
         }
         match chosen {
             Some(member) => {
-                if let Some(attempts) = attempts {
-                    attempts.record(member.stats().id());
-                }
-                let in_flight = InFlight::start(member.stats().start_request(), timing);
+                let n = attempts.map(|a| a.record(member.stats().id()));
+                let in_flight = InFlight::start(member.stats().start_request(), timing)
+                    .in_span(attempt_span(member, attempts, n, false));
                 Pick::Picked(member.service().clone(), in_flight)
             }
             None if routing.eligible.upstream_len() == 0 => Pick::Empty {
@@ -537,6 +536,42 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
             // picker that found nothing to pick.
             None => Pick::NoneEligible(routing.eligible.upstream_len()),
         }
+    }
+}
+
+/// The span of one attempt, sent to `member` (a `debug` span named
+/// `attempt`, target `tower_lb::balance::service`): the endpoint's key and
+/// tier; the attempt's number (from 1) and kind (`first`, `retry` or
+/// `hedge`) when the request carries a retry layer's record (attempt `n`
+/// from 0); whether it is an ejected endpoint's trial request; and, once
+/// it ends, its `outcome` (`success`, `failure`, `unreachable` or
+/// `cancelled`). Nothing is computed unless a subscriber wants the span.
+#[inline]
+fn attempt_span<S>(
+    member: &Member<S>,
+    attempts: Option<&Attempts>,
+    n: Option<u32>,
+    trial: bool,
+) -> SpanSlot {
+    span!(
+        debug_span,
+        "attempt",
+        endpoint = member.endpoint().key(),
+        tier = member.endpoint().priority(),
+        attempt = n.map(|n| n + 1),
+        kind = n.map(|n| attempt_kind(attempts, n)),
+        trial,
+        outcome = tracing::field::Empty,
+    )
+}
+
+/// `first`, `retry` or `hedge`.
+#[cfg(feature = "tracing")]
+fn attempt_kind(attempts: Option<&Attempts>, n: u32) -> &'static str {
+    match n {
+        0 => "first",
+        n if attempts.is_some_and(|a| a.is_hedge(n)) => "hedge",
+        _ => "retry",
     }
 }
 

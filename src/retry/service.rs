@@ -1,3 +1,4 @@
+use crate::trace::span;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -236,7 +237,13 @@ where
         // it carries the request's record, so the balancer notes where it
         // went.
         let inner = &mut self.inner;
-        ResponseFuture::new(local, template, started, hedge_delay, req, |req| {
+        let span = span!(
+            debug_span,
+            "request",
+            attempts = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        ResponseFuture::new(local, template, started, hedge_delay, span, req, |req| {
             inner.call(req)
         })
     }

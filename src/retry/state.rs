@@ -466,6 +466,9 @@ where
             _ => return,
         };
         req.set_attempts(self.progress.tried.clone());
+        if matches!(sent, Sent::Hedge) {
+            self.progress.tried.mark_next_hedge();
+        }
         let attempt = self.service().call(req);
         self.progress.attempts += 1;
         let stats = &self.config().stats;
