@@ -34,6 +34,22 @@ macro_rules! span {
 
 pub(crate) use span;
 
+/// Whether any subscriber may want `debug` spans: one load and compare.
+/// Request paths check this before they call a `#[cold]` function that
+/// makes the span, so that with no subscriber they run no more code than
+/// this.
+#[inline(always)]
+pub(crate) fn debug_spans() -> bool {
+    #[cfg(feature = "tracing")]
+    {
+        tracing::level_enabled!(tracing::Level::DEBUG)
+    }
+    #[cfg(not(feature = "tracing"))]
+    {
+        false
+    }
+}
+
 /// A span a future enters while it is polled, boxed so that an empty slot
 /// costs one word (and nothing without the `tracing` feature).
 #[derive(Debug, Default)]
@@ -45,8 +61,11 @@ pub(crate) struct SpanSlot {
 impl SpanSlot {
     /// An empty slot.
     #[inline]
-    pub(crate) fn none() -> Self {
-        SpanSlot::default()
+    pub(crate) const fn none() -> Self {
+        SpanSlot {
+            #[cfg(feature = "tracing")]
+            span: None,
+        }
     }
 
     /// A slot holding `span`, or empty when no subscriber took it.
@@ -71,16 +90,27 @@ impl SpanSlot {
         }
     }
 
-    /// Enters the span until the guard is dropped.
+    /// Runs `f` inside the span.
     #[inline]
-    pub(crate) fn enter(&self) -> Entered<'_> {
+    pub(crate) fn in_scope<T>(&self, f: impl FnOnce() -> T) -> T {
+        #[cfg(feature = "tracing")]
+        if let Some(span) = &self.span {
+            return span.in_scope(f);
+        }
+        f()
+    }
+
+    /// Enters (a handle on) the span until the guard is dropped; the
+    /// guard borrows nothing, so the slot may move meanwhile.
+    #[inline]
+    pub(crate) fn enter_owned(&self) -> EnteredOwned {
         #[cfg(feature = "tracing")]
         {
-            self.span.as_deref().map(tracing::Span::enter)
+            self.span.as_deref().map(|s| s.clone().entered())
         }
         #[cfg(not(feature = "tracing"))]
         {
-            std::marker::PhantomData
+            EnteredOwned::default()
         }
     }
 
@@ -103,12 +133,12 @@ impl SpanSlot {
     }
 }
 
-/// What [`SpanSlot::enter`] returns.
+/// What [`SpanSlot::enter_owned`] returns.
 #[cfg(feature = "tracing")]
-pub(crate) type Entered<'a> = Option<tracing::span::Entered<'a>>;
-/// What [`SpanSlot::enter`] returns.
+pub(crate) type EnteredOwned = Option<tracing::span::EnteredSpan>;
+/// What [`SpanSlot::enter_owned`] returns.
 #[cfg(not(feature = "tracing"))]
-pub(crate) type Entered<'a> = std::marker::PhantomData<&'a ()>;
+pub(crate) type EnteredOwned = ();
 
 #[cfg(all(test, feature = "tracing"))]
 mod tests {

@@ -37,10 +37,32 @@ pub(super) struct InFlight {
     /// When the request was picked and how to time it, when its latency
     /// feeds Peak-EWMA.
     started: Option<Started>,
+    /// What few requests carry, boxed so that the rest stay small.
+    extra: Option<Box<Extra>>,
+}
+
+/// The rare parts of a request in flight.
+#[derive(Default)]
+struct Extra {
     /// The trial this request decides, when it took one.
     trial: Option<Arc<Trial>>,
     /// The attempt's span, when a subscriber wants it.
     span: SpanSlot,
+}
+
+impl Extra {
+    /// Ends the trial and the span, after the outcome was recorded.
+    #[cold]
+    #[inline(never)]
+    fn finish(self, outcome: Outcome, stats: &EndpointStats) {
+        self.span.record("outcome", outcome.as_str());
+        if let Some(trial) = self.trial {
+            // After the outcome, which the trial's end publishes; then wake
+            // failover to judge it.
+            trial.end();
+            stats.wake();
+        }
+    }
 }
 
 impl InFlight {
@@ -53,22 +75,27 @@ impl InFlight {
         InFlight {
             stats: Some(stats),
             started,
-            trial: None,
-            span: SpanSlot::none(),
+            extra: None,
         }
     }
 
     /// Gives the attempt its span.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn set_span(&mut self, span: SpanSlot) {
+        self.extra.get_or_insert_default().span = span;
+    }
+
+    /// The attempt's span, when it has one.
     #[inline]
-    pub(super) fn in_span(mut self, span: SpanSlot) -> Self {
-        self.span = span;
-        self
+    fn span(&self) -> Option<&SpanSlot> {
+        self.extra.as_ref().map(|e| &e.span).filter(|s| s.is_some())
     }
 
     /// Makes this the request that decides `trial`: it ends the trial when
     /// it finishes or is dropped.
     pub(super) fn deciding(mut self, trial: Arc<Trial>) -> Self {
-        self.trial = Some(trial);
+        self.extra.get_or_insert_default().trial = Some(trial);
         self
     }
 
@@ -101,12 +128,8 @@ impl InFlight {
             Outcome::Failure { unreachable } => stats.record_failure(unreachable),
             Outcome::Cancelled => {}
         }
-        self.span.record("outcome", outcome.as_str());
-        if let Some(trial) = self.trial.take() {
-            // After the outcome, which the trial's end publishes; then wake
-            // failover to judge it.
-            trial.end();
-            stats.wake();
+        if let Some(extra) = self.extra.take() {
+            extra.finish(outcome, &stats);
         }
         // Dropping `stats` ends the request's time in flight.
     }
@@ -353,11 +376,7 @@ where
                     }
                 }
                 StateProj::Ready { service, req } => {
-                    let ready = {
-                        let _entered = this.in_flight.as_ref().map(|f| f.span.enter());
-                        service.poll_ready(cx)
-                    };
-                    if let Err(e) = ready!(ready) {
+                    if let Err(e) = ready!(service.poll_ready(cx)) {
                         // An endpoint whose service cannot become ready
                         // cannot be reached.
                         if let Some(f) = this.in_flight {
@@ -366,19 +385,21 @@ where
                         return Poll::Ready(Err(Error::Inner(e.into())));
                     }
                     match req.take() {
-                        Some(req) => {
-                            let _entered = this.in_flight.as_ref().map(|f| f.span.enter());
-                            State::Calling {
-                                future: service.call(req),
-                            }
-                        }
+                        // In the attempt's span, when it has one, so that
+                        // what the endpoint's service logs is inside it.
+                        Some(req) => State::Calling {
+                            future: match this.in_flight.as_ref().and_then(InFlight::span) {
+                                None => service.call(req),
+                                Some(span) => span.in_scope(|| service.call(req)),
+                            },
+                        },
                         None => return Poll::Ready(Err(Error::none_eligible(0, None))),
                     }
                 }
                 StateProj::Calling { future } => {
-                    let polled = {
-                        let _entered = this.in_flight.as_ref().map(|f| f.span.enter());
-                        future.poll(cx)
+                    let polled = match this.in_flight.as_ref().and_then(InFlight::span) {
+                        None => future.poll(cx),
+                        Some(span) => span.in_scope(|| future.poll(cx)),
                     };
                     return Poll::Ready(match ready!(polled) {
                         Ok(response) => {

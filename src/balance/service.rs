@@ -16,7 +16,7 @@ use crate::attempt::{Attempted, Attempts};
 use crate::error::{BoxError, Error};
 use crate::failover::{HealthReport, OnTrial};
 use crate::pool::{Member, Members, Pool, Snapshot};
-use crate::trace::{SpanSlot, span};
+use crate::trace::{self, SpanSlot, span};
 use crate::util::clock::{LatencyClock, inv_tau_ns};
 use crate::util::publish::lock;
 
@@ -493,6 +493,7 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
     /// Picks an endpoint for a request whose key hashed to `key`, avoiding
     /// the endpoints in `attempts` while others are eligible, and records
     /// the one it chose there.
+    #[inline(always)]
     pub(super) fn try_pick(&self, key: Option<u64>, attempts: Option<&Attempts>) -> Pick<S>
     where
         S: Clone,
@@ -511,9 +512,9 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
         if let Some(on_trial) = take_trial(routing.eligible.trials(), attempts) {
             let member = &on_trial.member;
             let n = attempts.map(|a| a.record(member.stats().id()));
-            let in_flight = InFlight::start(member.stats().start_request(), timing)
-                .deciding(on_trial.trial.clone())
-                .in_span(attempt_span(member, attempts, n, true));
+            let mut in_flight = InFlight::start(member.stats().start_request(), timing)
+                .deciding(on_trial.trial.clone());
+            attempt_span(&mut in_flight, member, attempts, n, true);
             return Pick::Picked(member.service().clone(), in_flight);
         }
         let mut chosen = lane.picker.pick(members, &ctx).and_then(|i| members.get(i));
@@ -525,8 +526,8 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
         match chosen {
             Some(member) => {
                 let n = attempts.map(|a| a.record(member.stats().id()));
-                let in_flight = InFlight::start(member.stats().start_request(), timing)
-                    .in_span(attempt_span(member, attempts, n, false));
+                let mut in_flight = InFlight::start(member.stats().start_request(), timing);
+                attempt_span(&mut in_flight, member, attempts, n, false);
                 Pick::Picked(member.service().clone(), in_flight)
             }
             None if routing.eligible.upstream_len() == 0 => Pick::Empty {
@@ -546,11 +547,32 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
 /// from 0); whether it is an ejected endpoint's trial request; and, once
 /// it ends, its `outcome` (`success`, `failure`, `unreachable` or
 /// `cancelled`). Nothing is computed unless a subscriber wants the span.
-#[inline]
+#[inline(always)]
 fn attempt_span<S>(
+    in_flight: &mut InFlight,
     member: &Member<S>,
     attempts: Option<&Attempts>,
     n: Option<u32>,
+    trial: bool,
+) {
+    // Only a request with a retry layer's record gets a span: one whose
+    // type carries none (the benches' numbers) skips even the level check.
+    if let Some(n) = n {
+        if trace::debug_spans() {
+            let span = make_attempt_span(member, attempts, n, trial);
+            if span.is_some() {
+                in_flight.set_span(span);
+            }
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn make_attempt_span<S>(
+    member: &Member<S>,
+    attempts: Option<&Attempts>,
+    n: u32,
     trial: bool,
 ) -> SpanSlot {
     span!(
@@ -558,8 +580,8 @@ fn attempt_span<S>(
         "attempt",
         endpoint = member.endpoint().key(),
         tier = member.endpoint().priority(),
-        attempt = n.map(|n| n + 1),
-        kind = n.map(|n| attempt_kind(attempts, n)),
+        attempt = n + 1,
+        kind = attempt_kind(attempts, n),
         trial,
         outcome = tracing::field::Empty,
     )

@@ -49,9 +49,6 @@ pin_project! {
         cold: Option<Pin<Box<Cold<S, Req>>>>,
         // The record the first attempt carries, until `cold` holds it.
         tried: Option<Attempts>,
-        // The request's span, entered while attempts are sent and polled,
-        // so the balancer's attempt spans are its children.
-        span: SpanSlot,
     }
 }
 
@@ -98,23 +95,22 @@ where
             req.set_attempts(tried.clone());
             tried
         });
-        let cold = (deadline.is_some() || hedge_delay.is_some())
-            .then(|| Box::pin(Cold::timed(tried.take(), started, deadline, hedge_delay)));
+        // A request in a span is driven by the boxed part, which holds the
+        // span: only a subscriber that wants spans pays for it.
+        let traced = span.is_some();
+        let cold = (deadline.is_some() || hedge_delay.is_some() || traced).then(|| {
+            Box::pin(Cold::timed(tried.take(), started, deadline, hedge_delay).in_span(span))
+        });
         // The first attempt is made here, last, so the inner future is
         // written straight into this one rather than copied in; the
         // reference to the settings is taken after it (taken before, its
         // atomic add measured slower).
-        let first = {
-            let _entered = span.enter();
-            call(req)
-        };
         ResponseFuture {
-            first,
+            first: call(req),
             local: local.clone(),
             template,
             cold,
             tried,
-            span,
         }
     }
 }
@@ -130,63 +126,33 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let span = &*this.span;
-        let _entered = span.enter();
-        let out = ready!(poll_attempts(
-            this.first,
-            this.local,
-            this.template,
-            this.cold,
-            this.tried,
-            cx
-        ));
-        if span.is_some() {
-            let attempts = this.cold.as_deref().map_or(1, Cold::attempts);
-            span.record_u64("attempts", u64::from(attempts));
-            span.record("outcome", if out.is_ok() { "ok" } else { "error" });
+        let mut this = self.project();
+        // The common case first, kept small: the first attempt in flight
+        // and nothing else (no timer, no hedge, no deadline).
+        if let Some(cold) = this.cold.as_mut() {
+            return cold
+                .as_mut()
+                .drive(this.first, this.local, this.template, None, cx);
         }
-        Poll::Ready(out)
+        // The outcome is taken apart at once, so only the response moves
+        // on (not the whole result, which an error makes several times
+        // larger).
+        let landed = match ready!(this.first.as_mut().poll(cx)) {
+            Ok(response) => match judge(this.local, this.template, Ok(&response)) {
+                Decision::Accept => return Poll::Ready(Ok(response)),
+                retry => (Ok(response), retry),
+            },
+            Err(e) => match judge(this.local, this.template, Err(&e)) {
+                Decision::Accept => return Poll::Ready(Err(Error::from_inner(e))),
+                retry => (Err(e), retry),
+            },
+        };
+        let cold = this
+            .cold
+            .insert(Box::pin(Cold::after_first(this.tried.take())));
+        cold.as_mut()
+            .drive(this.first, this.local, this.template, Some(landed), cx)
     }
-}
-
-/// [`ResponseFuture`]'s poll, inside its span.
-#[inline]
-fn poll_attempts<S, P, Req>(
-    mut first: Pin<&mut S::Future>,
-    local: &Local<S, P>,
-    template: &Option<Req>,
-    cold: &mut Option<Pin<Box<Cold<S, Req>>>>,
-    tried: &mut Option<Attempts>,
-    cx: &mut Context<'_>,
-) -> Poll<Result<S::Response, Error>>
-where
-    S: Service<Req> + Clone,
-    S::Error: Into<BoxError>,
-    P: Policy<Req, S::Response, S::Error>,
-    Req: Attempted,
-{
-    // The common case first, kept small: the first attempt in flight
-    // and nothing else (no timer, no hedge, no deadline).
-    if let Some(cold) = cold.as_mut() {
-        return cold.as_mut().drive(first, local, template, None, cx);
-    }
-    // The outcome is taken apart at once, so only the response moves
-    // on (not the whole result, which an error makes several times
-    // larger).
-    let landed = match ready!(first.as_mut().poll(cx)) {
-        Ok(response) => match judge(local, template, Ok(&response)) {
-            Decision::Accept => return Poll::Ready(Ok(response)),
-            retry => (Ok(response), retry),
-        },
-        Err(e) => match judge(local, template, Err(&e)) {
-            Decision::Accept => return Poll::Ready(Err(Error::from_inner(e))),
-            retry => (Err(e), retry),
-        },
-    };
-    let cold = cold.insert(Box::pin(Cold::after_first(tried.take())));
-    cold.as_mut()
-        .drive(first, local, template, Some(landed), cx)
 }
 
 /// The policy's decision on an outcome; a request that could not be

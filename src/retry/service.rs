@@ -1,4 +1,4 @@
-use crate::trace::span;
+use crate::trace::{self, SpanSlot, span};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -237,16 +237,59 @@ where
         // it carries the request's record, so the balancer notes where it
         // went.
         let inner = &mut self.inner;
-        let span = span!(
-            debug_span,
-            "request",
-            attempts = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-        );
-        ResponseFuture::new(local, template, started, hedge_delay, span, req, |req| {
-            inner.call(req)
-        })
+        if trace::debug_spans() {
+            return traced_call(local, template, started, hedge_delay, req, inner);
+        }
+        ResponseFuture::new(
+            local,
+            template,
+            started,
+            hedge_delay,
+            SpanSlot::none(),
+            req,
+            |req| inner.call(req),
+        )
     }
+}
+
+/// `call` for a request that a subscriber may want a span of: the first
+/// attempt is sent inside the request's span, so the balancer's attempt
+/// span is its child. Out of line, so that `call` stays as small as it was
+/// without spans.
+#[cold]
+#[inline(never)]
+fn traced_call<S, P, Req>(
+    local: &Arc<Local<S, P>>,
+    template: Option<Req>,
+    started: Option<Instant>,
+    hedge_delay: Option<std::time::Duration>,
+    req: Req,
+    inner: &mut S,
+) -> ResponseFuture<S, P, Req>
+where
+    S: Service<Req>,
+    Req: Attempted,
+{
+    let span = request_span();
+    let _entered = span.enter_owned();
+    ResponseFuture::new(local, template, started, hedge_delay, span, req, |req| {
+        inner.call(req)
+    })
+}
+
+/// The span of one request through the retry layer (a `debug` span named
+/// `request`, target `tower_lb::retry::service`), given the number of
+/// `attempts` and its `outcome` (`ok` or `error`) when it ends; the
+/// balancer's attempt spans are its children.
+#[cold]
+#[inline(never)]
+fn request_span() -> SpanSlot {
+    span!(
+        debug_span,
+        "request",
+        attempts = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    )
 }
 
 #[cfg(test)]

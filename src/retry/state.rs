@@ -40,7 +40,7 @@ use super::service::Local;
 use super::{Decision, Policy};
 use crate::attempt::{Attempted, Attempts};
 use crate::error::{BoxError, Error};
-use crate::trace::event;
+use crate::trace::{SpanSlot, event};
 
 /// One attempt's outcome, as the wrapped service gives it.
 pub(super) type Outcome<S, Req> = Result<<S as Service<Req>>::Response, <S as Service<Req>>::Error>;
@@ -107,6 +107,9 @@ struct Progress<S: Service<Req>, Req> {
     started: Option<Instant>,
     // Attempts sent so far, hedges included.
     attempts: u32,
+    // The request's span, when a subscriber wants it: entered while the
+    // request is driven, given its outcome when it ends.
+    span: SpanSlot,
 }
 
 impl<S: Service<Req>, Req> Cold<S, Req> {
@@ -146,8 +149,15 @@ impl<S: Service<Req>, Req> Cold<S, Req> {
                 tried: tried.unwrap_or_default(),
                 started,
                 attempts: 1,
+                span: SpanSlot::none(),
             },
         }
+    }
+
+    /// Gives the request its span.
+    pub(super) fn in_span(mut self, span: SpanSlot) -> Self {
+        self.progress.span = span;
+        self
     }
 
     /// Attempts sent so far, hedges included.
@@ -185,6 +195,8 @@ impl<S: Service<Req>, Req> Cold<S, Req> {
             mut deadline,
             progress,
         } = self.project();
+        // A handle, as `progress` is lent to the driver below.
+        let _entered = progress.span.enter_owned();
         let mut driver = Driver {
             first,
             local,
@@ -206,6 +218,7 @@ impl<S: Service<Req>, Req> Cold<S, Req> {
                     // Dropping what runs cancels it; the first attempt is
                     // no longer polled, and goes with the future.
                     state.set(State::Done);
+                    driver.progress.ended(out.is_ok());
                     return Poll::Ready(out);
                 }
             }
@@ -213,10 +226,22 @@ impl<S: Service<Req>, Req> Cold<S, Req> {
             if let Some(timer) = deadline.as_mut().as_pin_mut() {
                 if timer.poll(cx).is_ready() {
                     state.set(State::Done);
+                    driver.progress.ended(false);
                     return Poll::Ready(Err(driver.deadline_exceeded()));
                 }
             }
             step = driver.step(state.as_mut(), cx);
+        }
+    }
+}
+
+impl<S: Service<Req>, Req> Progress<S, Req> {
+    /// Gives the request's span its `attempts` and `outcome` (`ok` or
+    /// `error`).
+    fn ended(&self, ok: bool) {
+        if self.span.is_some() {
+            self.span.record_u64("attempts", u64::from(self.attempts));
+            self.span.record("outcome", if ok { "ok" } else { "error" });
         }
     }
 }
