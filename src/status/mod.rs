@@ -48,7 +48,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::balance::{Balance, Strategy};
-use crate::failover::{EndpointHealth, Failover, HealthReport};
+use crate::failover::{EjectionReason, EndpointHealth, Failover, HealthReport};
 use crate::pool::{DiscoveryStatus, EndpointReport, Pool};
 use crate::retry::Retry;
 
@@ -242,6 +242,8 @@ pub struct EndpointStatus {
     pub consecutive_failures: u32,
     /// The Peak-EWMA latency estimate, in milliseconds, once sampled.
     pub latency_ms: Option<f64>,
+    /// Why outlier detection ejected it, while it is ejected or on trial.
+    pub ejection_reason: Option<EjectionReason>,
     /// How many times outlier detection has ejected it.
     pub times_ejected: u32,
     /// Probes it failed since it went down.
@@ -379,6 +381,7 @@ fn endpoint(
         failures: report.failures,
         consecutive_failures: report.consecutive_failures,
         latency_ms: report.ewma_latency.map(|d| d.as_secs_f64() * 1e3),
+        ejection_reason: health.and_then(|h| h.ejection_reason),
         times_ejected: health.map_or(0, |h| h.times_ejected),
         failed_probes: health.map_or(0, |h| h.failed_probes),
     }
