@@ -95,6 +95,9 @@
     allow(unused_variables, dead_code, clippy::if_same_then_else)
 )]
 
+#[cfg(feature = "admin")]
+#[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
+pub mod admin;
 pub mod attempt;
 pub mod balance;
 pub mod discover;
