@@ -64,7 +64,11 @@ impl Display for Status {
                 t.endpoints.to_string(),
                 (t.healthy + t.slow_start + t.draining).to_string(),
                 format!("{:.0}%", t.health_percent),
-                t.load_percent.map_or("-".into(), |l| format!("{l:.0}%")),
+                match t.load_percent {
+                    _ if self.panic => "panic".into(),
+                    Some(l) => format!("{l:.0}%"),
+                    None => "-".into(),
+                },
             ]);
         }
         tiers.write(f)?;
