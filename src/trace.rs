@@ -138,7 +138,7 @@ impl SpanSlot {
 pub(crate) type EnteredOwned = Option<tracing::span::EnteredSpan>;
 /// What [`SpanSlot::enter_owned`] returns.
 #[cfg(not(feature = "tracing"))]
-pub(crate) type EnteredOwned = ();
+pub(crate) type EnteredOwned = std::marker::PhantomData<()>;
 
 #[cfg(all(test, feature = "tracing"))]
 mod tests {

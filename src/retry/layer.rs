@@ -153,6 +153,7 @@ impl<P> RetryLayer<P> {
     }
 
     /// The same settings with the policy `f` makes of this one.
+    #[cfg(feature = "grpc")]
     pub(crate) fn map_policy<P2>(self, f: impl FnOnce(P) -> P2) -> RetryLayer<P2> {
         RetryLayer {
             policy: f(self.policy),
