@@ -15,11 +15,11 @@ mod support;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
 use tokio::net::TcpListener;
 use tokio::time::{Instant, sleep, timeout};
@@ -29,10 +29,9 @@ use tower_lb::discover::Registry;
 use tower_lb::http::Client;
 use tower_lb::status::EndpointState;
 
-use support::Backend;
+use support::{Backend, client_get};
 
 const SERVICE: &str = "api";
-const REQUEST_LIMIT: Duration = Duration::from_secs(5);
 
 /// The browser, or a loud failure: this test only runs when asked for.
 fn chromium() -> PathBuf {
@@ -47,19 +46,6 @@ fn chromium() -> PathBuf {
         }
     }
     panic!("no Chromium found (install Debian's `chromium` package; .ci/run does)");
-}
-
-async fn send(client: &Client) -> StatusCode {
-    let req = Request::get("/").body(Full::new(Bytes::new())).unwrap();
-    match timeout(REQUEST_LIMIT, client.clone().oneshot(req)).await {
-        Ok(Ok(res)) => {
-            let status = res.status();
-            res.into_body().collect().await.expect("a body");
-            status
-        }
-        Ok(Err(e)) => panic!("request failed: {e}"),
-        Err(_) => panic!("no answer or error within {REQUEST_LIMIT:?}: the request was lost"),
-    }
 }
 
 /// Runs headless Chromium on `url` with `args`: its stdout and stderr.
@@ -120,17 +106,23 @@ async fn the_page_renders_endpoints_states_and_tiers_and_updates_itself() {
         .await
         .unwrap();
     for _ in 0..10 {
-        assert_eq!(send(&client).await, StatusCode::OK);
+        assert_eq!(client_get(&client).await, StatusCode::OK);
     }
 
     // Each fetch of status.json takes 150 ms of real time, so the
     // browser's refreshes are spread over real seconds.
+    // The fetches are counted, so the endpoint fails only once the page
+    // has shown it healthy.
     let admin = AdminService::new(client.clone());
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let counted = fetches.clone();
     let slow = tower::service_fn(move |req: Request<axum::body::Body>| {
         let admin = admin.clone();
+        let counted = counted.clone();
         async move {
             if req.uri().path().ends_with("status.json") {
                 sleep(Duration::from_millis(150)).await;
+                counted.fetch_add(1, Ordering::Relaxed);
             }
             admin.oneshot(req).await
         }
@@ -142,13 +134,20 @@ async fn the_page_renders_endpoints_states_and_tiers_and_updates_itself() {
     let url = format!("http://{addr}/lb/");
     let flaky_key = flaky.endpoint().key().to_owned();
 
-    // While the browser has the page open, `flaky` starts answering 503
-    // and traffic ejects it.
+    // While the browser has the page open, and once the page has fetched
+    // the report twice, `flaky` starts answering 503 and traffic ejects it.
     let change = {
         let client = client.clone();
         let flaky_key = flaky_key.clone();
         tokio::spawn(async move {
-            sleep(Duration::from_millis(1000)).await;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while fetches.load(Ordering::Relaxed) < 2 {
+                assert!(
+                    Instant::now() < deadline,
+                    "the page never fetched the report twice"
+                );
+                sleep(Duration::from_millis(20)).await;
+            }
             flaky.set_status(StatusCode::SERVICE_UNAVAILABLE);
             let deadline = Instant::now() + Duration::from_secs(10);
             while client.status().endpoint(&flaky_key).unwrap().state != EndpointState::Ejected {
@@ -157,7 +156,7 @@ async fn the_page_renders_endpoints_states_and_tiers_and_updates_itself() {
                     "not ejected:\n{}",
                     client.status()
                 );
-                assert_eq!(send(&client).await, StatusCode::OK);
+                assert_eq!(client_get(&client).await, StatusCode::OK);
             }
             // Kept running: dropped, it would be down rather than ejected.
             flaky

@@ -11,37 +11,23 @@ use std::time::Duration;
 
 use axum::Router;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::StatusCode;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio::net::TcpListener;
 use tokio::time::{Instant, sleep, timeout};
-use tower::ServiceExt;
 use tower_lb::admin::AdminService;
 use tower_lb::discover::Registry;
 use tower_lb::http::Client;
 use tower_lb::metrics::{MetricsConfig, MetricsExporter};
 use tower_lb::status::Status;
 
-use support::Backend;
+use support::{Backend, client_get};
 
 const SERVICE: &str = "api";
 const REQUEST_LIMIT: Duration = Duration::from_secs(5);
-
-async fn send(client: &Client) -> StatusCode {
-    let req = Request::get("/").body(Full::new(Bytes::new())).unwrap();
-    match timeout(REQUEST_LIMIT, client.clone().oneshot(req)).await {
-        Ok(Ok(res)) => {
-            let status = res.status();
-            res.into_body().collect().await.expect("a body");
-            status
-        }
-        Ok(Err(e)) => panic!("request failed: {e}"),
-        Err(_) => panic!("no answer or error within {REQUEST_LIMIT:?}: the request was lost"),
-    }
-}
 
 /// GETs `url`: its status, content type and body.
 async fn get(url: &str) -> (StatusCode, String, String) {
@@ -155,7 +141,7 @@ async fn the_prometheus_route_parses_and_moves_with_traffic_and_the_other_routes
 
     const REQUESTS: u64 = 40;
     for _ in 0..REQUESTS {
-        assert_eq!(send(&client).await, StatusCode::OK);
+        assert_eq!(client_get(&client).await, StatusCode::OK);
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     let after = loop {

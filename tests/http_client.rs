@@ -15,7 +15,7 @@ use tower::ServiceExt;
 use tower_lb::discover::Registry;
 use tower_lb::http::{BoxClient, Client};
 
-use support::Backend;
+use support::{Backend, client_send};
 
 const SERVICE: &str = "api";
 /// No request may take longer than this; one that does counts as lost.
@@ -27,19 +27,6 @@ fn get() -> Request<Full<Bytes>> {
     Request::get("/")
         .body(Full::new(Bytes::new()))
         .expect("a request")
-}
-
-/// Sends `req` through `client`; `Ok(status)`, or the error's text.
-async fn send(client: &Client, req: Request<Full<Bytes>>) -> Result<StatusCode, String> {
-    match timeout(REQUEST_LIMIT, client.clone().oneshot(req)).await {
-        Ok(Ok(res)) => {
-            let status = res.status();
-            res.into_body().collect().await.map_err(|e| e.to_string())?;
-            Ok(status)
-        }
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => panic!("no answer or error within {REQUEST_LIMIT:?}: the request was lost"),
-    }
 }
 
 /// Four backends in a registry; one answers 503 to everything and one is
@@ -75,7 +62,7 @@ async fn the_one_expression_client_rides_out_a_503_backend_and_a_dying_one() {
             let dying = backends[2].take().expect("c is alive");
             served_by_c = dying.shutdown().await.expect("c stops");
         }
-        match send(&client, get()).await {
+        match client_send(&client, get()).await {
             Ok(StatusCode::OK) => ok += 1,
             other => failed.push((i, other)),
         }

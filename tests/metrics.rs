@@ -7,34 +7,17 @@ mod support;
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, StatusCode};
+use hyper::StatusCode;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use tokio::time::{Instant, timeout};
-use tower::ServiceExt;
 use tower_lb::discover::Registry;
 use tower_lb::http::Client;
 use tower_lb::metrics::{MetricsConfig, MetricsExporter};
 use tower_lb::status::EndpointState;
 
-use support::Backend;
+use support::{Backend, client_get};
 
 const SERVICE: &str = "api";
-const REQUEST_LIMIT: Duration = Duration::from_secs(5);
-
-async fn send(client: &Client) -> StatusCode {
-    let req = Request::get("/").body(Full::new(Bytes::new())).unwrap();
-    match timeout(REQUEST_LIMIT, client.clone().oneshot(req)).await {
-        Ok(Ok(res)) => {
-            let status = res.status();
-            res.into_body().collect().await.expect("a body");
-            status
-        }
-        Ok(Err(e)) => panic!("request failed: {e}"),
-        Err(_) => panic!("no answer or error within {REQUEST_LIMIT:?}: the request was lost"),
-    }
-}
 
 /// One snapshot of the recorder: the debugging recorder's snapshot takes
 /// the values (counters read as what was added since the last one).
@@ -127,7 +110,7 @@ async fn an_ejection_and_a_readmission_move_the_counters_gauges_and_labels() {
             Instant::now() < deadline,
             "not ejected after {sent} requests"
         );
-        assert_eq!(send(&client).await, StatusCode::OK);
+        assert_eq!(client_get(&client).await, StatusCode::OK);
         sent += 1;
     }
     let (status, snap) = export(&mut exporter);
@@ -229,7 +212,7 @@ async fn an_ejection_and_a_readmission_move_the_counters_gauges_and_labels() {
             "not re-admitted:\n{}",
             client.status()
         );
-        assert_eq!(send(&client).await, StatusCode::OK);
+        assert_eq!(client_get(&client).await, StatusCode::OK);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (status, snap) = export(&mut exporter);

@@ -7,34 +7,18 @@ mod support;
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, StatusCode};
+use hyper::StatusCode;
 use tokio::time::{Instant, timeout};
-use tower::ServiceExt;
 use tower_lb::balance::RoundRobin;
 use tower_lb::discover::Registry;
 use tower_lb::failover::{FailoverConfig, SlowStart};
 use tower_lb::http::Client;
 use tower_lb::status::{EndpointState, Observe, Status};
 
-use support::{Backend, closed_endpoint};
+use support::{Backend, client_try_get, closed_endpoint};
 
 const SERVICE: &str = "api";
 const REQUEST_LIMIT: Duration = Duration::from_secs(5);
-
-async fn send(client: &Client) -> Result<StatusCode, String> {
-    let req = Request::get("/").body(Full::new(Bytes::new())).unwrap();
-    match timeout(REQUEST_LIMIT, client.clone().oneshot(req)).await {
-        Ok(Ok(res)) => {
-            let status = res.status();
-            res.into_body().collect().await.map_err(|e| e.to_string())?;
-            Ok(status)
-        }
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => panic!("no answer or error within {REQUEST_LIMIT:?}: the request was lost"),
-    }
-}
 
 fn state_of(status: &Status, key: &str) -> EndpointState {
     status
@@ -95,7 +79,7 @@ async fn the_report_shows_down_ejected_backup_and_slow_start_endpoints_with_reas
             "after {sent} requests, b is not ejected or dead not down:\n{}",
             client.status()
         );
-        let answer = send(&client).await;
+        let answer = client_try_get(&client).await;
         assert!(answer.is_ok(), "request {sent}: {answer:?}");
         sent += 1;
         let status = client.status();

@@ -11,11 +11,8 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, StatusCode};
+use hyper::StatusCode;
 use tokio::time::timeout;
-use tower::ServiceExt;
 use tower_lb::discover::Registry;
 use tower_lb::http::Client;
 use tower_lb::retry::{Hedge, HttpPolicy, RetryLayer};
@@ -25,10 +22,9 @@ use tracing::subscriber::Subscriber;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
-use support::Backend;
+use support::{Backend, client_get};
 
 const SERVICE: &str = "api";
-const REQUEST_LIMIT: Duration = Duration::from_secs(5);
 
 /// One span as captured: its name, its parent (an index into the list)
 /// and its fields as text.
@@ -116,19 +112,6 @@ fn trees(spans: &[Captured]) -> Vec<(Captured, Vec<Captured>)> {
         .collect()
 }
 
-async fn send(client: &Client) -> StatusCode {
-    let req = Request::get("/").body(Full::new(Bytes::new())).unwrap();
-    match timeout(REQUEST_LIMIT, client.clone().oneshot(req)).await {
-        Ok(Ok(res)) => {
-            let status = res.status();
-            res.into_body().collect().await.expect("a body");
-            status
-        }
-        Ok(Err(e)) => panic!("request failed: {e}"),
-        Err(_) => panic!("no answer or error within {REQUEST_LIMIT:?}: the request was lost"),
-    }
-}
-
 /// `f` with `capture` as this thread's subscriber; the runtime is a
 /// current-thread one, so every span of the stack is made on this thread.
 fn with_capture(capture: &Capture, f: impl std::future::Future<Output = ()>) {
@@ -163,7 +146,7 @@ fn a_retried_request_is_one_request_span_with_two_attempts_on_different_endpoint
 
         let mut retried = None;
         for _ in 0..50 {
-            assert_eq!(send(&client).await, StatusCode::OK);
+            assert_eq!(client_get(&client).await, StatusCode::OK);
             let spans = capture.take();
             let mut found = trees(&spans);
             assert_eq!(found.len(), 1, "one request span per request: {spans:#?}");
@@ -224,7 +207,7 @@ fn a_hedged_request_shows_its_hedge_attempt() {
 
         let mut hedged = None;
         for _ in 0..30 {
-            assert_eq!(send(&client).await, StatusCode::OK);
+            assert_eq!(client_get(&client).await, StatusCode::OK);
             let spans = capture.take();
             let (request, attempts) = trees(&spans).pop().expect("a request span");
             if attempts.len() == 2 {

@@ -869,3 +869,46 @@ where
         self.inner.call(req)
     }
 }
+
+/// How long one request through an [`tower_lb::http::Client`] may take in
+/// these tests; one that takes longer was lost.
+pub const CLIENT_REQUEST_LIMIT: Duration = Duration::from_secs(5);
+
+/// Sends `req` through `client` (a clone of it) and reads the body:
+/// `Ok(status)`, or the error's text. Panics when neither comes within
+/// [`CLIENT_REQUEST_LIMIT`]: the request was lost.
+#[allow(dead_code)]
+pub async fn client_send(
+    client: &tower_lb::http::Client,
+    req: Request<http_body_util::Full<Bytes>>,
+) -> Result<StatusCode, String> {
+    match tokio::time::timeout(CLIENT_REQUEST_LIMIT, client.clone().oneshot(req)).await {
+        Ok(Ok(res)) => {
+            let status = res.status();
+            res.into_body().collect().await.map_err(|e| e.to_string())?;
+            Ok(status)
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => {
+            panic!("no answer or error within {CLIENT_REQUEST_LIMIT:?}: the request was lost")
+        }
+    }
+}
+
+/// `GET /` through `client` with [`client_send`]: the status, or `Err`
+/// with the error's text.
+#[allow(dead_code)]
+pub async fn client_try_get(client: &tower_lb::http::Client) -> Result<StatusCode, String> {
+    let req = Request::get("/")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .expect("a GET / request is always valid");
+    client_send(client, req).await
+}
+
+/// `GET /` through `client`: its status; panics when the request fails.
+#[allow(dead_code)]
+pub async fn client_get(client: &tower_lb::http::Client) -> StatusCode {
+    client_try_get(client)
+        .await
+        .unwrap_or_else(|e| panic!("request failed: {e}"))
+}
