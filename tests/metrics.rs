@@ -46,10 +46,11 @@ fn take(snapshotter: &Snapshotter) -> Snap {
 }
 
 /// The value of the one series named `name` whose labels are exactly
-/// `labels` (the `service` label included).
+/// `service="api"` and `labels`.
 fn value(snap: &Snap, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut want: Vec<(String, String)> = labels
+    let mut want: Vec<(String, String)> = [("service", SERVICE)]
         .iter()
+        .chain(labels)
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
     want.sort_unstable();
@@ -86,18 +87,14 @@ async fn an_ejection_and_a_readmission_move_the_counters_gauges_and_labels() {
         metrics::with_local_recorder(&recorder, || exporter.record(&status));
         (status, take(&snapshotter))
     };
-    let s = |v: &'static str| [("service", SERVICE), ("state", v)];
+    let s = |v: &'static str| [("state", v)];
 
     // Before any traffic: two healthy endpoints, nothing counted.
     let (_, snap) = export(&mut exporter);
     assert_eq!(value(&snap, "tower_lb_endpoints", &s("healthy")), Some(2.0));
     assert_eq!(value(&snap, "tower_lb_endpoints", &s("ejected")), Some(0.0));
     assert_eq!(
-        value(
-            &snap,
-            "tower_lb_requests_total",
-            &[("service", SERVICE), ("outcome", "failure")]
-        ),
+        value(&snap, "tower_lb_requests_total", &[("outcome", "failure")]),
         Some(0.0)
     );
 
@@ -128,78 +125,44 @@ async fn an_ejection_and_a_readmission_move_the_counters_gauges_and_labels() {
         value(
             &snap,
             "tower_lb_ejections_total",
-            &[("service", SERVICE), ("reason", "consecutive_failures")]
+            &[("reason", "consecutive_failures")]
         ),
         Some(1.0),
         "{status}"
     );
-    let failures = value(
-        &snap,
-        "tower_lb_requests_total",
-        &[("service", SERVICE), ("outcome", "failure")],
-    );
+    let failures = value(&snap, "tower_lb_requests_total", &[("outcome", "failure")]);
     assert_eq!(failures, Some(5.0), "five 503s in a row eject: {status}");
-    let per_bad = [
-        ("service", SERVICE),
-        ("endpoint", bad_key.as_str()),
-        ("outcome", "failure"),
-    ];
+    let per_bad = [("endpoint", bad_key.as_str()), ("outcome", "failure")];
     assert_eq!(
         value(&snap, "tower_lb_endpoint_requests_total", &per_bad),
         Some(5.0)
     );
-    let bad_ejected = [
-        ("service", SERVICE),
-        ("endpoint", bad_key.as_str()),
-        ("state", "ejected"),
-    ];
+    let bad_ejected = [("endpoint", bad_key.as_str()), ("state", "ejected")];
     assert_eq!(
         value(&snap, "tower_lb_endpoint_state", &bad_ejected),
         Some(1.0)
     );
-    let client_requests = value(
-        &snap,
-        "tower_lb_client_requests_total",
-        &[("service", SERVICE)],
-    );
+    let client_requests = value(&snap, "tower_lb_client_requests_total", &[]);
     assert_eq!(client_requests, Some(sent as f64));
+    assert_eq!(value(&snap, "tower_lb_retries_total", &[]), Some(5.0));
+    assert!(value(&snap, "tower_lb_retry_budget_available", &[]).unwrap() > 0.0);
     assert_eq!(
-        value(&snap, "tower_lb_retries_total", &[("service", SERVICE)]),
-        Some(5.0)
-    );
-    assert!(
-        value(
-            &snap,
-            "tower_lb_retry_budget_available",
-            &[("service", SERVICE)]
-        )
-        .unwrap()
-            > 0.0
-    );
-    assert_eq!(
-        value(
-            &snap,
-            "tower_lb_tier_load_percent",
-            &[("service", SERVICE), ("tier", "0")]
-        ),
+        value(&snap, "tower_lb_tier_load_percent", &[("tier", "0")]),
         Some(100.0)
     );
-    assert_eq!(
-        value(&snap, "tower_lb_panic", &[("service", SERVICE)]),
-        Some(0.0)
-    );
+    assert_eq!(value(&snap, "tower_lb_panic", &[]), Some(0.0));
     assert_eq!(
         value(
             &snap,
             "tower_lb_discovery_updates_total",
-            &[("service", SERVICE), ("result", "applied")]
+            &[("result", "applied")]
         ),
         Some(1.0)
     );
     let picks = value(
         &snap,
         "tower_lb_picks_total",
-        &[("service", SERVICE), ("strategy", "p2c_peak_ewma")],
+        &[("strategy", "p2c_peak_ewma")],
     );
     assert_eq!(picks, Some((sent + 5) as f64), "every attempt was a pick");
 
@@ -227,19 +190,11 @@ async fn an_ejection_and_a_readmission_move_the_counters_gauges_and_labels() {
         "{status}"
     );
     assert_eq!(
-        value(
-            &snap,
-            "tower_lb_readmissions_total",
-            &[("service", SERVICE), ("from", "ejected")]
-        ),
+        value(&snap, "tower_lb_readmissions_total", &[("from", "ejected")]),
         Some(1.0),
         "{status}"
     );
-    let bad_healthy = [
-        ("service", SERVICE),
-        ("endpoint", bad_key.as_str()),
-        ("state", "healthy"),
-    ];
+    let bad_healthy = [("endpoint", bad_key.as_str()), ("state", "healthy")];
     assert_eq!(
         value(&snap, "tower_lb_endpoint_state", &bad_healthy),
         Some(1.0)
@@ -248,11 +203,7 @@ async fn an_ejection_and_a_readmission_move_the_counters_gauges_and_labels() {
         value(&snap, "tower_lb_endpoint_state", &bad_ejected),
         Some(0.0)
     );
-    let per_bad_ok = [
-        ("service", SERVICE),
-        ("endpoint", bad_key.as_str()),
-        ("outcome", "success"),
-    ];
+    let per_bad_ok = [("endpoint", bad_key.as_str()), ("outcome", "success")];
     assert!(value(&snap, "tower_lb_endpoint_requests_total", &per_bad_ok).unwrap() >= 1.0);
 }
 

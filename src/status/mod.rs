@@ -427,12 +427,16 @@ fn tiers(endpoints: &[EndpointStatus], health: Option<&HealthReport>) -> Vec<Tie
                     t.health_percent = r.health_percent;
                     t.load_percent = Some(r.load_percent);
                 }
-                None if t.endpoints > 0 => {
-                    let up = t.healthy + t.slow_start + t.draining;
-                    t.health_percent = 100.0 * up as f64 / t.endpoints as f64;
+                // A tier failover does not report (or no failover): its
+                // health from the states, and no traffic when failover
+                // reports the others.
+                None => {
+                    if t.endpoints > 0 {
+                        let up = t.healthy + t.slow_start + t.draining;
+                        t.health_percent = 100.0 * up as f64 / t.endpoints as f64;
+                    }
                     t.load_percent = health.map(|_| 0.0);
                 }
-                None => t.load_percent = health.map(|_| 0.0),
             }
             t
         })
