@@ -12,6 +12,16 @@
 //! ([`MetricsConfig::per_endpoint`]) and capped, to bound cardinality.
 //! `METRICS.md` lists every metric.
 //!
+//! Latency is a histogram, `tower_lb_request_duration_seconds`: the
+//! exporter has the pool keep one per endpoint
+//! ([`Observe::record_latency`]), in buckets of atomics that a response
+//! adds one to, and hands each interval's new counts to the recorder with
+//! `Histogram::record_many`, each at its bucket's typical value (buckets
+//! are at most 1.25× wide, finer than Prometheus's defaults). With
+//! `metrics-exporter-prometheus`, set buckets for it
+//! (`set_buckets_for_metric`) to get a Prometheus histogram rather than
+//! its default summary.
+//!
 //! ```
 //! use tower_lb::discover::Registry;
 //! use tower_lb::http::Client;
@@ -27,13 +37,14 @@
 //! # }
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use ::metrics::{Label, counter, gauge};
+use ::metrics::{Label, counter, gauge, histogram};
 use tokio::task::JoinHandle;
 
-use crate::status::{EndpointState, Observe, Status};
+use crate::failover::{EjectionReason, Transitions};
+use crate::status::{EndpointState, EndpointStatus, LatencyBucket, Observe, Status};
 
 /// How a [`MetricsExporter`] exports.
 #[derive(Debug, Clone)]
@@ -50,6 +61,11 @@ pub struct MetricsConfig {
     /// endpoints get series of their own (the first in the pool's order);
     /// 100 by default.
     pub max_endpoints: usize,
+    /// Whether to export the latency histogram. On by default; it has
+    /// every endpoint keep a histogram (848 bytes each), and a strategy
+    /// that does not time requests (all but Peak-EWMA) then reads the
+    /// clock once more per request.
+    pub latency_histograms: bool,
 }
 
 impl Default for MetricsConfig {
@@ -58,6 +74,7 @@ impl Default for MetricsConfig {
             interval: Duration::from_secs(1),
             per_endpoint: false,
             max_endpoints: 100,
+            latency_histograms: true,
         }
     }
 }
@@ -75,6 +92,13 @@ impl MetricsConfig {
         self
     }
 
+    /// See [`latency_histograms`](Self::latency_histograms).
+    #[must_use]
+    pub fn latency_histograms(mut self, on: bool) -> Self {
+        self.latency_histograms = on;
+        self
+    }
+
     /// Exports per endpoint, for at most `max` endpoints.
     #[must_use]
     pub fn per_endpoint(mut self, max: usize) -> Self {
@@ -85,12 +109,13 @@ impl MetricsConfig {
 }
 
 /// What an endpoint looked like at the last export.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Seen {
     successes: u64,
     failures: u64,
-    times_ejected: u32,
-    state: EndpointState,
+    transitions: Transitions,
+    /// Its latency histogram's counts, by bucket start.
+    latency: Vec<(u64, u64)>,
 }
 
 /// Turns [`Status`] reports into metrics; see [the module](self).
@@ -143,13 +168,19 @@ impl MetricsExporter {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
+                if exporter.config.latency_histograms {
+                    // Each time: it also catches endpoints that joined.
+                    of.record_latency();
+                }
                 exporter.record(&of.status());
             }
         });
         ExportTask { task }
     }
 
-    /// Exports one report to the recorder installed now.
+    /// Exports one report to the recorder installed now. Latency
+    /// histograms are in the report only once its client keeps them
+    /// ([`Observe::record_latency`], which [`spawn`](Self::spawn) calls).
     pub fn record(&mut self, status: &Status) {
         let service = Label::new("service", status.service.clone());
         let labels = |more: &[(&'static str, String)]| {
@@ -173,9 +204,15 @@ impl MetricsExporter {
         let mut failures = 0;
         let mut readmitted: HashMap<&'static str, u64> = HashMap::new();
         let mut ejected: HashMap<&'static str, u64> = HashMap::new();
+        // The new latency counts of all endpoints, by bucket start.
+        let mut latency: BTreeMap<u64, (LatencyBucket, u64)> = BTreeMap::new();
         let mut seen = HashMap::with_capacity(status.endpoints.len());
         for (i, e) in status.endpoints.iter().enumerate() {
-            let before = self.seen.get(&e.key).copied();
+            let before = self.seen.get(&e.key);
+            let new_latency = latency_since(e, before);
+            for (b, n) in &new_latency {
+                latency.entry(b.from_ns).or_insert((*b, 0)).1 += n;
+            }
             // An endpoint whose counts went down is a new one under an old
             // key: all of its counts are new.
             let (ds, df) = match before {
@@ -186,22 +223,27 @@ impl MetricsExporter {
             };
             successes += ds;
             failures += df;
-            let prior_ejections = before.map_or(0, |b| b.times_ejected);
-            if e.times_ejected > prior_ejections {
-                // The reason while it is out; one ejected and back within
-                // one interval has none left to read.
-                let reason = e.ejection_reason.map_or("unknown", |r| r.label());
-                *ejected.entry(reason).or_default() += u64::from(e.times_ejected - prior_ejections);
+            // What changed since the last report, from counts that only
+            // grow: all of them for an endpoint not seen, or whose counts
+            // went down (a new one under an old key).
+            let (now, was) = (e.transitions, before.map(|b| b.transitions));
+            let was = was
+                .filter(|w| transitions_grew(w, &now))
+                .unwrap_or_default();
+            for reason in EjectionReason::ALL {
+                *ejected.entry(reason.label()).or_default() +=
+                    u64::from(now.ejections(reason) - was.ejections(reason));
             }
-            if let Some(b) = before {
-                if !b.state.in_rotation() && e.state.in_rotation() {
-                    let from = match b.state {
-                        EndpointState::Down => "down",
-                        EndpointState::FailingChecks => "failing_checks",
-                        _ => "ejected",
-                    };
-                    *readmitted.entry(from).or_default() += 1;
-                }
+            for (from, n, m) in [
+                ("ejected", now.back_from_ejection, was.back_from_ejection),
+                ("down", now.back_from_down, was.back_from_down),
+                (
+                    "failing_checks",
+                    now.back_from_failing_checks,
+                    was.back_from_failing_checks,
+                ),
+            ] {
+                *readmitted.entry(from).or_default() += u64::from(n - m);
             }
             if self.config.per_endpoint && i < self.config.max_endpoints {
                 let ep = |more: &[(&'static str, String)]| {
@@ -224,6 +266,10 @@ impl MetricsExporter {
                     gauge!("tower_lb_endpoint_latency_seconds", ep(&[])).set(ms / 1e3);
                 }
                 gauge!("tower_lb_endpoint_weight_factor", ep(&[])).set(e.weight_factor);
+                let h = histogram!("tower_lb_endpoint_request_duration_seconds", ep(&[]));
+                for (b, n) in &new_latency {
+                    h.record_many(b.typical().as_secs_f64(), *n as usize);
+                }
                 for state in EndpointState::ALL {
                     let on = f64::from(u8::from(e.state == state));
                     gauge!(
@@ -238,12 +284,20 @@ impl MetricsExporter {
                 Seen {
                     successes: e.successes,
                     failures: e.failures,
-                    times_ejected: e.times_ejected,
-                    state: e.state,
+                    transitions: e.transitions,
+                    latency: e.latency_histogram.as_ref().map_or_else(Vec::new, |h| {
+                        h.buckets.iter().map(|b| (b.from_ns, b.count)).collect()
+                    }),
                 },
             );
         }
         self.seen = seen;
+        if !latency.is_empty() {
+            let h = histogram!("tower_lb_request_duration_seconds", labels(&[]));
+            for (b, n) in latency.values() {
+                h.record_many(b.typical().as_secs_f64(), *n as usize);
+            }
+        }
 
         counter!(
             "tower_lb_requests_total",
@@ -318,4 +372,62 @@ impl MetricsExporter {
             gauge!("tower_lb_retry_budget_available", labels(&[])).set(r.budget_available);
         }
     }
+}
+
+/// The buckets of `e`'s latency histogram with the answers counted since
+/// `before` (all of them for an endpoint not seen, or one whose counts went
+/// down: a new endpoint under an old key). Both lists are in bucket order.
+fn latency_since(e: &EndpointStatus, before: Option<&Seen>) -> Vec<(LatencyBucket, u64)> {
+    let Some(h) = &e.latency_histogram else {
+        return Vec::new();
+    };
+    let prior: &[(u64, u64)] = before.map_or(&[], |b| &b.latency);
+    // Each earlier count matched with the bucket that has it now.
+    let mut now = h.buckets.iter().peekable();
+    let mut matched = Vec::with_capacity(prior.len());
+    for &(from, n) in prior {
+        while now.next_if(|b| b.from_ns < from).is_some() {}
+        match now.peek() {
+            Some(b) if b.from_ns == from && b.count >= n => matched.push((from, n)),
+            _ => {
+                matched.clear();
+                break;
+            }
+        }
+    }
+    let reset = matched.len() < prior.len();
+    let mut earlier = matched.iter().peekable();
+    h.buckets
+        .iter()
+        .map(|b| {
+            let was = match earlier.next_if(|(from, _)| *from == b.from_ns) {
+                Some((_, n)) if !reset => *n,
+                _ => 0,
+            };
+            (*b, b.count - was)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+/// Whether every count of `now` is at least that of `was`: the same
+/// endpoint, later.
+fn transitions_grew(was: &Transitions, now: &Transitions) -> bool {
+    let pairs = [
+        (
+            was.ejected_consecutive_failures,
+            now.ejected_consecutive_failures,
+        ),
+        (
+            was.ejected_failure_percentage,
+            now.ejected_failure_percentage,
+        ),
+        (was.ejected_failed_trial, now.ejected_failed_trial),
+        (was.back_from_ejection, now.back_from_ejection),
+        (was.down, now.down),
+        (was.back_from_down, now.back_from_down),
+        (was.failing_checks, now.failing_checks),
+        (was.back_from_failing_checks, now.back_from_failing_checks),
+    ];
+    pairs.iter().all(|(w, n)| w <= n)
 }

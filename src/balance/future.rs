@@ -26,6 +26,9 @@ pub(super) struct Started {
     /// On `timing`'s clock.
     pub(super) start_ns: u64,
     pub(super) timing: Timing,
+    /// Whether its latency feeds Peak-EWMA; when not, it is timed only for
+    /// the endpoint's latency histogram.
+    pub(super) ewma: bool,
 }
 
 /// Counts a request against its endpoint from pick to completion; it stops
@@ -108,19 +111,31 @@ impl InFlight {
         let Some(stats) = self.stats.take() else {
             return;
         };
-        if let Some(Started { start_ns, timing }) = self.started {
+        if let Some(Started {
+            start_ns,
+            timing,
+            ewma,
+        }) = self.started
+        {
             let Timing { clock, inv_tau_ns } = timing;
             let now = clock.now_ns(stats.epoch());
-            let rtt = now.saturating_sub(start_ns) as f64;
+            let rtt_ns = now.saturating_sub(start_ns);
+            let rtt = rtt_ns as f64;
             if !matches!(outcome, Outcome::Cancelled) {
                 stats.record_answer(now);
+                stats.record_latency(rtt_ns);
             }
-            match outcome {
-                Outcome::Success => stats.record_rtt(rtt, now, inv_tau_ns),
-                // A failure never makes the endpoint look faster; the time
-                // a cancelled attempt ran is a lower bound of its latency.
-                Outcome::Failure { .. } => stats.record_rtt_at_least(rtt, now, inv_tau_ns, false),
-                Outcome::Cancelled => stats.record_rtt_at_least(rtt, now, inv_tau_ns, true),
+            if ewma {
+                match outcome {
+                    Outcome::Success => stats.record_rtt(rtt, now, inv_tau_ns),
+                    // A failure never makes the endpoint look faster; the
+                    // time a cancelled attempt ran is a lower bound of its
+                    // latency.
+                    Outcome::Failure { .. } => {
+                        stats.record_rtt_at_least(rtt, now, inv_tau_ns, false)
+                    }
+                    Outcome::Cancelled => stats.record_rtt_at_least(rtt, now, inv_tau_ns, true),
+                }
             }
         }
         match outcome {

@@ -110,6 +110,9 @@ pub(super) struct Routing<S, P> {
     only: Option<usize>,
     /// `Some` when responses feed Peak-EWMA.
     pub(super) ewma: Option<Timing>,
+    /// What requests are timed with when they are timed only for an
+    /// endpoint's latency histogram.
+    clock: LatencyClock,
 }
 
 /// How a balancer times requests for Peak-EWMA.
@@ -185,11 +188,29 @@ impl<S, P: Picker> Routing<S, P> {
             lanes: lanes.into(),
             only,
             ewma,
+            clock,
         }
     }
 }
 
 impl<S, P> Routing<S, P> {
+    /// When a request to `member` is not timed for Peak-EWMA: its start,
+    /// if the endpoint keeps a latency histogram.
+    #[inline(always)]
+    fn histogram_timing(&self, member: &Member<S>) -> Option<Started> {
+        if !member.stats().keeps_latency() {
+            return None;
+        }
+        Some(Started {
+            start_ns: self.clock.now_ns(self.eligible.snapshot().epoch()),
+            timing: Timing {
+                clock: self.clock,
+                inv_tau_ns: 0.0,
+            },
+            ewma: false,
+        })
+    }
+
     /// The lane for this request, by its index: no draw when only one
     /// has a share, and a draw from the key when there is one.
     #[inline]
@@ -505,6 +526,7 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
         let timing = routing.ewma.map(|t| Started {
             start_ns: t.clock.now_ns(routing.eligible.snapshot().epoch()),
             timing: t,
+            ewma: true,
         });
         let mut ctx = PickContext::new(&self.shared.rng).with_key(key);
         ctx.now_ns = timing.map(|t| t.start_ns);
@@ -512,6 +534,7 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
         if let Some(on_trial) = take_trial(routing.eligible.trials(), attempts) {
             let member = &on_trial.member;
             let n = attempts.map(|a| a.record(member.stats().id()));
+            let timing = timing.or_else(|| routing.histogram_timing(member));
             let mut in_flight = InFlight::start(member.stats().start_request(), timing)
                 .deciding(on_trial.trial.clone());
             attempt_span(&mut in_flight, member, attempts, n, true);
@@ -526,6 +549,7 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
         match chosen {
             Some(member) => {
                 let n = attempts.map(|a| a.record(member.stats().id()));
+                let timing = timing.or_else(|| routing.histogram_timing(member));
                 let mut in_flight = InFlight::start(member.stats().start_request(), timing);
                 attempt_span(&mut in_flight, member, attempts, n, false);
                 Pick::Picked(member.service().clone(), in_flight)

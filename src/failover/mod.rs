@@ -101,6 +101,6 @@ pub use config::{
 };
 pub use health::{CheckFuture, HealthCheck, Probe};
 pub use layer::FailoverLayer;
-pub use report::{EjectionReason, EndpointHealth, HealthReport, TierReport};
+pub use report::{EjectionReason, EndpointHealth, HealthReport, TierReport, Transitions};
 pub(crate) use trial::{OnTrial, Trial};
 pub use view::{Failover, Group, View};

@@ -81,6 +81,56 @@ pub struct EndpointHealth {
     pub failed_probes: u32,
     /// When its slow-start ramp ends, while it ramps.
     pub slow_start_until: Option<Instant>,
+    /// How often it has left and come back into rotation.
+    pub transitions: Transitions,
+}
+
+/// How often one endpoint has left rotation, and come back, by cause,
+/// since failover began to track it. The counts only grow (unlike
+/// [`times_ejected`](EndpointHealth::times_ejected), which falls again
+/// while the endpoint behaves), so the difference between two reports is
+/// what happened in between, however brief.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub struct Transitions {
+    /// Ejections for failures in a row.
+    pub ejected_consecutive_failures: u32,
+    /// Ejections for the share of failed requests.
+    pub ejected_failure_percentage: u32,
+    /// Ejections for failing the trial request after an ejection.
+    pub ejected_failed_trial: u32,
+    /// Returns after an ejection (a passed trial request).
+    pub back_from_ejection: u32,
+    /// Times it was marked down (unreachable).
+    pub down: u32,
+    /// Returns from down (a passed probe, or an answer).
+    pub back_from_down: u32,
+    /// Times active health checks began to fail it.
+    pub failing_checks: u32,
+    /// Times active health checks passed it again.
+    pub back_from_failing_checks: u32,
+}
+
+impl Transitions {
+    /// Its ejections for `reason`.
+    pub fn ejections(&self, reason: EjectionReason) -> u32 {
+        match reason {
+            EjectionReason::ConsecutiveFailures => self.ejected_consecutive_failures,
+            EjectionReason::FailurePercentage => self.ejected_failure_percentage,
+            EjectionReason::FailedTrial => self.ejected_failed_trial,
+        }
+    }
+
+    /// Counts one ejection for `reason`.
+    pub(crate) fn ejected(&mut self, reason: EjectionReason) {
+        let n = match reason {
+            EjectionReason::ConsecutiveFailures => &mut self.ejected_consecutive_failures,
+            EjectionReason::FailurePercentage => &mut self.ejected_failure_percentage,
+            EjectionReason::FailedTrial => &mut self.ejected_failed_trial,
+        };
+        *n = n.saturating_add(1);
+    }
 }
 
 /// Why outlier detection took an endpoint out of rotation.
@@ -100,6 +150,13 @@ pub enum EjectionReason {
 }
 
 impl EjectionReason {
+    /// Every reason.
+    pub const ALL: [EjectionReason; 3] = [
+        EjectionReason::ConsecutiveFailures,
+        EjectionReason::FailurePercentage,
+        EjectionReason::FailedTrial,
+    ];
+
     /// The reason as a short phrase for logs and tables
     /// (`"consecutive failures"`, …); [`label`](Self::label) is the metric
     /// label value.
@@ -161,6 +218,7 @@ impl HealthReport {
                     next_probe: _,
                     failed_probes: _,
                     slow_start_until,
+                    transitions,
                 } = a;
                 *key == b.key
                     && *priority == b.priority
@@ -172,6 +230,9 @@ impl HealthReport {
                     && *weight_factor == b.weight_factor
                     && *ejection_reason == b.ejection_reason
                     && *slow_start_until == b.slow_start_until
+                    // Each change of state comes with one; compared so a
+                    // report never shows stale counts.
+                    && *transitions == b.transitions
             })
     }
 

@@ -129,6 +129,10 @@ impl<St: Strategy> crate::status::Observe for Channel<St> {
     fn status(&self) -> crate::status::Status {
         Channel::status(self)
     }
+
+    fn record_latency(&self) {
+        crate::status::Observe::record_latency(&self.stack);
+    }
 }
 
 impl<St: Strategy> Clone for Channel<St> {

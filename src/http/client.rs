@@ -130,6 +130,10 @@ impl<B, St: Strategy, C> crate::status::Observe for Client<B, St, C> {
     fn status(&self) -> crate::status::Status {
         Client::status(self)
     }
+
+    fn record_latency(&self) {
+        crate::status::Observe::record_latency(&self.stack);
+    }
 }
 
 impl<B, St: Strategy, C> Clone for Client<B, St, C> {

@@ -34,6 +34,7 @@
 //! ```
 
 mod driver;
+mod latency;
 mod layer;
 mod members;
 #[allow(clippy::module_inception)]

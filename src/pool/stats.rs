@@ -1,11 +1,13 @@
 use std::fmt;
 use std::ops::Deref;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+use super::latency::LatencyCounts;
 
 /// Live counters for one endpoint, shared by every snapshot that holds it.
 ///
@@ -57,6 +59,9 @@ struct Outcomes {
     /// whoever watches outcomes (failover) reacts at once rather than at
     /// its next tick.
     signal: Arc<Notify>,
+    /// Its latency histogram, once the pool keeps them
+    /// ([`Pool::record_latency`](super::Pool::record_latency)).
+    latency: OnceLock<Box<LatencyCounts>>,
 }
 
 /// A shared reference to one endpoint's [`EndpointStats`] (it derefs to
@@ -103,6 +108,7 @@ impl StatsHandle {
                     consecutive_failures: AtomicU32::new(0),
                     unreachable: AtomicU64::new(0),
                     signal,
+                    latency: OnceLock::new(),
                 },
             }),
         }
@@ -203,6 +209,31 @@ impl EndpointStats {
     pub fn ewma_latency(&self) -> Option<Duration> {
         let ns = f64::from_bits(self.ewma_ns.load(Relaxed));
         (ns > 0.0).then(|| Duration::from_nanos(ns as u64))
+    }
+
+    /// Whether it keeps a latency histogram: its requests are then timed
+    /// whatever the strategy.
+    #[inline]
+    pub(crate) fn keeps_latency(&self) -> bool {
+        self.outcomes.latency.get().is_some()
+    }
+
+    /// Gives it a latency histogram, if it has none yet.
+    pub(crate) fn keep_latency(&self) {
+        self.outcomes.latency.get_or_init(LatencyCounts::new);
+    }
+
+    /// Its latency histogram, if it keeps one.
+    pub(crate) fn latency(&self) -> Option<&LatencyCounts> {
+        self.outcomes.latency.get().map(|b| &**b)
+    }
+
+    /// Counts an answer after `rtt_ns` in its histogram, if it keeps one.
+    #[inline]
+    pub(crate) fn record_latency(&self, rtt_ns: u64) {
+        if let Some(h) = self.outcomes.latency.get() {
+            h.record(rtt_ns);
+        }
     }
 
     /// Records a success (the request's reference is dropped separately).

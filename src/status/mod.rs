@@ -44,11 +44,12 @@ mod table;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::balance::{Balance, Strategy};
-use crate::failover::{EjectionReason, EndpointHealth, Failover, HealthReport};
+use crate::failover::{EjectionReason, EndpointHealth, Failover, HealthReport, Transitions};
 use crate::pool::{DiscoveryStatus, EndpointReport, Pool};
 use crate::retry::Retry;
 
@@ -56,11 +57,21 @@ use crate::retry::Retry;
 pub trait Observe {
     /// The client's status now.
     fn status(&self) -> Status;
+
+    /// From now on, the client's endpoints keep latency histograms, which
+    /// its reports carry ([`EndpointStatus::latency_histogram`]): what
+    /// [`Pool::record_latency`] does for the client's pool. The metrics
+    /// exporter calls it. Does nothing unless implemented.
+    fn record_latency(&self) {}
 }
 
 impl<T: Observe + ?Sized> Observe for &T {
     fn status(&self) -> Status {
         (**self).status()
+    }
+
+    fn record_latency(&self) {
+        (**self).record_latency();
     }
 }
 
@@ -68,11 +79,19 @@ impl<T: Observe + ?Sized> Observe for Arc<T> {
     fn status(&self) -> Status {
         (**self).status()
     }
+
+    fn record_latency(&self) {
+        (**self).record_latency();
+    }
 }
 
 impl<T: Observe + ?Sized> Observe for Box<T> {
     fn status(&self) -> Status {
         (**self).status()
+    }
+
+    fn record_latency(&self) {
+        (**self).record_latency();
     }
 }
 
@@ -248,6 +267,99 @@ pub struct EndpointStatus {
     pub times_ejected: u32,
     /// Probes it failed since it went down.
     pub failed_probes: u32,
+    /// Its answers' latency (successes and failures; not requests given up
+    /// on), once the pool keeps histograms ([`Observe::record_latency`]).
+    pub latency_histogram: Option<LatencyHistogram>,
+    /// How often it has left rotation and come back, by cause (all zero
+    /// without failover).
+    pub transitions: Transitions,
+}
+
+/// One endpoint's latency histogram: how many answers took how long, since
+/// it began to be kept.
+///
+/// Buckets are four per power of two from 1 µs to about 69 s (each ends at
+/// most 1.25× where it starts), with one below and one above; only the
+/// non-empty ones are listed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub struct LatencyHistogram {
+    /// The non-empty buckets, fastest first.
+    pub buckets: Vec<LatencyBucket>,
+}
+
+/// Answers whose latency was at least `from_ns` and below `below_ns`
+/// nanoseconds (`u64::MAX` for the last bucket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub struct LatencyBucket {
+    /// Where the bucket starts, in nanoseconds (inclusive).
+    pub from_ns: u64,
+    /// Where it ends, in nanoseconds (exclusive).
+    pub below_ns: u64,
+    /// Answers in it.
+    pub count: u64,
+}
+
+impl LatencyBucket {
+    /// A bucket of `count` answers from `from_ns` to below `below_ns`.
+    pub fn new(from_ns: u64, below_ns: u64, count: u64) -> Self {
+        LatencyBucket {
+            from_ns,
+            below_ns,
+            count,
+        }
+    }
+
+    /// The latency that stands for the bucket: the geometric middle of its
+    /// bounds (its start for the last, open-ended one, 512 ns for the
+    /// first).
+    pub fn typical(&self) -> Duration {
+        let ns = match (self.from_ns, self.below_ns) {
+            (_, u64::MAX) => self.from_ns as f64,
+            (0, below) => below as f64 / 2.0,
+            (from, below) => (from as f64 * below as f64).sqrt(),
+        };
+        Duration::from_nanos(ns as u64)
+    }
+}
+
+impl LatencyHistogram {
+    /// The answers counted.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.count).sum()
+    }
+
+    /// An upper bound of the `q`-quantile (0.99 for the 99th percentile):
+    /// the end of the bucket it falls in (the start of the last, open
+    /// bucket). `None` with no answers, or when `q` is not within 0..=1.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        if !(0.0..=1.0).contains(&q) {
+            return None;
+        }
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        // The rank of the quantile, from 1: the smallest count of answers
+        // at or below it that is at least a share `q` of all.
+        let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+        let mut seen = 0;
+        for b in &self.buckets {
+            seen += b.count;
+            if seen >= rank {
+                let ns = if b.below_ns == u64::MAX {
+                    b.from_ns
+                } else {
+                    b.below_ns
+                };
+                return Some(Duration::from_nanos(ns));
+            }
+        }
+        None
+    }
 }
 
 /// The retry layer's counters and the budget's level.
@@ -295,7 +407,16 @@ impl Status {
         let endpoints: Vec<EndpointStatus> = snapshot
             .members()
             .iter()
-            .map(|m| endpoint(m.report(), by_key.get(m.endpoint().key()).copied(), now))
+            .map(|m| {
+                let mut e = endpoint(m.report(), by_key.get(m.endpoint().key()).copied(), now);
+                e.latency_histogram = m.stats().latency().map(|h| LatencyHistogram {
+                    buckets: h
+                        .buckets()
+                        .map(|(from, below, n)| LatencyBucket::new(from, below, n))
+                        .collect(),
+                });
+                e
+            })
             .collect();
         let tiers = tiers(&endpoints, health);
         Status {
@@ -384,6 +505,8 @@ fn endpoint(
         ejection_reason: health.and_then(|h| h.ejection_reason),
         times_ejected: health.map_or(0, |h| h.times_ejected),
         failed_probes: health.map_or(0, |h| h.failed_probes),
+        latency_histogram: None,
+        transitions: health.map_or_else(Transitions::default, |h| h.transitions),
     }
 }
 
@@ -455,6 +578,10 @@ impl<S> Observe for Pool<S> {
     fn status(&self) -> Status {
         Pool::status(self)
     }
+
+    fn record_latency(&self) {
+        Pool::record_latency(self);
+    }
 }
 
 impl<S> Failover<S> {
@@ -468,6 +595,10 @@ impl<S> Failover<S> {
 impl<S> Observe for Failover<S> {
     fn status(&self) -> Status {
         Failover::status(self)
+    }
+
+    fn record_latency(&self) {
+        self.pool().record_latency();
     }
 }
 
@@ -486,6 +617,10 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
 impl<S, St: Strategy, C, K> Observe for Balance<S, St, C, K> {
     fn status(&self) -> Status {
         Balance::status(self)
+    }
+
+    fn record_latency(&self) {
+        self.pool().record_latency();
     }
 }
 
@@ -510,6 +645,10 @@ impl<S: Observe, P> Retry<S, P> {
 impl<S: Observe, P> Observe for Retry<S, P> {
     fn status(&self) -> Status {
         Retry::status(self)
+    }
+
+    fn record_latency(&self) {
+        self.get_ref().record_latency();
     }
 }
 

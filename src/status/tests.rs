@@ -40,6 +40,7 @@ fn healthy(key: &str, priority: u8) -> EndpointHealth {
         next_probe: None,
         failed_probes: 0,
         slow_start_until: None,
+        transitions: Transitions::default(),
     }
 }
 

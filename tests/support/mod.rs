@@ -878,8 +878,8 @@ pub const CLIENT_REQUEST_LIMIT: Duration = Duration::from_secs(5);
 /// `Ok(status)`, or the error's text. Panics when neither comes within
 /// [`CLIENT_REQUEST_LIMIT`]: the request was lost.
 #[allow(dead_code)]
-pub async fn client_send(
-    client: &tower_lb::http::Client,
+pub async fn client_send<St: Strategy>(
+    client: &tower_lb::http::Client<http_body_util::Full<Bytes>, St>,
     req: Request<http_body_util::Full<Bytes>>,
 ) -> Result<StatusCode, String> {
     match tokio::time::timeout(CLIENT_REQUEST_LIMIT, client.clone().oneshot(req)).await {
@@ -898,7 +898,9 @@ pub async fn client_send(
 /// `GET /` through `client` with [`client_send`]: the status, or `Err`
 /// with the error's text.
 #[allow(dead_code)]
-pub async fn client_try_get(client: &tower_lb::http::Client) -> Result<StatusCode, String> {
+pub async fn client_try_get<St: Strategy>(
+    client: &tower_lb::http::Client<http_body_util::Full<Bytes>, St>,
+) -> Result<StatusCode, String> {
     let req = Request::get("/")
         .body(http_body_util::Full::new(Bytes::new()))
         .expect("a GET / request is always valid");
@@ -907,7 +909,9 @@ pub async fn client_try_get(client: &tower_lb::http::Client) -> Result<StatusCod
 
 /// `GET /` through `client`: its status; panics when the request fails.
 #[allow(dead_code)]
-pub async fn client_get(client: &tower_lb::http::Client) -> StatusCode {
+pub async fn client_get<St: Strategy>(
+    client: &tower_lb::http::Client<http_body_util::Full<Bytes>, St>,
+) -> StatusCode {
     client_try_get(client)
         .await
         .unwrap_or_else(|e| panic!("request failed: {e}"))

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
 use super::config::{FailoverConfig, OutlierDetection, Reconnect};
-use super::report::{EjectionReason, HealthReport};
+use super::report::{EjectionReason, HealthReport, Transitions};
 use super::trial::{OnTrial, Trial};
 use super::view::{Group, View};
 use crate::endpoint::Endpoint;
@@ -40,6 +40,8 @@ struct EndpointState {
     warm_since: Option<Instant>,
     /// Counters at the last failure-rate pass.
     last: Counters,
+    /// How often it left rotation and came back.
+    transitions: Transitions,
 }
 
 /// An endpoint's success and failure counts at some instant.
@@ -194,6 +196,12 @@ impl Tracker {
         if let Some(st) = self.states.iter_mut().find(|s| &*s.key == key) {
             if st.active_healthy != healthy {
                 st.active_healthy = healthy;
+                let t = &mut st.transitions;
+                if healthy {
+                    t.back_from_failing_checks = t.back_from_failing_checks.saturating_add(1);
+                } else {
+                    t.failing_checks = t.failing_checks.saturating_add(1);
+                }
                 if healthy && slow {
                     st.warm_since = Some(now);
                 }
@@ -270,6 +278,7 @@ impl Tracker {
                         active_healthy: true,
                         warm_since: ramp.then_some(now),
                         last: Counters::of(m),
+                        transitions: Transitions::default(),
                     })
                 })
                 .collect();
@@ -300,6 +309,7 @@ impl Tracker {
                         at: Counters::of(m),
                     });
                     st.trial = None;
+                    st.transitions.down = st.transitions.down.saturating_add(1);
                     self.downs += 1;
                     event!(warn, endpoint = %m.endpoint(), probe_in_ms = wait.as_millis() as u64, "endpoint down: it could not be reached");
                 }
@@ -315,6 +325,7 @@ impl Tracker {
 
     /// Brings a down endpoint back.
     fn up<S>(st: &mut EndpointState, m: &Member<S>, now: Instant, slow: bool) {
+        st.transitions.back_from_down = st.transitions.back_from_down.saturating_add(1);
         st.down = None;
         st.trial = None;
         st.reason = None;
@@ -430,6 +441,8 @@ impl Tracker {
                 }
                 (None, false) => {
                     st.reason = None;
+                    let t = &mut st.transitions;
+                    t.back_from_ejection = t.back_from_ejection.saturating_add(1);
                     if slow {
                         st.warm_since = Some(now);
                     }
@@ -558,6 +571,7 @@ fn eject(
         (od.base_ejection, od.max_ejection.max(od.base_ejection))
     });
     st.times_ejected = st.times_ejected.saturating_add(1);
+    st.transitions.ejected(reason);
     st.reason = Some(reason);
     let duration = base.saturating_mul(st.times_ejected).min(max);
     st.ejected_until = Some(now + duration);

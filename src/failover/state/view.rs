@@ -266,6 +266,7 @@ impl Tracker {
                         (Some(since), Some(ss)) if ramp.factor(i) < 1.0 => Some(since + ss.window),
                         _ => None,
                     },
+                    transitions: st.transitions,
                 })
                 .collect(),
             ejections: self.ejections,
