@@ -3,13 +3,16 @@
 //! nothing, for every strategy, nor through `Balance` over a `Failover`
 //! view, nor through the full stack (`Retry` + `Failover` + `Balance`) when
 //! nothing fails (nor through a clone of `Retry` made per request), nor
-//! with a request key for a hash strategy. Counted with a global allocator, so this file holds one
-//! test (a second would race on the counter).
+//! with a request key for a hash strategy, nor through the full stack with
+//! metrics on (latency histograms kept, the exporter running). Counted with
+//! a global allocator, so this file holds one test (a second would race on
+//! the counter).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
 use std::future::ready;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::time::Duration;
 
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_lb::Endpoint;
@@ -19,6 +22,7 @@ use tower_lb::balance::{
 };
 use tower_lb::discover::StaticSource;
 use tower_lb::failover::{FailoverConfig, FailoverLayer};
+use tower_lb::metrics::{MetricsConfig, MetricsExporter};
 use tower_lb::pool::DiscoverLayer;
 use tower_lb::retry::{RetryErrors, RetryLayer};
 
@@ -67,6 +71,9 @@ enum Stack {
     /// `Retry` over `Balance`, called through a fresh clone per request
     /// (`client.clone().oneshot(req)`), as many tower stacks call theirs.
     RetryClonePerRequest,
+    /// `Full` with a metrics exporter running on it, which has every
+    /// endpoint keep a latency histogram.
+    FullWithMetrics,
 }
 
 async fn allocations_per_1000<St: Strategy + Clone>(strategy: St) -> u64 {
@@ -87,7 +94,7 @@ async fn allocations_per_1000_with<St: Strategy + Clone>(strategy: St, stack: St
     assert!(pool.applied(1).await);
     let pool: Upstream<_> = match stack {
         Stack::Balance | Stack::Retry | Stack::RetryClonePerRequest => pool.into(),
-        Stack::Failover | Stack::Full => {
+        Stack::Failover | Stack::Full | Stack::FullWithMetrics => {
             let view = FailoverLayer::new(FailoverConfig::new()).layer(pool);
             assert!(view.applied(1).await);
             assert_eq!(view.snapshot().len(), 50, "nothing is ejected");
@@ -100,6 +107,34 @@ async fn allocations_per_1000_with<St: Strategy + Clone>(strategy: St, stack: St
         Stack::Retry | Stack::Full => count(RetryLayer::new(RetryErrors::new()).layer(lb)).await,
         Stack::RetryClonePerRequest => {
             count_clones(RetryLayer::new(RetryErrors::new()).layer(lb)).await
+        }
+        Stack::FullWithMetrics => {
+            let stack = RetryLayer::new(RetryErrors::new()).layer(lb);
+            let _export = MetricsExporter::spawn(
+                stack.clone(),
+                MetricsConfig::new()
+                    .interval(Duration::from_millis(1))
+                    .per_endpoint(100),
+            );
+            // The exporter's first tick turns the histograms on.
+            while stack
+                .status()
+                .endpoints
+                .iter()
+                .any(|e| e.latency_histogram.is_none())
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let n = count(stack.clone()).await;
+            let timed: u64 = stack
+                .status()
+                .endpoints
+                .iter()
+                .filter_map(|e| e.latency_histogram.as_ref())
+                .map(|h| h.count())
+                .sum();
+            assert!(timed >= 2000, "every request was timed: {timed}");
+            n
         }
     }
 }
@@ -254,6 +289,14 @@ fn steady_state_requests_do_not_allocate() {
             (
                 "full stack, random",
                 allocations_per_1000_with(Random, Stack::Full).await,
+            ),
+            (
+                "full stack with metrics, peak_ewma",
+                allocations_per_1000_with(PeakEwma::new(), Stack::FullWithMetrics).await,
+            ),
+            (
+                "full stack with metrics, least_in_flight",
+                allocations_per_1000_with(LeastInFlight, Stack::FullWithMetrics).await,
             ),
         ];
         for (name, n) in counts {
