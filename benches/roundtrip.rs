@@ -2,7 +2,8 @@
 //! `call().await`, over N trivially ready endpoints of equal weight, beside
 //! tower 0.5's p2c balancer doing the same work.
 //!
-//! `target/criterion/roundtrip/<implementation>/<N>`.
+//! `target/criterion/roundtrip/<implementation>/<N>`; the cost of the
+//! `metrics` feature in `target/criterion/roundtrip_metrics/`.
 
 mod support;
 
@@ -10,6 +11,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use metrics_exporter_prometheus::PrometheusBuilder;
 use support::{Echo, SIZES, Weights, round_trip};
 use tokio::runtime::Runtime;
 use tower::balance::p2c;
@@ -21,8 +23,10 @@ use tower_lb::balance::{
     WeightedRandom, WeightedRoundRobin,
 };
 use tower_lb::failover::{Failover, FailoverConfig, FailoverLayer};
+use tower_lb::metrics::{MetricsConfig, MetricsExporter};
 use tower_lb::pool::Pool;
 use tower_lb::retry::{Retry, RetryErrors, RetryLayer};
+use tower_lb::status::Observe;
 
 type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
 
@@ -129,11 +133,81 @@ fn roundtrip_group(c: &mut Criterion) {
     g.finish();
 }
 
+/// What the `metrics` feature costs a request: the full stack (least in
+/// flight, and Peak-EWMA) as it is, with a `MetricsExporter` running on it
+/// and no recorder installed (the facade's no-op), and with
+/// `metrics-exporter-prometheus`'s recorder installed. The exporter runs
+/// with its defaults (once a second, latency histograms on, so every
+/// endpoint keeps one) on a runtime of its own thread, as it would on
+/// another worker of an application's runtime; the bench's runtime has one
+/// thread and never yields to it.
+fn metrics_group(c: &mut Criterion) {
+    let rt = support::runtime();
+    let _guard = rt.enter();
+    let exporter_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let mut g = c.benchmark_group("roundtrip_metrics");
+    let sizes = [10, 1000];
+    let stacks: Vec<_> = sizes
+        .iter()
+        .map(|&n| {
+            let pool = support::pool(&rt, n, Weights::Uniform);
+            let view = failover(&rt, &pool);
+            let lif = retry(balance(&rt, view.clone(), LeastInFlight));
+            let ewma = retry(balance(&rt, view.clone(), PeakEwma::new()));
+            (n, lif, ewma)
+        })
+        .collect();
+    for (n, lif, ewma) in &stacks {
+        bench_service(&mut g, &rt, "full_stack", *n, lif.clone());
+        bench_service(&mut g, &rt, "full_stack_peak_ewma", *n, ewma.clone());
+    }
+    // From here on, every endpoint keeps a latency histogram.
+    let mut exports = Vec::new();
+    for (_, lif, ewma) in &stacks {
+        let _in = exporter_rt.enter();
+        exports.push(MetricsExporter::spawn(lif.clone(), MetricsConfig::new()));
+        exports.push(MetricsExporter::spawn(ewma.clone(), MetricsConfig::new()));
+        lif.record_latency();
+        ewma.record_latency();
+    }
+    for (n, lif, ewma) in &stacks {
+        bench_service(&mut g, &rt, "full_stack_metrics_noop", *n, lif.clone());
+        let name = "full_stack_peak_ewma_metrics_noop";
+        bench_service(&mut g, &rt, name, *n, ewma.clone());
+    }
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let render = recorder.handle();
+    metrics::set_global_recorder(recorder).expect("no recorder installed yet");
+    for (n, lif, ewma) in &stacks {
+        bench_service(
+            &mut g,
+            &rt,
+            "full_stack_metrics_prometheus",
+            *n,
+            lif.clone(),
+        );
+        let name = "full_stack_peak_ewma_metrics_prometheus";
+        bench_service(&mut g, &rt, name, *n, ewma.clone());
+    }
+    g.finish();
+    assert!(
+        render
+            .render()
+            .contains("tower_lb_request_duration_seconds"),
+        "the exporter exported"
+    );
+    drop(exports);
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(2));
-    targets = roundtrip_group
+    targets = roundtrip_group, metrics_group
 }
 criterion_main!(benches);

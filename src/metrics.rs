@@ -3,9 +3,9 @@
 //! (`metrics-exporter-prometheus`, StatsD, …) receives them.
 //!
 //! A [`MetricsExporter`] reads a client's [`Status`] once per interval
-//! (1 s by default) and turns it into counters and gauges, so the request
-//! path does no metrics work at all: the counts it exports are the
-//! atomics every request already updates. Every name starts with
+//! (1 s by default) and turns it into counters, gauges and a histogram,
+//! so the request path makes no call to the facade: the counts it exports
+//! are the atomics every request already updates. Every name starts with
 //! `tower_lb_` and carries a `service` label
 //! ([`PoolConfig::service`](crate::pool::PoolConfig::service), by default
 //! the source's name). Labels per endpoint are opt-in
