@@ -360,6 +360,9 @@ impl MetricsExporter {
         gauge!("tower_lb_discovery_revision", labels(&[]))
             .set(d.applied_revision.unwrap_or(0) as f64);
         gauge!("tower_lb_discovery_ended", labels(&[])).set(f64::from(u8::from(d.ended)));
+        if let Some(lag) = d.revision_lag() {
+            gauge!("tower_lb_discovery_revision_lag", labels(&[])).set(lag as f64);
+        }
 
         if let Some(r) = &status.retry {
             counter!("tower_lb_client_requests_total", labels(&[])).absolute(r.requests);

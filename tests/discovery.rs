@@ -453,6 +453,55 @@ async fn registry_input_is_typed_so_only_weights_and_duplicates_can_be_odd() {
     assert_eq!(pool.discovery().errors, 0);
 }
 
+/// The revision lag: a registry watch tells the pool its service's newest
+/// revision. While the driver is still connecting to an endpoint of a newer
+/// set, the pool is behind by the revisions since; once it catches up, by
+/// none.
+#[tokio::test]
+async fn the_revision_lag_counts_what_the_pool_has_not_applied_yet() {
+    let registry = Registry::new();
+    let _a = registry.register("api", ep(1)).unwrap();
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let connector = tower::service_fn(move |e: Endpoint| {
+        let mut gate = gate.clone();
+        async move {
+            if e.key() == key(2) {
+                let _ = gate.wait_for(|open| *open).await;
+            }
+            Ok::<_, std::convert::Infallible>(())
+        }
+    });
+    let pool = DiscoverLayer::new(registry.watch("api").unwrap()).layer(connector);
+    assert!(pool.applied(registry.revision_of("api")).await);
+    let d = pool.discovery();
+    assert_eq!(d.source_revision, Some(registry.revision_of("api")));
+    assert_eq!(d.revision_lag(), Some(0), "{d:?}");
+
+    // The driver waits on the connector for `2`; `3` comes after.
+    let _b = registry.register("api", ep(2)).unwrap();
+    let _c = registry.register("api", ep(3)).unwrap();
+    tokio::task::yield_now().await;
+    let d = pool.discovery();
+    assert_eq!(d.source_revision, Some(registry.revision_of("api")));
+    assert_eq!(d.revision_lag(), Some(2), "{d:?}");
+    assert_eq!(pool.snapshot().len(), 1);
+
+    open.send_replace(true);
+    assert!(pool.applied(registry.revision_of("api")).await);
+    assert_eq!(pool.discovery().revision_lag(), Some(0));
+    assert_eq!(pool.snapshot().len(), 3);
+}
+
+/// A source that cannot tell its newest revision has no lag to report.
+#[tokio::test]
+async fn a_source_without_a_probe_reports_no_lag() {
+    let (tx, pool, _backends) = channel_pool(false);
+    tx.send(Update::snapshot(1, vec![ep(1)])).unwrap();
+    assert!(pool.applied(1).await);
+    let d = pool.discovery();
+    assert_eq!((d.source_revision, d.revision_lag()), (None, None));
+}
+
 // ---------------------------------------------------------------------------
 // Stats across a re-announce
 

@@ -487,6 +487,10 @@ async fn registered_instances_are_discovered_and_balanced() {
     );
     status_until(&status, "connected", EtcdStatus::is_connected).await;
     assert_eq!(status.lists(), 1);
+    // The pool reads the watch's revision: caught up, no lag.
+    let d = pool.discovery();
+    assert_eq!(d.source_revision, status.revision(), "{d:?}");
+    assert_eq!(d.revision_lag(), Some(0), "{d:?}");
     // A quiet watch stays up: progress answers keep it alive (ten progress
     // intervals here) and refresh the contact time.
     let contact = status.last_contact().unwrap();

@@ -92,6 +92,12 @@ async fn an_ejection_and_a_readmission_move_the_counters_gauges_and_labels() {
         (status, take(&snapshotter))
     };
     let s = |v: &'static str| [("state", v)];
+    let (_, snap) = export(&mut exporter);
+    assert_eq!(
+        value(&snap, "tower_lb_discovery_revision_lag", &[]),
+        Some(0.0),
+        "a registry watch can tell"
+    );
 
     // Before any traffic: two healthy endpoints, nothing counted.
     let (_, snap) = export(&mut exporter);

@@ -90,6 +90,6 @@ pub use file::FileSource;
 #[cfg(feature = "test-util")]
 pub use manual::ManualSource;
 pub use registry::{Registration, Registry, RegistrySource};
-pub use source::{Change, Source, Update};
+pub use source::{Change, RevisionProbe, Source, Update};
 pub use static_list::StaticSource;
 pub use tower_adapter::TowerDiscover;

@@ -446,6 +446,16 @@ impl Source for RegistrySource {
         Some(&self.service)
     }
 
+    /// The service's revision in the registry
+    /// ([`Registry::revision_of`]), once it has changed at all.
+    fn revision_probe(&self) -> Option<super::RevisionProbe> {
+        let registry = self.registry.clone();
+        let service = self.service.clone();
+        Some(super::RevisionProbe::new(move || {
+            Some(registry.revision_of(&service)).filter(|r| *r > 0)
+        }))
+    }
+
     fn poll_update(
         &mut self,
         cx: &mut Context<'_>,

@@ -1,5 +1,7 @@
+use std::fmt;
 use std::future::poll_fn;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::time::{Instant, Sleep};
@@ -36,6 +38,49 @@ pub trait Source: Send + 'static {
     fn name(&self) -> Option<&str> {
         None
     }
+
+    /// A live reading of the newest revision the source knows of, which
+    /// may be ahead of the updates the pool has applied (while its driver
+    /// connects to new endpoints, or while updates wait in a channel): the
+    /// pool reports the difference as the revision lag
+    /// ([`DiscoveryStatus::revision_lag`](crate::pool::DiscoveryStatus::revision_lag)).
+    /// A [`Registry`](super::Registry) watch reads its service's revision,
+    /// an etcd source the etcd revision its watch has reached. `None` by
+    /// default: the source delivers each revision as it learns it.
+    fn revision_probe(&self) -> Option<RevisionProbe> {
+        None
+    }
+}
+
+/// Reads the newest revision a source knows of; see
+/// [`Source::revision_probe`]. Cheap to clone; reading may take a short
+/// lock (a registry's).
+#[derive(Clone)]
+pub struct RevisionProbe {
+    read: Arc<dyn Fn() -> Option<u64> + Send + Sync>,
+}
+
+impl RevisionProbe {
+    /// A probe that calls `read`; `None` while the source knows of no
+    /// revision yet.
+    pub fn new(read: impl Fn() -> Option<u64> + Send + Sync + 'static) -> Self {
+        RevisionProbe {
+            read: Arc::new(read),
+        }
+    }
+
+    /// The newest revision the source knows of now.
+    pub fn read(&self) -> Option<u64> {
+        (self.read)()
+    }
+}
+
+impl fmt::Debug for RevisionProbe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RevisionProbe")
+            .field("now", &self.read())
+            .finish()
+    }
 }
 
 impl<S: Source + ?Sized> Source for Box<S> {
@@ -48,6 +93,10 @@ impl<S: Source + ?Sized> Source for Box<S> {
 
     fn name(&self) -> Option<&str> {
         (**self).name()
+    }
+
+    fn revision_probe(&self) -> Option<RevisionProbe> {
+        (**self).revision_probe()
     }
 }
 

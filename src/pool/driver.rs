@@ -51,6 +51,9 @@ where
         shared: Arc<Shared<S>>,
         config: PoolConfig,
     ) -> Self {
+        if let Some(probe) = source.revision_probe() {
+            shared.set_revision_probe(probe);
+        }
         PoolDriver {
             source,
             connector,

@@ -1,13 +1,13 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::{PoolDriver, Snapshot};
-use crate::discover::Source;
+use crate::discover::{RevisionProbe, Source};
 use crate::endpoint::Endpoint;
 use crate::error::BoxError;
 use crate::util::publish::{Published, lock};
@@ -45,6 +45,8 @@ pub(super) struct Shared<S> {
     service: Arc<str>,
     /// Whether its endpoints keep latency histograms.
     latency: AtomicBool,
+    /// The source's newest revision, when the source can tell.
+    source_revision: OnceLock<RevisionProbe>,
 }
 
 /// How discovery has gone for a pool so far.
@@ -68,6 +70,21 @@ pub struct DiscoveryStatus {
     pub connect_failures: u64,
     /// Whether the source has ended; the pool then keeps its last set.
     pub ended: bool,
+    /// The newest revision the source knows of, when it can tell
+    /// ([`Source::revision_probe`]): read when the status is taken.
+    pub source_revision: Option<u64>,
+}
+
+impl DiscoveryStatus {
+    /// How many revisions the source is ahead of the pool: its newest
+    /// revision less the one applied (0 once caught up). `None` when the
+    /// source cannot tell. Above 0 while the driver is still connecting
+    /// to endpoints of a newer set, or updates wait for it; it stays above
+    /// 0 when a source's newest set was rejected.
+    pub fn revision_lag(&self) -> Option<u64> {
+        let newest = self.source_revision?;
+        Some(newest.saturating_sub(self.applied_revision.unwrap_or(0)))
+    }
 }
 
 impl<S> Clone for Pool<S> {
@@ -159,6 +176,7 @@ impl<S: Clone + Send + Sync + 'static> Pool<S> {
                 status: Mutex::new(DiscoveryStatus::default()),
                 service,
                 latency: AtomicBool::new(false),
+                source_revision: OnceLock::new(),
             }),
             driver: None,
         }
@@ -202,7 +220,11 @@ impl<S> Pool<S> {
 
     /// How discovery has gone so far.
     pub fn discovery(&self) -> DiscoveryStatus {
-        lock(&self.shared.status).clone()
+        let mut status = lock(&self.shared.status).clone();
+        // Read after the applied revision, so a lag is never negative for
+        // a source whose revisions only grow.
+        status.source_revision = self.shared.source_revision.get().and_then(|p| p.read());
+        status
     }
 
     /// Waits until the snapshot's revision differs from `seen`, and returns
@@ -248,6 +270,12 @@ impl<S> Pool<S> {
 }
 
 impl<S> Shared<S> {
+    /// Where the pool reads its source's newest revision from.
+    pub(super) fn set_revision_probe(&self, probe: RevisionProbe) {
+        // Set once, by the one driver a pool has.
+        let _ = self.source_revision.set(probe);
+    }
+
     /// Whether endpoints keep latency histograms ([`Pool::record_latency`]).
     pub(super) fn keeps_latency(&self) -> bool {
         self.latency.load(Ordering::SeqCst)

@@ -30,6 +30,9 @@ impl Display for Status {
             " · revision {} · {} updates applied, {} errors",
             self.revision, d.updates_applied, d.errors
         )?;
+        if let Some(lag) = d.revision_lag().filter(|l| *l > 0) {
+            write!(f, " · {lag} revisions behind the source")?;
+        }
         if d.ended {
             f.write_str(" · source ended")?;
         }

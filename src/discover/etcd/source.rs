@@ -258,6 +258,15 @@ impl Source for EtcdSource {
         self.settings.prefix.split('/').rfind(|s| !s.is_empty())
     }
 
+    /// The etcd revision of the newest update the watch has sent
+    /// ([`EtcdStatus::revision`]), applied or still waiting for the pool.
+    fn revision_probe(&self) -> Option<crate::discover::RevisionProbe> {
+        let status = self.status.clone();
+        Some(crate::discover::RevisionProbe::new(move || {
+            status.revision()
+        }))
+    }
+
     fn poll_update(
         &mut self,
         cx: &mut Context<'_>,
