@@ -27,7 +27,7 @@ use tower::ServiceExt;
 use tower_lb::admin::AdminService;
 use tower_lb::discover::Registry;
 use tower_lb::http::Client;
-use tower_lb::status::EndpointState;
+use tower_lb::status::{EndpointState, Observe};
 
 use support::{Backend, client_get};
 
@@ -105,6 +105,8 @@ async fn the_page_renders_endpoints_states_and_tiers_and_updates_itself() {
     timeout(Duration::from_secs(5), client.balance().pool().changed(0))
         .await
         .unwrap();
+    // Latency histograms, for the page's p99 column.
+    client.record_latency();
     for _ in 0..10 {
         assert_eq!(client_get(&client).await, StatusCode::OK);
     }
@@ -190,6 +192,21 @@ async fn the_page_renders_endpoints_states_and_tiers_and_updates_itself() {
         );
         assert!(dom.contains(&row), "{row} missing:\n{dom}");
     }
+    // The good endpoint answered, so its p99 is a time.
+    let good_row = format!("<tr data-key=\"{}\"", good.endpoint().key());
+    let row = dom
+        .split(&good_row)
+        .nth(1)
+        .and_then(|r| r.split("</tr>").next());
+    let p99 = row
+        .and_then(|r| r.split("<td class=\"num p99\">").nth(1))
+        .and_then(|c| c.split("</td>").next())
+        .unwrap_or_else(|| panic!("no p99 cell:\n{dom}"));
+    assert!(
+        p99.ends_with(" ms") || p99.ends_with(" µs") || p99.ends_with(" s"),
+        "p99 {p99:?}"
+    );
+    assert!(p99.starts_with(|c: char| c.is_ascii_digit()), "p99 {p99:?}");
     // Ejected, or on trial once the ejection's second has passed (the
     // page's clock runs fast): out of rotation either way, in text and in
     // the badge's colour class.
