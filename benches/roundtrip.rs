@@ -140,7 +140,8 @@ fn roundtrip_group(c: &mut Criterion) {
 /// with its defaults (once a second, latency histograms on, so every
 /// endpoint keeps one) on a runtime of its own thread, as it would on
 /// another worker of an application's runtime; the bench's runtime has one
-/// thread and never yields to it.
+/// thread and never yields to it. Last, least in flight with the Prometheus
+/// recorder and the histograms off.
 fn metrics_group(c: &mut Criterion) {
     let rt = support::runtime();
     let _guard = rt.enter();
@@ -161,6 +162,15 @@ fn metrics_group(c: &mut Criterion) {
             (n, lif, ewma)
         })
         .collect();
+    // And stacks whose exporter leaves the latency histograms off.
+    let plain: Vec<_> = sizes
+        .iter()
+        .map(|&n| {
+            let pool = support::pool(&rt, n, Weights::Uniform);
+            let view = failover(&rt, &pool);
+            (n, retry(balance(&rt, view, LeastInFlight)))
+        })
+        .collect();
     for (n, lif, ewma) in &stacks {
         bench_service(&mut g, &rt, "full_stack", *n, lif.clone());
         bench_service(&mut g, &rt, "full_stack_peak_ewma", *n, ewma.clone());
@@ -173,6 +183,11 @@ fn metrics_group(c: &mut Criterion) {
         exports.push(MetricsExporter::spawn(ewma.clone(), MetricsConfig::new()));
         lif.record_latency();
         ewma.record_latency();
+    }
+    for (_, lif) in &plain {
+        let _in = exporter_rt.enter();
+        let config = MetricsConfig::new().latency_histograms(false);
+        exports.push(MetricsExporter::spawn(lif.clone(), config));
     }
     for (n, lif, ewma) in &stacks {
         bench_service(&mut g, &rt, "full_stack_metrics_noop", *n, lif.clone());
@@ -192,6 +207,10 @@ fn metrics_group(c: &mut Criterion) {
         );
         let name = "full_stack_peak_ewma_metrics_prometheus";
         bench_service(&mut g, &rt, name, *n, ewma.clone());
+    }
+    for (n, lif) in &plain {
+        let name = "full_stack_metrics_prometheus_no_histograms";
+        bench_service(&mut g, &rt, name, *n, lif.clone());
     }
     g.finish();
     assert!(

@@ -40,6 +40,10 @@ pub struct EndpointStats {
     /// When a timed request last got an answer (a success or a failure,
     /// not a cancellation), in nanoseconds since the pool epoch.
     answered_at: AtomicU64,
+    /// Its latency histogram, once the pool keeps them
+    /// ([`Pool::record_latency`](super::Pool::record_latency)). On the
+    /// line picks read: a pick checks it to time the request.
+    latency: OnceLock<Box<LatencyCounts>>,
     /// Written by every completion: on a line of their own, so that a pick
     /// on one core does not miss on the line it reads each time a request
     /// ends on another.
@@ -59,9 +63,6 @@ struct Outcomes {
     /// whoever watches outcomes (failover) reacts at once rather than at
     /// its next tick.
     signal: Arc<Notify>,
-    /// Its latency histogram, once the pool keeps them
-    /// ([`Pool::record_latency`](super::Pool::record_latency)).
-    latency: OnceLock<Box<LatencyCounts>>,
 }
 
 /// A shared reference to one endpoint's [`EndpointStats`] (it derefs to
@@ -102,13 +103,13 @@ impl StatsHandle {
                 ewma_ns: AtomicU64::new(0),
                 ewma_at: AtomicU64::new(0),
                 answered_at: AtomicU64::new(0),
+                latency: OnceLock::new(),
                 outcomes: Outcomes {
                     successes: AtomicU64::new(0),
                     failures: AtomicU64::new(0),
                     consecutive_failures: AtomicU32::new(0),
                     unreachable: AtomicU64::new(0),
                     signal,
-                    latency: OnceLock::new(),
                 },
             }),
         }
@@ -215,23 +216,23 @@ impl EndpointStats {
     /// whatever the strategy.
     #[inline]
     pub(crate) fn keeps_latency(&self) -> bool {
-        self.outcomes.latency.get().is_some()
+        self.latency.get().is_some()
     }
 
     /// Gives it a latency histogram, if it has none yet.
     pub(crate) fn keep_latency(&self) {
-        self.outcomes.latency.get_or_init(LatencyCounts::new);
+        self.latency.get_or_init(LatencyCounts::new);
     }
 
     /// Its latency histogram, if it keeps one.
     pub(crate) fn latency(&self) -> Option<&LatencyCounts> {
-        self.outcomes.latency.get().map(|b| &**b)
+        self.latency.get().map(|b| &**b)
     }
 
     /// Counts an answer after `rtt_ns` in its histogram, if it keeps one.
     #[inline]
     pub(crate) fn record_latency(&self, rtt_ns: u64) {
-        if let Some(h) = self.outcomes.latency.get() {
+        if let Some(h) = self.latency.get() {
             h.record(rtt_ns);
         }
     }
@@ -390,6 +391,7 @@ mod tests {
             offset_of!(EndpointStats, ewma_ns),
             offset_of!(EndpointStats, ewma_at),
             offset_of!(EndpointStats, answered_at),
+            offset_of!(EndpointStats, latency),
         ] {
             assert!(read < 64, "read by picks: the first line");
         }
