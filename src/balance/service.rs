@@ -1,5 +1,6 @@
 use std::fmt;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -98,6 +99,28 @@ pub(super) struct Shared<S, P> {
     pub(super) key_hash: KeyHash,
     /// The strategy's [`Strategy::name`].
     pub(super) strategy: &'static str,
+    /// The pool's: set while its endpoints keep latency histograms, when
+    /// requests a strategy does not time for Peak-EWMA are timed for them.
+    latency: Arc<AtomicBool>,
+}
+
+impl<S, P> Shared<S, P> {
+    /// The start of a request a strategy does not time for Peak-EWMA:
+    /// timed only while the pool keeps latency histograms.
+    #[inline(always)]
+    fn histogram_start(&self, routing: &Routing<S, P>) -> Option<Started> {
+        if !self.latency.load(Relaxed) {
+            return None;
+        }
+        Some(Started {
+            start_ns: routing.clock.now_ns(routing.eligible.snapshot().epoch()),
+            timing: Timing {
+                clock: routing.clock,
+                ewma: false,
+                inv_tau_ns: 0.0,
+            },
+        })
+    }
 }
 
 /// What picks come from and the pickers built for it, published together.
@@ -115,10 +138,15 @@ pub(super) struct Routing<S, P> {
     clock: LatencyClock,
 }
 
-/// How a balancer times requests for Peak-EWMA.
+/// How a balancer times a request: for Peak-EWMA, or only for the
+/// endpoint's latency histogram.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Timing {
     pub(super) clock: LatencyClock,
+    /// Whether the latency feeds Peak-EWMA; when not, the request is timed
+    /// only for its endpoint's latency histogram. Beside `clock`, in the
+    /// padding before `inv_tau_ns`, so a request in flight is no larger.
+    pub(super) ewma: bool,
     /// `1 / tau`, the decay's time constant, in nanoseconds.
     pub(super) inv_tau_ns: f64,
 }
@@ -181,6 +209,7 @@ impl<S, P: Picker> Routing<S, P> {
         };
         let ewma = lanes[0].picker.ewma_decay().map(|d| Timing {
             clock: ctx.latency_clock(),
+            ewma: true,
             inv_tau_ns: inv_tau_ns(d),
         });
         Routing {
@@ -194,23 +223,6 @@ impl<S, P: Picker> Routing<S, P> {
 }
 
 impl<S, P> Routing<S, P> {
-    /// When a request to `member` is not timed for Peak-EWMA: its start,
-    /// if the endpoint keeps a latency histogram.
-    #[inline(always)]
-    fn histogram_timing(&self, member: &Member<S>) -> Option<Started> {
-        if !member.stats().keeps_latency() {
-            return None;
-        }
-        Some(Started {
-            start_ns: self.clock.now_ns(self.eligible.snapshot().epoch()),
-            timing: Timing {
-                clock: self.clock,
-                inv_tau_ns: 0.0,
-            },
-            ewma: false,
-        })
-    }
-
     /// The lane for this request, by its index: no draw when only one
     /// has a share, and a draw from the key when there is one.
     #[inline]
@@ -313,6 +325,7 @@ where
         // Chosen once, here, rather than each time pickers are rebuilt
         // under the pool's subscriber lock.
         let clock = LatencyClock::detect();
+        let latency = upstream.pool().latency_flag().clone();
         let key_hash = strategy.key_hash();
         let strategy_name = strategy.name();
         let routing = Arc::new(ArcSwap::from_pointee(Routing::build(
@@ -338,6 +351,7 @@ where
                 when_empty: options.when_empty,
                 key_hash,
                 strategy: strategy_name,
+                latency,
             }),
             classify: options.classify,
             key: options.key,
@@ -523,18 +537,19 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
         let index = routing.lane(&self.shared.rng, key);
         let lane = &routing.lanes[index];
         // One clock read serves both the picker and the request's timing.
-        let timing = routing.ewma.map(|t| Started {
-            start_ns: t.clock.now_ns(routing.eligible.snapshot().epoch()),
-            timing: t,
-            ewma: true,
-        });
+        let timing = match routing.ewma {
+            Some(t) => Some(Started {
+                start_ns: t.clock.now_ns(routing.eligible.snapshot().epoch()),
+                timing: t,
+            }),
+            None => self.shared.histogram_start(&routing),
+        };
         let mut ctx = PickContext::new(&self.shared.rng).with_key(key);
         ctx.now_ns = timing.map(|t| t.start_ns);
         let members = routing.members_of(lane);
         if let Some(on_trial) = take_trial(routing.eligible.trials(), attempts) {
             let member = &on_trial.member;
             let n = attempts.map(|a| a.record(member.stats().id()));
-            let timing = timing.or_else(|| routing.histogram_timing(member));
             let mut in_flight = InFlight::start(member.stats().start_request(), timing)
                 .deciding(on_trial.trial.clone());
             attempt_span(&mut in_flight, member, attempts, n, true);
@@ -549,8 +564,7 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
         match chosen {
             Some(member) => {
                 let n = attempts.map(|a| a.record(member.stats().id()));
-                let timing = timing.or_else(|| routing.histogram_timing(member));
-                let mut in_flight = InFlight::start(member.stats().start_request(), timing);
+                    let mut in_flight = InFlight::start(member.stats().start_request(), timing);
                 attempt_span(&mut in_flight, member, attempts, n, false);
                 Pick::Picked(member.service().clone(), in_flight)
             }

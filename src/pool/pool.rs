@@ -43,8 +43,9 @@ pub(super) struct Shared<S> {
     status: Mutex<DiscoveryStatus>,
     /// The service's name, for status reports and metric labels.
     service: Arc<str>,
-    /// Whether its endpoints keep latency histograms.
-    latency: AtomicBool,
+    /// Whether its endpoints keep latency histograms; shared with the
+    /// balancers over the pool, which then time every request.
+    latency: Arc<AtomicBool>,
     /// The source's newest revision, when the source can tell.
     source_revision: OnceLock<RevisionProbe>,
 }
@@ -175,7 +176,7 @@ impl<S: Clone + Send + Sync + 'static> Pool<S> {
                 outcomes: Arc::new(Notify::new()),
                 status: Mutex::new(DiscoveryStatus::default()),
                 service,
-                latency: AtomicBool::new(false),
+                latency: Arc::new(AtomicBool::new(false)),
                 source_revision: OnceLock::new(),
             }),
             driver: None,
@@ -211,6 +212,12 @@ impl<S> Pool<S> {
         for m in self.snapshot().members().iter() {
             m.stats().keep_latency();
         }
+    }
+
+    /// Set while the pool's endpoints keep latency histograms
+    /// ([`record_latency`](Self::record_latency)).
+    pub(crate) fn latency_flag(&self) -> &Arc<AtomicBool> {
+        &self.shared.latency
     }
 
     /// The current set. One atomic load; never blocks.

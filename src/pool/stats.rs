@@ -41,8 +41,8 @@ pub struct EndpointStats {
     /// not a cancellation), in nanoseconds since the pool epoch.
     answered_at: AtomicU64,
     /// Its latency histogram, once the pool keeps them
-    /// ([`Pool::record_latency`](super::Pool::record_latency)). On the
-    /// line picks read: a pick checks it to time the request.
+    /// ([`Pool::record_latency`](super::Pool::record_latency)). Beside the
+    /// Peak-EWMA fields a timed response writes anyway.
     latency: OnceLock<Box<LatencyCounts>>,
     /// Written by every completion: on a line of their own, so that a pick
     /// on one core does not miss on the line it reads each time a request
@@ -210,13 +210,6 @@ impl EndpointStats {
     pub fn ewma_latency(&self) -> Option<Duration> {
         let ns = f64::from_bits(self.ewma_ns.load(Relaxed));
         (ns > 0.0).then(|| Duration::from_nanos(ns as u64))
-    }
-
-    /// Whether it keeps a latency histogram: its requests are then timed
-    /// whatever the strategy.
-    #[inline]
-    pub(crate) fn keeps_latency(&self) -> bool {
-        self.latency.get().is_some()
     }
 
     /// Gives it a latency histogram, if it has none yet.
