@@ -564,7 +564,7 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
         match chosen {
             Some(member) => {
                 let n = attempts.map(|a| a.record(member.stats().id()));
-                    let mut in_flight = InFlight::start(member.stats().start_request(), timing);
+                let mut in_flight = InFlight::start(member.stats().start_request(), timing);
                 attempt_span(&mut in_flight, member, attempts, n, false);
                 Pick::Picked(member.service().clone(), in_flight)
             }
