@@ -112,14 +112,25 @@ impl<S, P> Shared<S, P> {
         if !self.latency.load(Relaxed) {
             return None;
         }
-        Some(Started {
-            start_ns: routing.clock.now_ns(routing.eligible.snapshot().epoch()),
-            timing: Timing {
-                clock: routing.clock,
-                ewma: false,
-                inv_tau_ns: 0.0,
-            },
-        })
+        Some(histogram_started(
+            routing.clock,
+            routing.eligible.snapshot().epoch(),
+        ))
+    }
+}
+
+/// Now, as the start of a request timed only for its endpoint's latency
+/// histogram. Out of line: the pick path only tests the flag.
+#[cold]
+#[inline(never)]
+fn histogram_started(clock: LatencyClock, epoch: tokio::time::Instant) -> Started {
+    Started {
+        start_ns: clock.now_ns(epoch),
+        timing: Timing {
+            clock,
+            ewma: false,
+            inv_tau_ns: 0.0,
+        },
     }
 }
 
