@@ -140,8 +140,10 @@ fn roundtrip_group(c: &mut Criterion) {
 /// with its defaults (once a second, latency histograms on, so every
 /// endpoint keeps one) on a runtime of its own thread, as it would on
 /// another worker of an application's runtime; the bench's runtime has one
-/// thread and never yields to it. Last, least in flight with the Prometheus
-/// recorder and the histograms off.
+/// thread and never yields to it. At this rate, the default exporter has
+/// least in flight time one answer in a few hundred for the histograms.
+/// Last, least in flight with the Prometheus recorder and the histograms
+/// off, and with every answer timed.
 fn metrics_group(c: &mut Criterion) {
     let rt = support::runtime();
     let _guard = rt.enter();
@@ -162,15 +164,20 @@ fn metrics_group(c: &mut Criterion) {
             (n, lif, ewma)
         })
         .collect();
-    // And stacks whose exporter leaves the latency histograms off.
-    let plain: Vec<_> = sizes
-        .iter()
-        .map(|&n| {
-            let pool = support::pool(&rt, n, Weights::Uniform);
-            let view = failover(&rt, &pool);
-            (n, retry(balance(&rt, view, LeastInFlight)))
-        })
-        .collect();
+    // And stacks whose exporter leaves the latency histograms off, and
+    // stacks whose exporter times every answer however many there are.
+    let lif_stacks = || -> Vec<_> {
+        sizes
+            .iter()
+            .map(|&n| {
+                let pool = support::pool(&rt, n, Weights::Uniform);
+                let view = failover(&rt, &pool);
+                (n, retry(balance(&rt, view, LeastInFlight)))
+            })
+            .collect()
+    };
+    let plain = lif_stacks();
+    let exact = lif_stacks();
     for (n, lif, ewma) in &stacks {
         bench_service(&mut g, &rt, "full_stack", *n, lif.clone());
         bench_service(&mut g, &rt, "full_stack_peak_ewma", *n, ewma.clone());
@@ -189,6 +196,12 @@ fn metrics_group(c: &mut Criterion) {
         let config = MetricsConfig::new().latency_histograms(false);
         exports.push(MetricsExporter::spawn(lif.clone(), config));
     }
+    for (_, lif) in &exact {
+        let _in = exporter_rt.enter();
+        let config = MetricsConfig::new().latency_samples_per_second(u32::MAX);
+        exports.push(MetricsExporter::spawn(lif.clone(), config));
+        lif.record_latency();
+    }
     for (n, lif, ewma) in &stacks {
         bench_service(&mut g, &rt, "full_stack_metrics_noop", *n, lif.clone());
         let name = "full_stack_peak_ewma_metrics_noop";
@@ -197,6 +210,18 @@ fn metrics_group(c: &mut Criterion) {
     let recorder = PrometheusBuilder::new().build_recorder();
     let render = recorder.handle();
     metrics::set_global_recorder(recorder).expect("no recorder installed yet");
+    // Scraped once a second, as a server would be: the recorder keeps
+    // every histogram sample until then.
+    let scrape = {
+        let render = render.clone();
+        exporter_rt.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                black_box(render.render());
+            }
+        })
+    };
     for (n, lif, ewma) in &stacks {
         bench_service(
             &mut g,
@@ -212,7 +237,12 @@ fn metrics_group(c: &mut Criterion) {
         let name = "full_stack_metrics_prometheus_no_histograms";
         bench_service(&mut g, &rt, name, *n, lif.clone());
     }
+    for (n, lif) in &exact {
+        let name = "full_stack_metrics_prometheus_every_answer";
+        bench_service(&mut g, &rt, name, *n, lif.clone());
+    }
     g.finish();
+    scrape.abort();
     assert!(
         render
             .render()

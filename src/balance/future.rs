@@ -112,6 +112,7 @@ impl InFlight {
             let Timing {
                 clock,
                 ewma,
+                weight_shift,
                 inv_tau_ns,
             } = timing;
             let now = clock.now_ns(stats.epoch());
@@ -119,7 +120,7 @@ impl InFlight {
             let rtt = rtt_ns as f64;
             if !matches!(outcome, Outcome::Cancelled) {
                 stats.record_answer(now);
-                stats.record_latency(rtt_ns);
+                stats.record_latency(rtt_ns, weight_shift);
             }
             if ewma {
                 match outcome {

@@ -1,6 +1,5 @@
 use std::fmt;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -16,10 +15,11 @@ use crate::PickRng;
 use crate::attempt::{Attempted, Attempts};
 use crate::error::{BoxError, Error};
 use crate::failover::{HealthReport, OnTrial};
-use crate::pool::{Member, Members, Pool, Snapshot};
+use crate::pool::{Member, Members, Pool, Sampling, Snapshot};
 use crate::trace::{self, SpanSlot, span};
 use crate::util::clock::{LatencyClock, inv_tau_ns};
 use crate::util::publish::lock;
+use crate::util::rng::one_in_pow2;
 
 /// What a balancer does when its pool has no endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,36 +99,46 @@ pub(super) struct Shared<S, P> {
     pub(super) key_hash: KeyHash,
     /// The strategy's [`Strategy::name`].
     pub(super) strategy: &'static str,
-    /// The pool's: set while its endpoints keep latency histograms, when
-    /// requests a strategy does not time for Peak-EWMA are timed for them.
-    latency: Arc<AtomicBool>,
+    /// The pool's: whether its endpoints keep latency histograms, and one
+    /// request in how many a strategy that does not time for Peak-EWMA
+    /// times for them.
+    latency: Arc<Sampling>,
 }
 
 impl<S, P> Shared<S, P> {
     /// The start of a request a strategy does not time for Peak-EWMA:
-    /// timed only while the pool keeps latency histograms.
+    /// timed only while the pool keeps latency histograms, and then one in
+    /// as many as the pool samples.
     #[inline(always)]
     fn histogram_start(&self, routing: &Routing<S, P>) -> Option<Started> {
-        if !self.latency.load(Relaxed) {
+        let shift = self.latency.shift()?;
+        if !one_in_pow2(shift) {
             return None;
         }
         Some(histogram_started(
             routing.clock,
             routing.eligible.snapshot().epoch(),
+            shift,
         ))
     }
 }
 
 /// Now, as the start of a request timed only for its endpoint's latency
-/// histogram. Out of line: the pick path only tests the flag.
+/// histogram, where it counts `2^weight_shift` times. Out of line: the pick
+/// path only tests the flag.
 #[cold]
 #[inline(never)]
-fn histogram_started(clock: LatencyClock, epoch: tokio::time::Instant) -> Started {
+fn histogram_started(
+    clock: LatencyClock,
+    epoch: tokio::time::Instant,
+    weight_shift: u8,
+) -> Started {
     Started {
         start_ns: clock.now_ns(epoch),
         timing: Timing {
             clock,
             ewma: false,
+            weight_shift,
             inv_tau_ns: 0.0,
         },
     }
@@ -158,6 +168,9 @@ pub(super) struct Timing {
     /// only for its endpoint's latency histogram. Beside `clock`, in the
     /// padding before `inv_tau_ns`, so a request in flight is no larger.
     pub(super) ewma: bool,
+    /// How many answers its latency stands for in the histogram: `2^n`
+    /// (0 when every request is timed). Also in the padding.
+    pub(super) weight_shift: u8,
     /// `1 / tau`, the decay's time constant, in nanoseconds.
     pub(super) inv_tau_ns: f64,
 }
@@ -221,6 +234,7 @@ impl<S, P: Picker> Routing<S, P> {
         let ewma = lanes[0].picker.ewma_decay().map(|d| Timing {
             clock: ctx.latency_clock(),
             ewma: true,
+            weight_shift: 0,
             inv_tau_ns: inv_tau_ns(d),
         });
         Routing {
@@ -336,7 +350,7 @@ where
         // Chosen once, here, rather than each time pickers are rebuilt
         // under the pool's subscriber lock.
         let clock = LatencyClock::detect();
-        let latency = upstream.pool().latency_flag().clone();
+        let latency = upstream.pool().latency_sampling().clone();
         let key_hash = strategy.key_hash();
         let strategy_name = strategy.name();
         let routing = Arc::new(ArcSwap::from_pointee(Routing::build(
@@ -486,6 +500,13 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
     /// The strategy's [`name`](Strategy::name).
     pub fn strategy_name(&self) -> &'static str {
         self.shared.strategy
+    }
+
+    /// Whether the strategy times every request anyway (Peak-EWMA), so
+    /// that latency histograms count every answer whatever the pool
+    /// samples.
+    pub(crate) fn times_every_request(&self) -> bool {
+        self.shared.routing.load().ewma.is_some()
     }
 
     /// The policy for an empty pool.

@@ -133,6 +133,10 @@ impl<St: Strategy> crate::status::Observe for Channel<St> {
     fn record_latency(&self) {
         crate::status::Observe::record_latency(&self.stack);
     }
+
+    fn sample_latency(&self, one_in: u32) {
+        crate::status::Observe::sample_latency(&self.stack, one_in);
+    }
 }
 
 impl<St: Strategy> Clone for Channel<St> {

@@ -134,6 +134,10 @@ impl<B, St: Strategy, C> crate::status::Observe for Client<B, St, C> {
     fn record_latency(&self) {
         crate::status::Observe::record_latency(&self.stack);
     }
+
+    fn sample_latency(&self, one_in: u32) {
+        crate::status::Observe::sample_latency(&self.stack, one_in);
+    }
 }
 
 impl<B, St: Strategy, C> Clone for Client<B, St, C> {

@@ -9,7 +9,7 @@
 //! 69 s, with one below and one above: 106 counts, 848 bytes per endpoint.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
 
 /// Latencies below `2^MIN_SHIFT` ns (1.024 µs) share the first bucket.
 const MIN_SHIFT: u32 = 10;
@@ -33,10 +33,11 @@ impl LatencyCounts {
         })
     }
 
-    /// Counts one latency of `ns` nanoseconds.
+    /// Counts a latency of `ns` nanoseconds `2^weight_shift` times: once
+    /// for an answer timed among all, more for one sampled among many.
     #[inline]
-    pub(crate) fn record(&self, ns: u64) {
-        self.counts[bucket(ns)].fetch_add(1, Relaxed);
+    pub(crate) fn record(&self, ns: u64, weight_shift: u8) {
+        self.counts[bucket(ns)].fetch_add(1 << weight_shift, Relaxed);
     }
 
     /// The non-empty buckets, in order: `(from_ns, below_ns, count)`.
@@ -53,6 +54,55 @@ impl fmt::Debug for LatencyCounts {
         f.debug_struct("LatencyCounts")
             .field("count", &self.buckets().map(|(.., n)| n).sum::<u64>())
             .finish()
+    }
+}
+
+/// Whether a pool's endpoints keep latency histograms and, for a strategy
+/// that does not time every request anyway, one answer in how many a
+/// balancer times for them (a power of two; each sample then counts for
+/// that many). One byte, shared by the pool and its balancers: a pick reads
+/// it where it reads the rest of its balancer's state.
+#[derive(Debug)]
+pub(crate) struct Sampling(AtomicU8);
+
+/// The byte's value while no histograms are kept.
+const OFF: u8 = u8::MAX;
+/// At most one answer in `2^MAX_SAMPLE_SHIFT` (about a million) is timed.
+pub(crate) const MAX_SAMPLE_SHIFT: u8 = 20;
+
+impl Sampling {
+    pub(crate) fn off() -> Self {
+        Sampling(AtomicU8::new(OFF))
+    }
+
+    /// Turns histograms on, timing every answer, unless they are on.
+    pub(crate) fn keep(&self) {
+        let _ = self.0.compare_exchange(OFF, 0, Relaxed, Relaxed);
+    }
+
+    pub(crate) fn is_on(&self) -> bool {
+        self.0.load(Relaxed) != OFF
+    }
+
+    /// Times one answer in `one_in`, rounded down to a power of two (1 for
+    /// 0) and capped at `2^MAX_SAMPLE_SHIFT`, if histograms are on.
+    pub(crate) fn set_one_in(&self, one_in: u32) {
+        let shift = one_in.max(1).ilog2().min(u32::from(MAX_SAMPLE_SHIFT)) as u8;
+        let _ = self
+            .0
+            .fetch_update(Relaxed, Relaxed, |s| (s != OFF).then_some(shift));
+    }
+
+    /// `None` while off; else `n` for one answer in `2^n`.
+    #[inline]
+    pub(crate) fn shift(&self) -> Option<u8> {
+        let s = self.0.load(Relaxed);
+        (s != OFF).then_some(s)
+    }
+
+    /// One answer in how many is timed, while histograms are on.
+    pub(crate) fn one_in(&self) -> Option<u32> {
+        self.shift().map(|s| 1 << s)
     }
 }
 
@@ -121,10 +171,32 @@ mod tests {
     }
 
     #[test]
+    fn sampling_is_off_until_kept_and_rounds_down_to_a_power_of_two() {
+        let s = Sampling::off();
+        s.set_one_in(8);
+        assert_eq!(s.one_in(), None, "no sampling while off");
+        s.keep();
+        assert_eq!(s.one_in(), Some(1));
+        for (asked, got) in [
+            (0, 1),
+            (1, 1),
+            (7, 4),
+            (8, 8),
+            (1000, 512),
+            (u32::MAX, 1 << 20),
+        ] {
+            s.set_one_in(asked);
+            assert_eq!(s.one_in(), Some(got), "{asked}");
+        }
+        s.keep();
+        assert_eq!(s.one_in(), Some(1 << 20), "keeping again keeps the rate");
+    }
+
+    #[test]
     fn counts_add_up_by_bucket() {
         let h = LatencyCounts::new();
         for ns in [500, 900, 1_500_000, 1_500_001, 200_000_000_000] {
-            h.record(ns);
+            h.record(ns, 0);
         }
         let b: Vec<_> = h.buckets().collect();
         assert_eq!(b.len(), 3, "{b:?}");
@@ -132,5 +204,7 @@ mod tests {
         assert_eq!(b[1].2, 2);
         assert!(b[1].0 <= 1_500_000 && 1_500_001 < b[1].1);
         assert_eq!(b[2], (1 << MAX_SHIFT, u64::MAX, 1));
+        h.record(500, 3);
+        assert_eq!(h.buckets().next(), Some((0, 1024, 10)), "a sample counts 8");
     }
 }

@@ -43,6 +43,7 @@ mod snapshot;
 mod stats;
 
 pub use driver::PoolDriver;
+pub(crate) use latency::Sampling;
 pub use layer::{DiscoverLayer, PoolConfig};
 pub(crate) use members::Weights;
 pub use members::{Iter, MemberList, Members};

@@ -1,11 +1,11 @@
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::latency::Sampling;
 use super::{PoolDriver, Snapshot};
 use crate::discover::{RevisionProbe, Source};
 use crate::endpoint::Endpoint;
@@ -43,9 +43,9 @@ pub(super) struct Shared<S> {
     status: Mutex<DiscoveryStatus>,
     /// The service's name, for status reports and metric labels.
     service: Arc<str>,
-    /// Whether its endpoints keep latency histograms; shared with the
-    /// balancers over the pool, which then time every request.
-    latency: Arc<AtomicBool>,
+    /// Whether its endpoints keep latency histograms, and how often a
+    /// request is timed for them; shared with the balancers over the pool.
+    latency: Arc<Sampling>,
     /// The source's newest revision, when the source can tell.
     source_revision: OnceLock<RevisionProbe>,
 }
@@ -176,7 +176,7 @@ impl<S: Clone + Send + Sync + 'static> Pool<S> {
                 outcomes: Arc::new(Notify::new()),
                 status: Mutex::new(DiscoveryStatus::default()),
                 service,
-                latency: Arc::new(AtomicBool::new(false)),
+                latency: Arc::new(Sampling::off()),
                 source_revision: OnceLock::new(),
             }),
             driver: None,
@@ -205,18 +205,40 @@ impl<S> Pool<S> {
     /// on the request path), which [`status`](Self::status) reports carry
     /// and the [metrics exporter](crate::metrics) exports. Each answered
     /// request is then timed, whatever the strategy, and counted with one
-    /// atomic add. The exporter calls it; calling it again is cheap and
-    /// catches an endpoint that joined while it ran.
+    /// atomic add ([`sample_latency`](Self::sample_latency) times fewer).
+    /// The exporter calls it; calling it again is cheap, keeps the sampling
+    /// rate, and catches an endpoint that joined while it ran.
     pub fn record_latency(&self) {
-        self.shared.latency.store(true, Ordering::SeqCst);
+        // First, so that the driver gives an endpoint that joins from now
+        // on its histogram.
+        self.shared.latency.keep();
         for m in self.snapshot().members().iter() {
             m.stats().keep_latency();
         }
     }
 
-    /// Set while the pool's endpoints keep latency histograms
-    /// ([`record_latency`](Self::record_latency)).
-    pub(crate) fn latency_flag(&self) -> &Arc<AtomicBool> {
+    /// Once endpoints keep latency histograms
+    /// ([`record_latency`](Self::record_latency)): from now on, a balancer
+    /// whose strategy does not time every request anyway (all but
+    /// Peak-EWMA) times one answer in `one_in` for them, chosen at random,
+    /// and counts it `one_in` times, so that the counts still estimate
+    /// answers. `one_in` is rounded down to a power of two and capped at
+    /// about a million; 1 (the default) times every answer. The
+    /// [metrics exporter](crate::metrics) sets it from the request rate
+    /// ([`MetricsConfig::latency_samples_per_second`](crate::metrics::MetricsConfig::latency_samples_per_second)).
+    pub fn sample_latency(&self, one_in: u32) {
+        self.shared.latency.set_one_in(one_in);
+    }
+
+    /// While the endpoints keep latency histograms: one answer in how many
+    /// a balancer that does not time every request times for them.
+    pub fn latency_one_in(&self) -> Option<u32> {
+        self.shared.latency.one_in()
+    }
+
+    /// Whether the pool's endpoints keep latency histograms, and how often
+    /// requests are timed for them.
+    pub(crate) fn latency_sampling(&self) -> &Arc<Sampling> {
         &self.shared.latency
     }
 
@@ -285,7 +307,7 @@ impl<S> Shared<S> {
 
     /// Whether endpoints keep latency histograms ([`Pool::record_latency`]).
     pub(super) fn keeps_latency(&self) -> bool {
-        self.latency.load(Ordering::SeqCst)
+        self.latency.is_on()
     }
 
     pub(super) fn outcomes(&self) -> &Arc<Notify> {

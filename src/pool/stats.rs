@@ -222,11 +222,12 @@ impl EndpointStats {
         self.latency.get().map(|b| &**b)
     }
 
-    /// Counts an answer after `rtt_ns` in its histogram, if it keeps one.
+    /// Counts an answer after `rtt_ns` in its histogram, if it keeps one,
+    /// `2^weight_shift` times (a sample of that many answers).
     #[inline]
-    pub(crate) fn record_latency(&self, rtt_ns: u64) {
+    pub(crate) fn record_latency(&self, rtt_ns: u64, weight_shift: u8) {
         if let Some(h) = self.latency.get() {
-            h.record(rtt_ns);
+            h.record(rtt_ns, weight_shift);
         }
     }
 

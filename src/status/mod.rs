@@ -63,6 +63,16 @@ pub trait Observe {
     /// [`Pool::record_latency`] does for the client's pool. The metrics
     /// exporter calls it. Does nothing unless implemented.
     fn record_latency(&self) {}
+
+    /// Once endpoints keep latency histograms: a balancer whose strategy
+    /// does not time every request anyway times one answer in `one_in`
+    /// for them (rounded down to a power of two), each counting for that
+    /// many; what [`Pool::sample_latency`] does for the client's pool. The
+    /// metrics exporter sets it from the request rate. Does nothing unless
+    /// implemented.
+    fn sample_latency(&self, one_in: u32) {
+        let _ = one_in;
+    }
 }
 
 impl<T: Observe + ?Sized> Observe for &T {
@@ -72,6 +82,10 @@ impl<T: Observe + ?Sized> Observe for &T {
 
     fn record_latency(&self) {
         (**self).record_latency();
+    }
+
+    fn sample_latency(&self, one_in: u32) {
+        (**self).sample_latency(one_in);
     }
 }
 
@@ -83,6 +97,10 @@ impl<T: Observe + ?Sized> Observe for Arc<T> {
     fn record_latency(&self) {
         (**self).record_latency();
     }
+
+    fn sample_latency(&self, one_in: u32) {
+        (**self).sample_latency(one_in);
+    }
 }
 
 impl<T: Observe + ?Sized> Observe for Box<T> {
@@ -92,6 +110,10 @@ impl<T: Observe + ?Sized> Observe for Box<T> {
 
     fn record_latency(&self) {
         (**self).record_latency();
+    }
+
+    fn sample_latency(&self, one_in: u32) {
+        (**self).sample_latency(one_in);
     }
 }
 
@@ -127,6 +149,11 @@ pub struct Status {
     /// The retry layer's counters and budget, when the report comes
     /// through one.
     pub retry: Option<RetryStatus>,
+    /// While endpoints keep latency histograms: one answer in how many
+    /// they count, each standing for that many (1: every answer; see
+    /// [`Observe::sample_latency`]).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub latency_one_in: Option<u32>,
 }
 
 /// One priority tier: its endpoints by state and its share of traffic.
@@ -431,6 +458,7 @@ impl Status {
             ejections: health.map_or(0, |h| h.ejections),
             downs: health.map_or(0, |h| h.downs),
             retry: None,
+            latency_one_in: pool.latency_one_in(),
         }
     }
 }
@@ -582,6 +610,10 @@ impl<S> Observe for Pool<S> {
     fn record_latency(&self) {
         Pool::record_latency(self);
     }
+
+    fn sample_latency(&self, one_in: u32) {
+        Pool::sample_latency(self, one_in);
+    }
 }
 
 impl<S> Failover<S> {
@@ -600,6 +632,10 @@ impl<S> Observe for Failover<S> {
     fn record_latency(&self) {
         self.pool().record_latency();
     }
+
+    fn sample_latency(&self, one_in: u32) {
+        self.pool().sample_latency(one_in);
+    }
 }
 
 impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
@@ -610,6 +646,9 @@ impl<S, St: Strategy, C, K> Balance<S, St, C, K> {
             None => self.pool().status(),
         };
         status.strategy = Some(self.strategy_name().to_owned());
+        if self.times_every_request() {
+            status.latency_one_in = status.latency_one_in.map(|_| 1);
+        }
         status
     }
 }
@@ -621,6 +660,10 @@ impl<S, St: Strategy, C, K> Observe for Balance<S, St, C, K> {
 
     fn record_latency(&self) {
         self.pool().record_latency();
+    }
+
+    fn sample_latency(&self, one_in: u32) {
+        self.pool().sample_latency(one_in);
     }
 }
 
@@ -649,6 +692,10 @@ impl<S: Observe, P> Observe for Retry<S, P> {
 
     fn record_latency(&self) {
         self.get_ref().record_latency();
+    }
+
+    fn sample_latency(&self, one_in: u32) {
+        self.get_ref().sample_latency(one_in);
     }
 }
 

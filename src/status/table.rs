@@ -19,6 +19,8 @@ impl Display for Status {
     /// …
     /// retries: 4 of 40 requests · 0 hedges · 0 refused by the budget · 0 past deadline · budget 14.0
     /// ```
+    ///
+    /// and, when latency histograms sample answers, how many they time.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "service {}", self.service)?;
         if let Some(strategy) = &self.strategy {
@@ -104,6 +106,12 @@ impl Display for Status {
                 r.budget_exhausted,
                 r.deadlines_exceeded,
                 r.budget_available
+            )?;
+        }
+        if let Some(n) = self.latency_one_in.filter(|n| *n > 1) {
+            writeln!(
+                f,
+                "latency histograms: 1 answer in {n} timed, each counted {n} times"
             )?;
         }
         Ok(())

@@ -210,6 +210,7 @@ fn sample() -> Status {
             deadlines_exceeded: 0,
             budget_available: 14.0,
         }),
+        latency_one_in: Some(4),
     }
 }
 
@@ -246,7 +247,11 @@ fn the_table_has_a_row_per_tier_and_endpoint() {
         lines[9],
         "retries: 4 of 40 requests · 0 hedges · 1 refused by the budget · 0 past deadline · budget 14.0"
     );
-    assert_eq!(lines.len(), 10, "{text}");
+    assert_eq!(
+        lines[10],
+        "latency histograms: 1 answer in 4 timed, each counted 4 times"
+    );
+    assert_eq!(lines.len(), 11, "{text}");
 }
 
 #[cfg(feature = "serde")]

@@ -1,3 +1,4 @@
+use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -89,9 +90,63 @@ impl fmt::Debug for PickRng {
     }
 }
 
+/// True one time in `2^shift`, at random (always, for `shift` 0), from a
+/// wyrand stream of the calling thread's own: no lock, no shared line, no
+/// allocation, and independent of what the picks draw. Sampling by a
+/// counter instead would alias with any request pattern whose period
+/// divides `2^shift`.
+#[inline]
+pub(crate) fn one_in_pow2(shift: u8) -> bool {
+    thread_local! {
+        static STATE: Cell<u64> = const { Cell::new(0) };
+    }
+    if shift == 0 {
+        return true;
+    }
+    STATE.with(|state| {
+        let mut s = state.get();
+        if s == 0 {
+            // Seeded from where the thread's state lives, so that threads
+            // draw different streams.
+            s = wyrand_step(std::ptr::from_ref(state) as u64 ^ WY_P1);
+        }
+        s = s.wrapping_add(WY_P0);
+        state.set(s);
+        let mask = (1u64 << shift.min(63)) - 1;
+        wyrand_step(s) & mask == 0
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_in_pow2_hits_about_one_time_in_two_to_the_shift() {
+        assert!((0..1_000).all(|_| one_in_pow2(0)));
+        for shift in [1u8, 3, 6] {
+            let n = 200_000u32;
+            let hits = (0..n).filter(|_| one_in_pow2(shift)).count() as f64;
+            let want = f64::from(n) / f64::from(1u32 << shift);
+            // Binomial: within five standard deviations.
+            let sd = (want * (1.0 - 1.0 / f64::from(1u32 << shift))).sqrt();
+            assert!(
+                (hits - want).abs() < 5.0 * sd,
+                "shift {shift}: {hits} vs {want}"
+            );
+        }
+        // No period: of consecutive pairs, both hit about 1/64 of the time
+        // at shift 3 (a counter would give 0).
+        let draws: Vec<bool> = (0..200_000).map(|_| one_in_pow2(3)).collect();
+        let pairs = draws.windows(2).filter(|w| w[0] && w[1]).count();
+        assert!((2_300..3_950).contains(&pairs), "{pairs}");
+        // Another thread draws another stream.
+        let here: Vec<bool> = (0..256).map(|_| one_in_pow2(1)).collect();
+        let there = std::thread::spawn(|| (0..256).map(|_| one_in_pow2(1)).collect::<Vec<_>>())
+            .join()
+            .unwrap();
+        assert_ne!(here, there);
+    }
 
     #[test]
     fn seeded_is_repeatable_and_below_is_in_range() {
