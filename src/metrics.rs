@@ -153,6 +153,10 @@ pub struct MetricsExporter {
     seen: HashMap<String, Seen>,
     /// Answers counted by the last export.
     answers: u64,
+    /// At least one answer in how many is handed to the recorder: what
+    /// [`spawn`](Self::spawn) last had the client sample, which also thins
+    /// what a strategy that times every answer (Peak-EWMA) counted.
+    one_in: u64,
 }
 
 /// Exports until dropped (it aborts the task), as
@@ -175,6 +179,7 @@ impl MetricsExporter {
             config,
             seen: HashMap::new(),
             answers: 0,
+            one_in: 1,
         }
     }
 
@@ -210,11 +215,13 @@ impl MetricsExporter {
                 exporter.record(&status);
                 if histograms {
                     let now = Instant::now();
-                    of.sample_latency(sample_one_in(
+                    let one_in = sample_one_in(
                         exporter.answers,
                         now.saturating_duration_since(last),
                         exporter.config.latency_samples_per_second,
-                    ));
+                    );
+                    of.sample_latency(one_in);
+                    exporter.one_in = u64::from(one_in);
                     last = now;
                 }
             }
@@ -250,9 +257,12 @@ impl MetricsExporter {
         let mut ejected: HashMap<&'static str, u64> = HashMap::new();
         // The new latency counts of all endpoints, by bucket start.
         let mut latency: BTreeMap<u64, (LatencyBucket, u64)> = BTreeMap::new();
-        // The recorder gets the answers timed, not the answers they stand
-        // for: one sample each, whatever the sampling.
-        let one_in = u64::from(status.latency_one_in.unwrap_or(1).max(1));
+        // The recorder gets one sample per answer timed, not per answer
+        // it stands for, and no more than the sampling rate allows when
+        // the strategy timed every answer.
+        let one_in = u64::from(status.latency_one_in.unwrap_or(1))
+            .max(self.one_in)
+            .max(1);
         let mut seen = HashMap::with_capacity(status.endpoints.len());
         for (i, e) in status.endpoints.iter().enumerate() {
             let before = self.seen.get(&e.key);
@@ -428,12 +438,17 @@ impl MetricsExporter {
     }
 }
 
-/// The answers timed among `answers` counted in a bucket while one in
-/// `one_in` was timed, each counted `one_in` times: what a recorder is
-/// handed, one sample per answer timed. Rounded, for counts made while
-/// the sampling changed.
+/// What a recorder is handed for `answers` counted in a bucket while one
+/// in `one_in` is sampled: one sample per answer timed, `answers /
+/// one_in`. What does not divide (counts made while the sampling changed,
+/// or by a strategy that timed every answer) is rounded up or down at
+/// random in proportion, so that no bucket, however rare, is rounded away
+/// on average.
 fn samples(answers: u64, one_in: u64) -> usize {
-    usize::try_from(answers.saturating_add(one_in / 2) / one_in).unwrap_or(usize::MAX)
+    let one_in = one_in.max(1);
+    let (whole, rest) = (answers / one_in, answers % one_in);
+    let up = rest > 0 && rand::random_range(0..one_in) < rest;
+    usize::try_from(whole + u64::from(up)).unwrap_or(usize::MAX)
 }
 
 /// One answer in how many to time for the latency histograms, so that at
@@ -529,8 +544,11 @@ mod tests {
     fn a_recorder_gets_one_sample_per_answer_timed() {
         assert_eq!(samples(40, 1), 40);
         assert_eq!(samples(40, 8), 5);
-        assert_eq!(samples(44, 8), 6, "rounded");
-        assert_eq!(samples(3, 8), 0);
+        assert_eq!(samples(0, 8), 0);
+        assert!((5..=6).contains(&samples(44, 8)));
         assert_eq!(samples(u64::MAX, 1), usize::MAX);
+        // A rare bucket is handed on in proportion, not rounded away.
+        let n: usize = (0..8_000).map(|_| samples(3, 8)).sum();
+        assert!((2_700..3_300).contains(&n), "{n} for 3 000 expected");
     }
 }
