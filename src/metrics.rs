@@ -17,7 +17,10 @@
 //! ([`Observe::record_latency`]), in buckets of atomics that a response
 //! adds one to, and hands each interval's new counts to the recorder with
 //! `Histogram::record_many`, each at its bucket's typical value (buckets
-//! are at most 1.25× wide, finer than Prometheus's defaults). With
+//! are at most 1.25× wide, finer than Prometheus's defaults). Above
+//! [`MetricsConfig::latency_samples_per_second`] answers a second, a
+//! strategy that does not time requests anyway times a random sample of
+//! them, each counted for the answers it stands for. With
 //! `metrics-exporter-prometheus`, set buckets for it
 //! (`set_buckets_for_metric`) to get a Prometheus histogram rather than
 //! its default summary.
@@ -63,9 +66,9 @@ pub struct MetricsConfig {
     /// 100 by default.
     pub max_endpoints: usize,
     /// Whether to export the latency histogram. On by default; it has
-    /// every endpoint keep a histogram (848 bytes each), and a strategy
-    /// that does not time requests (all but Peak-EWMA) then reads the
-    /// clock twice for each request it times for it (see
+    /// every endpoint keep a histogram (848 bytes each), and a balancer
+    /// whose strategy does not time requests (all but Peak-EWMA) then
+    /// reads the clock twice for each answer it times for it (see
     /// [`latency_samples_per_second`](Self::latency_samples_per_second)).
     pub latency_histograms: bool,
     /// With a strategy that does not time requests anyway (all but

@@ -2,9 +2,10 @@
 //!
 //! Off by default; [`Pool::record_latency`](super::Pool::record_latency)
 //! gives every endpoint one, allocated when the snapshot is built, never on
-//! the request path. A response then adds one to one bucket: an index from
-//! the latency's leading bit and the two bits after it, and one relaxed
-//! atomic add. Buckets are four per power of two (each ends at most 1.25×
+//! the request path. A response timed then adds to one bucket (one, or
+//! the number of answers it stands for when the pool samples): an index
+//! from the latency's leading bit and the two bits after it, and one
+//! relaxed atomic add. Buckets are four per power of two (each ends at most 1.25×
 //! where it starts, finer than Prometheus's default buckets) from 1 µs to about
 //! 69 s, with one below and one above: 106 counts, 848 bytes per endpoint.
 

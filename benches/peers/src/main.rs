@@ -71,6 +71,7 @@ const LINES: &[(&str, &str, &str, Held)] = &[
     ("metrics vs none", "roundtrip_metrics/full_stack_metrics_noop", "roundtrip_metrics/full_stack", Shown),
     ("metrics vs none", "roundtrip_metrics/full_stack_metrics_prometheus", "roundtrip_metrics/full_stack", Max(1.15)),
     ("metrics vs none", "roundtrip_metrics/full_stack_metrics_prometheus_no_histograms", "roundtrip_metrics/full_stack", Shown),
+    ("metrics vs none", "roundtrip_metrics/full_stack_metrics_prometheus_every_answer", "roundtrip_metrics/full_stack", Shown),
     ("metrics vs none", "roundtrip_metrics/full_stack_peak_ewma_metrics_noop", "roundtrip_metrics/full_stack_peak_ewma", Shown),
     ("metrics vs none", "roundtrip_metrics/full_stack_peak_ewma_metrics_prometheus", "roundtrip_metrics/full_stack_peak_ewma", Max(1.15)),
     ("pick vs floor", "pick/least_in_flight", "pick/floor", Shown),
