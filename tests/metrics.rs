@@ -393,18 +393,18 @@ async fn latency_histogram_case<St: Strategy + Clone>(builder: ClientBuilder<St>
     let slow = Backend::start("slow").await.unwrap();
     slow.set_delay(SLOW);
     let registry = Registry::new();
-    let _r = [
-        registry.register(SERVICE, fast.endpoint()).unwrap(),
-        registry.register(SERVICE, slow.endpoint()).unwrap(),
-    ];
+    let _fast = registry.register(SERVICE, fast.endpoint()).unwrap();
     let client: Client<Full<Bytes>, St> = builder.build(registry.watch(SERVICE).unwrap());
-    timeout(Duration::from_secs(5), client.balance().pool().changed(0))
+    let pool = client.balance().pool().clone();
+    timeout(Duration::from_secs(5), pool.changed(0))
         .await
         .unwrap();
     let (fast_key, slow_key) = (
         fast.endpoint().key().to_owned(),
         slow.endpoint().key().to_owned(),
     );
+    // To the fast one: were it to the slow one, Peak-EWMA would have
+    // measured it and sent it none of the requests below.
     assert_eq!(client_get(&client).await, StatusCode::OK);
     assert!(
         client
@@ -414,6 +414,13 @@ async fn latency_histogram_case<St: Strategy + Clone>(builder: ClientBuilder<St>
             .all(|e| e.latency_histogram.is_none()),
         "kept only once asked for"
     );
+    // The slow one joins unmeasured, costed as its rival, and gets picked.
+    let _slow = registry.register(SERVICE, slow.endpoint()).unwrap();
+    let revision = pool.snapshot().revision();
+    timeout(Duration::from_secs(5), pool.changed(revision))
+        .await
+        .unwrap();
+    assert_eq!(pool.snapshot().len(), 2);
 
     client.record_latency();
     for _ in 0..20 {
