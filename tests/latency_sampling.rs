@@ -17,22 +17,29 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
 use tower_lb::Endpoint;
 use tower_lb::balance::{Balance, BalanceLayer, LeastInFlight, PeakEwma, Strategy};
-use tower_lb::discover::StaticSource;
+use tower_lb::discover::{Registry, StaticSource};
 use tower_lb::metrics::{MetricsConfig, MetricsExporter};
 use tower_lb::pool::{DiscoverLayer, Pool};
 use tower_lb::status::Status;
 
 type Svc = BoxCloneSyncService<u32, u32, Infallible>;
 
-async fn pool(n: u16) -> Pool<Svc> {
-    let endpoints: Vec<Endpoint> = (0..n)
-        .map(|i| Endpoint::new(SocketAddr::from(([127, 0, 0, 1], 9000 + i))))
-        .collect();
-    let connector = tower::service_fn(|_: Endpoint| {
+fn endpoint(i: u16) -> Endpoint {
+    Endpoint::new(SocketAddr::from(([127, 0, 0, 1], 9000 + i)))
+}
+
+fn connector()
+-> impl Service<Endpoint, Response = Svc, Error = Infallible, Future: Send> + Clone + Send + 'static
+{
+    tower::service_fn(|_: Endpoint| {
         let svc: Svc = BoxCloneSyncService::new(tower::service_fn(|x: u32| ready(Ok(x))));
         ready(Ok::<_, Infallible>(svc))
-    });
-    let pool = DiscoverLayer::new(StaticSource::new(endpoints)).layer(connector);
+    })
+}
+
+async fn pool(n: u16) -> Pool<Svc> {
+    let endpoints: Vec<Endpoint> = (0..n).map(endpoint).collect();
+    let pool = DiscoverLayer::new(StaticSource::new(endpoints)).layer(connector());
     assert!(
         timeout(Duration::from_secs(5), pool.applied(1))
             .await
@@ -151,4 +158,28 @@ async fn the_exporter_samples_under_heavy_traffic_and_times_all_again_when_it_st
     let (after, successes) = counted(&balance.status());
     assert_eq!(after - before, 50);
     assert_eq!(successes, u64::from(sent) + 50);
+}
+
+#[tokio::test]
+async fn an_endpoint_that_joins_after_record_latency_keeps_a_histogram() {
+    let registry = Registry::new();
+    let _first = registry.register("api", endpoint(0)).unwrap();
+    let pool = DiscoverLayer::new(registry.watch("api").unwrap()).layer(connector());
+    let seen = timeout(Duration::from_secs(5), pool.changed(0))
+        .await
+        .unwrap();
+    pool.record_latency();
+    let _second = registry.register("api", endpoint(1)).unwrap();
+    timeout(Duration::from_secs(5), pool.changed(seen))
+        .await
+        .unwrap();
+    let status = pool.status();
+    assert_eq!(status.endpoints.len(), 2);
+    assert!(
+        status
+            .endpoints
+            .iter()
+            .all(|e| e.latency_histogram.is_some()),
+        "{status}"
+    );
 }

@@ -125,7 +125,7 @@ impl<S, P> Shared<S, P> {
 
 /// Now, as the start of a request timed only for its endpoint's latency
 /// histogram, where it counts `2^weight_shift` times. Out of line: the pick
-/// path only tests the flag.
+/// path only reads the pool's sampling and, when it samples, draws.
 #[cold]
 #[inline(never)]
 fn histogram_started(

@@ -308,9 +308,6 @@ where
             || StatsHandle::with_signal(current.epoch(), self.shared.outcomes().clone()),
             |m| m.stats().clone(),
         );
-        if self.shared.keeps_latency() {
-            stats.keep_latency();
-        }
         let service = match previous {
             Some(m) if m.endpoint().address() == endpoint.address() => m.service().clone(),
             _ => self.connect(&endpoint).await?,

@@ -1,4 +1,5 @@
 use std::fmt;
+use std::sync::atomic::{Ordering, fence};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::Notify;
@@ -209,9 +210,11 @@ impl<S> Pool<S> {
     /// The exporter calls it; calling it again is cheap, keeps the sampling
     /// rate, and catches an endpoint that joined while it ran.
     pub fn record_latency(&self) {
-        // First, so that the driver gives an endpoint that joins from now
-        // on its histogram.
         self.shared.latency.keep();
+        // Paired with the fence in `Shared::publish`: either the driver
+        // sees the flag after publishing a snapshot, or this sees the
+        // snapshot.
+        fence(Ordering::SeqCst);
         for m in self.snapshot().members().iter() {
             m.stats().keep_latency();
         }
@@ -322,6 +325,15 @@ impl<S> Shared<S> {
     /// is ready), then wakes anyone waiting for a change.
     pub(super) fn publish(&self, snapshot: Snapshot<S>) {
         self.published.publish(snapshot);
+        // Paired with the fence in `Pool::record_latency`: either it sees
+        // this snapshot's members, or this sees its flag, so that no
+        // member that joins meanwhile goes without a histogram.
+        fence(Ordering::SeqCst);
+        if self.keeps_latency() {
+            for m in self.published.load().members().iter() {
+                m.stats().keep_latency();
+            }
+        }
     }
 
     pub(super) fn applied_revision(&self) -> Option<u64> {
